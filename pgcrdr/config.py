@@ -1,0 +1,149 @@
+"""Where pgcrdr keeps its state and which ports it uses.
+
+Everything is derived from three knobs so that two instances can run side by side:
+``PGCRDR_HOME`` (all state), ``PGCRDR_PORT_BASE`` and ``PGCRDR_PORT_OFFSET`` (all ports).
+
+Port layout, relative to ``base + offset``::
+
+    +0            control-plane API and console
+    +1000*(i+1)   agent of region i
+      +1, +2      etcd client and peer ports of region i
+      +10..+999   ports handed out to services of region i (PostgreSQL, Patroni REST, endpoints)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOME = Path("/var/lib/pgcrdr")
+DEFAULT_PORT_BASE = 25000
+REGION_PORT_BLOCK = 1000
+SERVICE_PORTS_START = 10
+PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+DEFAULT_OS_USER = "pgcrdr"
+DEFAULT_NODE_VENV = Path("/opt/pgcrdr/node-venv")
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """One region ("cloud" in the Aiven API) and the ports it owns."""
+
+    index: int
+    cloud_name: str
+    description: str
+    geo_region: str
+    geo_latitude: float
+    geo_longitude: float
+    port_base: int  # first port of this region's block
+
+    @property
+    def agent_port(self) -> int:
+        return self.port_base
+
+    @property
+    def etcd_client_port(self) -> int:
+        return self.port_base + 1
+
+    @property
+    def etcd_peer_port(self) -> int:
+        return self.port_base + 2
+
+    @property
+    def service_port_range(self) -> tuple[int, int]:
+        """Half-open range [first, last) of ports that services of this region may use."""
+        return (self.port_base + SERVICE_PORTS_START, self.port_base + REGION_PORT_BLOCK)
+
+    @property
+    def slug(self) -> str:
+        """Directory-safe name of the region."""
+        return self.cloud_name
+
+
+_DEFAULT_REGIONS = [
+    ("local-europe-west1", "Europe, Belgium - Local: Region A", "europe", 50.45, 3.82),
+    ("local-us-east1", "United States, South Carolina - Local: Region B", "north america", 33.84, -81.16),
+]
+
+
+def _regions_from_env(base: int) -> list[RegionConfig]:
+    """Regions from ``PGCRDR_REGIONS`` ("name1,name2"), or the two default local regions."""
+    raw = os.environ.get("PGCRDR_REGIONS", "").strip()
+    specs: list[tuple[str, str, str, float, float]]
+    if raw:
+        specs = []
+        for name in [n.strip() for n in raw.split(",") if n.strip()]:
+            specs.append((name, f"Local region {name}", "local", 0.0, 0.0))
+    else:
+        specs = list(_DEFAULT_REGIONS)
+    return [
+        RegionConfig(
+            index=i,
+            cloud_name=name,
+            description=desc,
+            geo_region=geo,
+            geo_latitude=lat,
+            geo_longitude=lon,
+            port_base=base + REGION_PORT_BLOCK * (i + 1),
+        )
+        for i, (name, desc, geo, lat, lon) in enumerate(specs)
+    ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    port_base: int
+    host: str = "127.0.0.1"
+    os_user: str = DEFAULT_OS_USER
+    node_venv: Path = DEFAULT_NODE_VENV
+    pg_bin_dir: Path = PG_BIN_DIR
+    regions: list[RegionConfig] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None) -> Settings:
+        home_path = Path(home or os.environ.get("PGCRDR_HOME") or DEFAULT_HOME).resolve()
+        base = int(os.environ.get("PGCRDR_PORT_BASE", DEFAULT_PORT_BASE))
+        offset = port_offset if port_offset is not None else int(os.environ.get("PGCRDR_PORT_OFFSET", 0))
+        return cls(
+            home=home_path,
+            port_base=base + offset,
+            os_user=os.environ.get("PGCRDR_OS_USER", DEFAULT_OS_USER),
+            node_venv=Path(os.environ.get("PGCRDR_NODE_VENV", DEFAULT_NODE_VENV)),
+            pg_bin_dir=Path(os.environ.get("PGCRDR_PG_BIN", PG_BIN_DIR)),
+            regions=_regions_from_env(base + offset),
+        )
+
+    @property
+    def api_port(self) -> int:
+        return self.port_base
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.home / "control"
+
+    @property
+    def db_path(self) -> Path:
+        return self.control_dir / "pgcrdr.sqlite3"
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files and logs of the processes `pgcrdr up` started."""
+        return self.home / "run"
+
+    def region_dir(self, region: RegionConfig) -> Path:
+        return self.home / "regions" / region.slug
+
+    def region(self, cloud_name: str) -> RegionConfig | None:
+        for r in self.regions:
+            if r.cloud_name == cloud_name:
+                return r
+        return None
+
+    def agent_url(self, region: RegionConfig) -> str:
+        return f"http://{self.host}:{region.agent_port}"
