@@ -1,0 +1,3 @@
+from pgcrdr.cli.main import main
+
+main()

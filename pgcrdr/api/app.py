@@ -1,0 +1,330 @@
+"""The Aiven REST API subset served by pgcrdr (see ../shared/docs/api-contract.md).
+
+Routes validate and record intent through :class:`ServiceManager`, then wake the reconciler.
+Every error is ``{"message": ..., "errors": [{"message": ..., "status": N}]}``; a user's
+mistake is a 4xx, never a 500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pgcrdr.api.serialize import project_json, service_json
+from pgcrdr.config import Settings
+from pgcrdr.controlplane import catalog
+from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
+from pgcrdr.controlplane.store import Store, verify_password
+
+log = logging.getLogger("pgcrdr.api")
+
+
+def error_body(status: int, message: str) -> dict:
+    return {"message": message, "errors": [{"message": message, "status": status}]}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
+        if e.get("type") == "json_invalid":
+            return "Malformed JSON in request body"
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (a missing body is an empty object)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(400, f"Malformed JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "Request body must be a JSON object")
+    return data
+
+
+class Context:
+    def __init__(self, settings: Settings, store: Store, manager: ServiceManager, wake: Any):
+        self.settings = settings
+        self.store = store
+        self.manager = manager
+        self.wake = wake
+
+
+def create_app(settings: Settings, store: Store, wake: Any = lambda: None) -> FastAPI:
+    manager = ServiceManager(store, settings)
+    ctx = Context(settings, store, manager, wake)
+    app = FastAPI(
+        title="pgcrdr",
+        description="Aiven-compatible API for PostgreSQL cross-region disaster recovery",
+        version="0.1.0",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        return error_response(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(404, f"No such API endpoint: {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return error_response(405, f"Method {request.method} is not allowed on {request.url.path}")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, f"Internal error: {type(exc).__name__}; see the pgcrdr log")
+
+    def auth(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise Refused(401, "Authentication required: send 'Authorization: aivenv1 TOKEN' (or Bearer TOKEN)")
+        if scheme.lower() not in ("aivenv1", "bearer") or not token.strip():
+            raise Refused(401, "Unsupported Authorization header: use 'aivenv1 TOKEN' or 'Bearer TOKEN'")
+        if not store.token_valid(token.strip()):
+            raise Refused(403, "Invalid or expired API token")
+        return token.strip()
+
+    Auth = Depends(auth)
+
+    # --- console placeholder (the console itself is its own issue) ---------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>pgcrdr</title>"
+            "<link rel='icon' href='data:,'></head><body><h1>pgcrdr</h1>"
+            "<p>Control plane for PostgreSQL cross-region disaster recovery.</p>"
+            "<p>API: <code>/v1</code> &middot; <a href='/v1/docs'>API reference</a></p></body></html>"
+        )
+
+    # --- auth --------------------------------------------------------------------------
+    @app.post("/v1/userauth")
+    async def userauth(request: Request) -> dict:
+        body = await json_body(request)
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise Refused(400, "email and password are required")
+        stored_email = store.get_meta("admin_email")
+        stored_hash = store.get_meta("admin_password_hash") or ""
+        if email != stored_email or not verify_password(password, stored_hash):
+            raise Refused(403, "Authentication failed")
+        token = secrets.token_urlsafe(32)
+        store.add_token(token, f"login {email}", now_rfc3339())
+        return {"token": token, "state": "active", "user": _user_json(email)}
+
+    def _user_json(email: str | None) -> dict:
+        return {"user": email, "user_email": email, "real_name": "pgcrdr admin", "state": "active",
+                "auth": ["password"], "projects": [p.name for p in store.list_projects()]}
+
+    @app.get("/v1/me")
+    def me(_: str = Auth) -> dict:
+        return {"user": _user_json(store.get_meta("admin_email"))}
+
+    # --- projects ----------------------------------------------------------------------
+    @app.get("/v1/project")
+    def list_projects(_: str = Auth) -> dict:
+        projects = store.list_projects()
+        return {
+            "projects": [project_json(p) for p in projects],
+            "project_membership": {p.name: "admin" for p in projects},
+            "project_memberships": {p.name: ["admin"] for p in projects},
+        }
+
+    @app.post("/v1/project")
+    async def create_project(request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        return {"project": project_json(manager.create_project(body.get("project")))}
+
+    @app.get("/v1/project/{project}")
+    def get_project(project: str, _: str = Auth) -> dict:
+        return {"project": project_json(manager.project(project))}
+
+    @app.get("/v1/project/{project}/kms/ca")
+    def project_ca(project: str, _: str = Auth) -> dict:
+        return {"certificate": manager.project(project).ca_cert_pem}
+
+    # --- catalog -----------------------------------------------------------------------
+    def clouds() -> dict:
+        return {"clouds": [catalog.cloud_json(r) for r in settings.regions]}
+
+    @app.get("/v1/clouds")
+    def public_clouds() -> dict:
+        return clouds()
+
+    @app.get("/v1/project//clouds", include_in_schema=False)
+    def clouds_no_project() -> dict:  # avn with no project configured asks this path
+        return clouds()
+
+    @app.get("/v1/project/{project}/clouds")
+    def project_clouds(project: str, _: str = Auth) -> dict:
+        manager.project(project)
+        return clouds()
+
+    @app.get("/v1/service_types")
+    def public_service_types() -> dict:
+        return {"service_types": catalog.service_types_json(settings.regions)}
+
+    @app.get("/v1/project/{project}/service_types")
+    def service_types(project: str, _: str = Auth) -> dict:
+        manager.project(project)
+        return {"service_types": catalog.service_types_json(settings.regions)}
+
+    @app.get("/v1/project/{project}/service-types/{stype}")
+    def service_type(project: str, stype: str, _: str = Auth) -> dict:
+        manager.project(project)
+        if stype not in catalog.SERVICE_TYPES:
+            raise Refused(404, f"Service type {stype} does not exist; available service types: pg")
+        return catalog.SERVICE_TYPES[stype]
+
+    @app.get("/v1/project/{project}/service-types/{stype}/plans/{plan}")
+    def service_plan(project: str, stype: str, plan: str, _: str = Auth) -> dict:
+        manager.project(project)
+        if stype not in catalog.SERVICE_TYPES or plan not in catalog.PLANS:
+            raise Refused(404, f"Plan {stype}:{plan} does not exist")
+        return catalog.plan_detail_json(catalog.PLANS[plan])
+
+    @app.get("/v1/service_versions")
+    def service_versions() -> dict:
+        return {
+            "service_versions": [
+                {"service_type": "pg", "major_version": v, "state": "available",
+                 "aiven_end_of_life_time": None, "upstream_end_of_life_time": None}
+                for v in catalog.PG_VERSIONS
+            ]
+        }
+
+    @app.get("/v1/account/{account}/service_versions")
+    def account_service_versions(account: str, _: str = Auth) -> dict:
+        return service_versions()
+
+    @app.get("/v1/project/{project}/vpcs")
+    def vpcs(project: str, _: str = Auth) -> dict:
+        manager.project(project)
+        return {"vpcs": []}
+
+    @app.get("/v1/project/{project}/static-ips")
+    def static_ips(project: str, _: str = Auth) -> dict:
+        manager.project(project)
+        return {"static_ips": []}
+
+    @app.get("/v1/project/{project}/integration_types")
+    def integration_types(project: str, _: str = Auth) -> dict:
+        manager.project(project)
+        return {"integration_types": catalog.INTEGRATION_TYPES}
+
+    # --- services ----------------------------------------------------------------------
+    def out(svc: Any) -> dict:
+        return service_json(svc, manager.project(svc.project), settings)
+
+    @app.get("/v1/project/{project}/service")
+    def list_services(project: str, _: str = Auth) -> dict:
+        return {"services": [out(s) for s in manager.list_services(project)]}
+
+    @app.post("/v1/project/{project}/service")
+    async def create_service(project: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        svc = manager.create_service(project, body)
+        ctx.wake()
+        return {"service": out(svc)}
+
+    @app.get("/v1/project/{project}/service/{service}")
+    def get_service(project: str, service: str, _: str = Auth) -> dict:
+        return {"service": out(manager.service(project, service))}
+
+    @app.put("/v1/project/{project}/service/{service}")
+    async def update_service(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        svc = manager.update_service(project, service, body)
+        ctx.wake()
+        return {"service": out(svc)}
+
+    @app.delete("/v1/project/{project}/service/{service}")
+    def delete_service(project: str, service: str, _: str = Auth) -> dict:
+        manager.delete_service(project, service)
+        ctx.wake()
+        return {"message": f"Service {service} is being terminated"}
+
+    @app.get("/v1/project/{project}/service/{service}/integration")
+    def service_integrations(project: str, service: str, _: str = Auth) -> dict:
+        manager.service(project, service)
+        return {"service_integrations": []}
+
+    @app.get("/v1/project/{project}/service/{service}/backups")
+    def backups(project: str, service: str, _: str = Auth) -> dict:
+        manager.service(project, service)
+        return {"backups": []}
+
+    @app.get("/v1/project/{project}/service/{service}/db")
+    def list_databases(project: str, service: str, _: str = Auth) -> dict:
+        svc = manager.service(project, service)
+        return {"databases": [{"database_name": d} for d in svc.databases], "next": None}
+
+    @app.post("/v1/project/{project}/service/{service}/db")
+    async def create_database(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        manager.create_database(project, service, body.get("database"))
+        ctx.wake()
+        return {"message": f"Database {body.get('database')} created"}
+
+    @app.post("/v1/project/{project}/service/{service}/user")
+    async def create_user(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        user = manager.create_user(project, service, body.get("username"))
+        ctx.wake()
+        return {"user": {"username": user.username, "password": user.password, "type": user.type}}
+
+    @app.get("/v1/project/{project}/service/{service}/user/{username}")
+    def get_user(project: str, service: str, username: str, _: str = Auth) -> dict:
+        u = manager.user(project, service, username)
+        return {"user": {"username": u.username, "password": u.password, "type": u.type}}
+
+    @app.get("/v1/project/{project}/service/{service}/tags")
+    def get_tags(project: str, service: str, _: str = Auth) -> dict:
+        return {"tags": manager.service(project, service).tags}
+
+    @app.put("/v1/project/{project}/service/{service}/tags")
+    async def put_tags(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        manager.set_tags(project, service, body.get("tags", {}))
+        return {"message": "tags updated"}
+
+    @app.post("/v1/project/{project}/integration")
+    async def create_integration(project: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        manager.project(project)
+        for key in ("source_service", "dest_service"):
+            name = body.get(key)
+            if isinstance(name, str) and store.get_service(project, name) is None:
+                raise not_found_service(name)
+        raise Refused(
+            400, f"Integration type {body.get('integration_type')!r} is not supported yet by this pgcrdr"
+        )
+
+    return app

@@ -1,0 +1,187 @@
+"""``pgcrdr``: the operator CLI (start/stop the platform, status, tokens).
+
+Service operations are done with the real ``avn`` CLI, which users already know.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.config import DEFAULT_HOME, Settings
+from pgcrdr.platform import (
+    Platform,
+    agent_token_file,
+    api_healthy,
+    create_token,
+    initialize,
+    pid_path,
+    read_pid,
+    stop_everything,
+    token_file,
+)
+
+console = Console(stderr=True)
+
+
+def _settings(home: str | None, port_offset: int | None) -> Settings:
+    return Settings.from_env(home=home, port_offset=port_offset)
+
+
+home_opt = click.option(
+    "--home", envvar="PGCRDR_HOME", default=None,
+    help=f"Directory holding all pgcrdr state (env PGCRDR_HOME, default {DEFAULT_HOME}).",
+)
+offset_opt = click.option(
+    "--port-offset", type=int, default=None,
+    help="Shift every port by N so two instances can run side by side (env PGCRDR_PORT_OFFSET).",
+)
+
+
+@click.group()
+def main() -> None:
+    """pgcrdr: PostgreSQL cross-region disaster recovery control plane."""
+
+
+def _print_banner(settings: Settings, password: str | None, token: str, email: str) -> None:
+    click.echo(f"pgcrdr is up (home {settings.home})")
+    click.echo(f"  API URL:      {settings.api_url}")
+    click.echo(f"  Console URL:  {settings.api_url}/")
+    click.echo(f"  API token:    {token}")
+    click.echo(f"  Login email:  {email}")
+    if password:
+        click.echo(f"  Password:     {password}   (shown once; also in {settings.control_dir}/admin-password)")
+    click.echo(f"  Regions:      {', '.join(r.cloud_name for r in settings.regions)}")
+    click.echo(f"  Try:          avn --url {settings.api_url} --auth-token TOKEN project list")
+    sys.stdout.flush()
+
+
+@main.command()
+@home_opt
+@offset_opt
+@click.option("--detach", is_flag=True, help="Run in the background and return once the API answers.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait with --detach.")
+def up(home: str | None, port_offset: int | None, detach: bool, timeout: float) -> None:
+    """Start the control plane and every region (foreground unless --detach)."""
+    settings = _settings(home, port_offset)
+    existing = read_pid(pid_path(settings, "pgcrdr"))
+    if existing:
+        raise click.ClickException(f"pgcrdr is already running under {settings.home} (pid {existing}); "
+                                   "use 'pgcrdr down' first")
+    if detach:
+        creds = initialize(settings)
+        logf = open(settings.run_dir / "pgcrdr.log", "ab")
+        env = {**os.environ, "PGCRDR_HOME": str(settings.home), "PGCRDR_PORT_BASE": str(settings.port_base),
+               "PGCRDR_PORT_OFFSET": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "pgcrdr", "up"], stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise click.ClickException(
+                    f"pgcrdr exited with code {proc.returncode}; see {settings.run_dir}/pgcrdr.log")
+            if api_healthy(settings):
+                _print_banner(settings, creds.password, creds.token, creds.email)
+                return
+            time.sleep(0.2)
+        raise click.ClickException(f"pgcrdr did not answer within {timeout:.0f}s; see {settings.run_dir}/pgcrdr.log")
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    pid_path(settings, "pgcrdr").parent.mkdir(parents=True, exist_ok=True)
+    platform = Platform(settings)
+    pid_path(settings, "pgcrdr").write_text(str(os.getpid()))
+    try:
+        console.print(f"starting regions: {', '.join(r.cloud_name for r in settings.regions)}")
+        platform.start_agents()
+        creds = platform.creds
+        platform.serve(on_ready=lambda: _print_banner(settings, creds.password, creds.token, creds.email))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        console.print("stopping pgcrdr ...")
+        platform.shutdown()
+        pid_path(settings, "pgcrdr").unlink(missing_ok=True)
+        console.print("pgcrdr stopped")
+
+
+@main.command()
+@home_opt
+@offset_opt
+def down(home: str | None, port_offset: int | None) -> None:
+    """Stop every process pgcrdr started (control plane, agents, PostgreSQL, etcd, proxies)."""
+    settings = _settings(home, port_offset)
+    said = stop_everything(settings)
+    for line in said:
+        click.echo(line)
+    click.echo("pgcrdr is down" if said else "nothing was running")
+
+
+@main.command()
+@home_opt
+@offset_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
+    """API URL, token, and the health of the control plane and every region."""
+    settings = _settings(home, port_offset)
+    token = token_file(settings).read_text().strip() if token_file(settings).exists() else None
+    regions = []
+    agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
+    for r in settings.regions:
+        client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0)
+        try:
+            h = client.health()
+            regions.append({"cloud_name": r.cloud_name, "agent_url": settings.agent_url(r), "up": True,
+                            "etcd_healthy": h.etcd_healthy, "clusters": h.clusters, "message": h.message})
+        except AgentError as exc:
+            regions.append({"cloud_name": r.cloud_name, "agent_url": settings.agent_url(r), "up": False,
+                            "etcd_healthy": False, "clusters": None, "message": str(exc)})
+        finally:
+            client.close()
+    data = {
+        "home": str(settings.home),
+        "api_url": settings.api_url,
+        "console_url": settings.api_url + "/",
+        "api_up": api_healthy(settings),
+        "pid": read_pid(pid_path(settings, "pgcrdr")),
+        "token": token,
+        "regions": regions,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})")
+    click.echo(f"API token:     {token or '(none yet: run pgcrdr up)'}")
+    table = Table("region", "agent", "etcd", "clusters", "message")
+    for r in regions:
+        table.add_row(r["cloud_name"], "up" if r["up"] else "down", "healthy" if r["etcd_healthy"] else "-",
+                      str(r["clusters"] if r["clusters"] is not None else "-"), r["message"] or "")
+    Console().print(table)
+    if not data["api_up"]:
+        sys.exit(1)
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@home_opt
+@offset_opt
+@click.option("--description", default="created with pgcrdr token create", show_default=True)
+def token_create(home: str | None, port_offset: int | None, description: str) -> None:
+    """Create a new API token and print it (it is stored hashed; it cannot be shown again)."""
+    click.echo(create_token(_settings(home, port_offset), description))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Pure decisions of the reconciler: what a region should run, and what state a service is in.
+
+Nothing here does I/O; the reconciler feeds it snapshots and carries out the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DbUser, TLSMaterial
+from pgcrdr.controlplane.catalog import PLANS
+from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceState
+
+
+def cluster_spec(svc: ServiceRecord, project: ProjectRecord) -> ClusterSpec:
+    """The cluster the region agent must run for this service."""
+    params: dict[str, str] = {}
+    pg_conf = svc.user_config.get("pg") or {}
+    for key in ("max_connections", "work_mem"):
+        if key in pg_conf:
+            params[key] = f"{pg_conf[key]}MB" if key == "work_mem" else str(pg_conf[key])
+    return ClusterSpec(
+        cluster=svc.cluster,
+        node_count=PLANS[svc.plan].node_count,
+        powered=svc.powered,
+        superuser_password=svc.superuser_password,
+        replication_password=svc.replication_password,
+        rewind_password=svc.rewind_password,
+        users=[DbUser(username=u.username, password=u.password, kind=u.type) for u in svc.users],
+        databases=list(svc.databases),
+        tls=TLSMaterial(ca_cert_pem=project.ca_cert_pem, cert_pem=svc.tls_cert_pem, key_pem=svc.tls_key_pem),
+        pg_parameters=params,
+        generation=svc.generation,
+    )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the reconciler saw of a service's cluster this tick."""
+
+    status: ClusterStatus | None  # None: the agent does not know the cluster (yet)
+    agent_error: str | None = None  # the agent could not be reached
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    state: ServiceState
+    ever_ready: bool
+    message: str | None
+    reason: str  # one sentence saying why, for logs and tests
+
+
+def service_view(svc: ServiceRecord, obs: Observation) -> ServiceView:
+    """Map the observed cluster onto the Aiven ``state`` of the service."""
+    if obs.agent_error:
+        # Keep the last known state; say what is wrong.
+        return ServiceView(svc.state, svc.ever_ready, obs.agent_error, "region agent unreachable")
+    st = obs.status
+    if not svc.powered:
+        return ServiceView("POWEROFF", False, st.message if st else None, "service is powered off")
+    if st is None or st.generation < svc.generation:
+        state: ServiceState = "RUNNING" if svc.ever_ready else "REBUILDING"
+        return ServiceView(state, svc.ever_ready, svc.message, "waiting for the region to apply the change")
+    if st.ready:
+        return ServiceView("RUNNING", True, st.message, "cluster ready")
+    if svc.ever_ready:
+        # Once built, a service stays RUNNING through node losses (HA handles them); the
+        # message and node_states tell what is degraded.
+        return ServiceView("RUNNING", True, st.message, "cluster degraded")
+    return ServiceView("REBUILDING", False, st.message, f"cluster {st.phase}")

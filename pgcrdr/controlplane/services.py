@@ -1,0 +1,360 @@
+"""Service operations behind the API: validate at the edge, record intent, return at once.
+
+The reconciler (``pgcrdr.controlplane.reconciler``) carries the recorded intent out in the
+regions. A refused request raises :class:`Refused` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from pgcrdr.config import Settings
+from pgcrdr.controlplane.catalog import DEFAULT_PG_VERSION, PG_VERSIONS, PLANS, SERVICE_TYPES
+from pgcrdr.controlplane.errors import Refused, not_found_project, not_found_service
+from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUser
+from pgcrdr.controlplane.store import Store
+from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
+
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
+PROJECT_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,63}$")
+DB_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$")
+USER_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,62}$")
+RESERVED_ROLES = {"postgres", "replicator", "rewind_user", "pg_monitor", "public"}
+RESERVED_DBS = {"postgres", "template0", "template1"}
+DOWS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
+TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
+
+
+def now_rfc3339(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def cluster_id(project: str, service: str) -> str:
+    """Region-unique cluster id: the service name plus a short hash of project/service."""
+    digest = hashlib.sha1(f"{project}/{service}".encode()).hexdigest()[:6]
+    return f"{service[:40].rstrip('-')}-{digest}"
+
+
+def _check_user_config(uc: Any) -> dict:
+    if uc is None:
+        return {}
+    if not isinstance(uc, dict):
+        raise Refused(400, "user_config must be a JSON object")
+    known = set(SERVICE_TYPES["pg"]["user_config_schema"]["properties"])
+    unknown = sorted(set(uc) - known)
+    if unknown:
+        raise Refused(
+            400, f"Invalid user_config: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
+    if "pg_version" in uc and str(uc["pg_version"]) not in PG_VERSIONS:
+        raise Refused(
+            400,
+            f"Invalid user_config: pg_version {uc['pg_version']} is not available; "
+            f"available versions: {', '.join(PG_VERSIONS)}",
+        )
+    if "ip_filter" in uc and not (
+        isinstance(uc["ip_filter"], list) and all(isinstance(x, str) for x in uc["ip_filter"])
+    ):
+        raise Refused(400, "Invalid user_config: ip_filter must be a list of strings")
+    if "admin_username" in uc:
+        name = uc["admin_username"]
+        if not isinstance(name, str) or not USER_NAME_RE.match(name) or name in RESERVED_ROLES:
+            raise Refused(400, f"Invalid user_config: admin_username {name!r} is not a valid or allowed role name")
+    pg = uc.get("pg")
+    if pg is not None:
+        if not isinstance(pg, dict):
+            raise Refused(400, "Invalid user_config: pg must be an object")
+        props = SERVICE_TYPES["pg"]["user_config_schema"]["properties"]["pg"]["properties"]
+        for k, v in pg.items():
+            if k not in props:
+                raise Refused(400, f"Invalid user_config: unknown pg setting {k}; known: {', '.join(props)}")
+            lo, hi = props[k]["minimum"], props[k]["maximum"]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise Refused(400, f"Invalid user_config: pg.{k} must be an integer between {lo} and {hi}")
+    out = dict(uc)
+    if "pg_version" in out:
+        out["pg_version"] = str(out["pg_version"])
+    return out
+
+
+def _check_maintenance(m: Any) -> dict | None:
+    if m is None:
+        return None
+    if not isinstance(m, dict):
+        raise Refused(400, "maintenance must be an object with dow and time")
+    out = {}
+    if m.get("dow") is not None:
+        if m["dow"] not in DOWS:
+            raise Refused(400, f"Invalid maintenance.dow {m['dow']!r}; use one of {', '.join(sorted(DOWS))}")
+        out["dow"] = m["dow"]
+    if m.get("time") is not None:
+        if not isinstance(m["time"], str) or not TIME_RE.match(m["time"]):
+            raise Refused(400, f"Invalid maintenance.time {m['time']!r}; use HH:MM:SS")
+        out["time"] = m["time"]
+    return out
+
+
+class ServiceManager:
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+
+    # projects ---------------------------------------------------------------------------
+    def project(self, name: str) -> ProjectRecord:
+        p = self.store.get_project(name)
+        if p is None:
+            raise not_found_project(name)
+        return p
+
+    def create_project(self, name: str) -> ProjectRecord:
+        if not isinstance(name, str) or not PROJECT_NAME_RE.match(name):
+            raise Refused(400, f"Invalid project name {name!r}: use 1-63 letters, digits, '-' or '_'")
+        ca = make_ca(f"pgcrdr project CA {name}")
+        rec = ProjectRecord(
+            name=name,
+            create_time=now_rfc3339(),
+            ca_cert_pem=ca.cert_pem,
+            ca_key_pem=ca.key_pem,
+            default_cloud=self.settings.regions[0].cloud_name,
+        )
+        if not self.store.add_project(rec):
+            raise Refused(409, f"Project {name} already exists")
+        return rec
+
+    # services ---------------------------------------------------------------------------
+    def service(self, project: str, name: str) -> ServiceRecord:
+        self.project(project)
+        svc = self.store.get_service(project, name)
+        if svc is None or svc.deleting:
+            raise not_found_service(name)
+        return svc
+
+    def list_services(self, project: str) -> list[ServiceRecord]:
+        self.project(project)
+        return [s for s in self.store.list_services(project) if not s.deleting]
+
+    def _check_plan(self, plan: Any) -> str:
+        if not isinstance(plan, str) or plan not in PLANS:
+            raise Refused(
+                400, f"Plan {plan!r} is not available for service type pg; available plans: {', '.join(PLANS)}"
+            )
+        return plan
+
+    def _check_cloud(self, cloud: Any) -> str:
+        names = [r.cloud_name for r in self.settings.regions]
+        if not isinstance(cloud, str) or cloud not in names:
+            raise Refused(400, f"Cloud {cloud!r} is not available; available clouds: {', '.join(names)}")
+        return cloud
+
+    def create_service(self, project: str, body: dict[str, Any]) -> ServiceRecord:
+        proj = self.project(project)
+        name = body.get("service_name")
+        if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
+            raise Refused(
+                400,
+                f"Invalid service_name {name!r}: use 2-64 lowercase letters, digits and '-', "
+                "starting with a letter and not ending with '-'",
+            )
+        stype = body.get("service_type")
+        if stype not in SERVICE_TYPES:
+            raise Refused(400, f"Unknown service type {stype!r}; available service types: pg")
+        plan = self._check_plan(body.get("plan"))
+        cloud = body.get("cloud")
+        cloud = proj.default_cloud if cloud in (None, "") else self._check_cloud(cloud)
+        user_config = _check_user_config(body.get("user_config"))
+        user_config.setdefault("pg_version", DEFAULT_PG_VERSION)
+        maintenance = _check_maintenance(body.get("maintenance")) or {}
+        for integ in body.get("service_integrations") or []:
+            itype = integ.get("integration_type") if isinstance(integ, dict) else None
+            raise Refused(
+                400,
+                f"Integration type {itype!r} is not supported at service creation yet; "
+                "create the service without service_integrations",
+            )
+        tp = body.get("termination_protection", False)
+        if not isinstance(tp, bool):
+            raise Refused(400, "termination_protection must be true or false")
+        existing = self.store.get_service(project, name)
+        if existing is not None:
+            if existing.deleting:
+                raise Refused(409, f"Service {name} already exists and is being terminated; retry in a moment")
+            raise Refused(409, f"Service {name} already exists")
+        cert = self._server_cert(proj, name)
+        ts = now_rfc3339()
+        admin = user_config.get("admin_username", "avnadmin")
+        svc = ServiceRecord(
+            project=project,
+            name=name,
+            plan=plan,
+            cloud=cloud,
+            cluster=cluster_id(project, name),
+            create_time=ts,
+            update_time=ts,
+            user_config=user_config,
+            termination_protection=tp,
+            maintenance={"dow": "sunday", "time": "04:00:00", **maintenance},
+            tags={str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+            if isinstance(body.get("tags"), dict)
+            else {},
+            users=[ServiceUser(username=admin, password=new_password(), type="primary")],
+            superuser_password=new_password(),
+            replication_password=new_password(),
+            rewind_password=new_password(),
+            tls_cert_pem=cert.cert_pem,
+            tls_key_pem=cert.key_pem,
+        )
+        if not self.store.add_service(svc):
+            raise Refused(409, f"Service {name} already exists")
+        return svc
+
+    def _server_cert(self, proj: ProjectRecord, name: str) -> CertPair:
+        ca = CertPair(proj.ca_cert_pem, proj.ca_key_pem)
+        return issue_server_cert(ca, [self.settings.host, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
+
+    def update_service(self, project: str, name: str, body: dict[str, Any]) -> ServiceRecord:
+        svc = self.service(project, name)
+        changes: dict[str, Any] = {}
+        if body.get("plan") is not None:
+            plan = self._check_plan(body["plan"])
+            if PLANS[plan].node_count != PLANS[svc.plan].node_count:
+                raise Refused(
+                    400,
+                    f"Changing plan from {svc.plan} ({PLANS[svc.plan].node_count} nodes) to {plan} "
+                    f"({PLANS[plan].node_count} nodes) is not supported yet; choose a plan with "
+                    f"{PLANS[svc.plan].node_count} node(s)",
+                )
+            changes["plan"] = plan
+        if body.get("cloud") not in (None, "", svc.cloud):
+            self._check_cloud(body["cloud"])
+            raise Refused(
+                400,
+                f"Moving service {name} from {svc.cloud} to {body['cloud']} is not supported; "
+                "create a disaster-recovery copy in the other cloud instead",
+            )
+        if "user_config" in body:
+            uc = _check_user_config(body["user_config"])  # {} or null means "no change"
+            if "pg_version" in uc and uc["pg_version"] != svc.user_config.get("pg_version"):
+                raise Refused(400, "Major version upgrades are not supported yet")
+            if "admin_username" in uc and uc["admin_username"] != svc.primary_user.username:
+                raise Refused(400, "admin_username can only be set when the service is created")
+            if uc:
+                changes["user_config"] = {**svc.user_config, **uc}
+        maint = _check_maintenance(body.get("maintenance"))
+        if maint:
+            changes["maintenance"] = {**svc.maintenance, **maint}
+        if "termination_protection" in body and body["termination_protection"] is not None:
+            if not isinstance(body["termination_protection"], bool):
+                raise Refused(400, "termination_protection must be true or false")
+            changes["termination_protection"] = body["termination_protection"]
+        if "powered" in body and body["powered"] is not None:
+            if not isinstance(body["powered"], bool):
+                raise Refused(400, "powered must be true or false")
+            if body["powered"] != svc.powered:
+                if not body["powered"] and changes.get("termination_protection", svc.termination_protection):
+                    raise Refused(
+                        403,
+                        f"Service {name} is protected against termination and shutdown; "
+                        "disable termination protection first",
+                    )
+                changes["powered"] = body["powered"]
+        if isinstance(body.get("tech_emails"), list):
+            changes["tech_emails"] = [e for e in body["tech_emails"] if isinstance(e, dict)]
+
+        def apply(cur: ServiceRecord) -> ServiceRecord | None:
+            if not changes:
+                return None
+            data = cur.model_dump()
+            data.update(changes)
+            data["update_time"] = now_rfc3339()
+            if any(k in changes for k in ("plan", "user_config", "powered")):
+                data["generation"] = cur.generation + 1
+            if "powered" in changes:
+                data["state"] = "REBUILDING" if changes["powered"] else "POWEROFF"
+                data["ever_ready"] = False
+            return ServiceRecord.model_validate(data)
+
+        out = self.store.update_service(project, name, apply)
+        if out is None:
+            raise not_found_service(name)
+        return out
+
+    def delete_service(self, project: str, name: str) -> None:
+        svc = self.service(project, name)
+        if svc.termination_protection:
+            raise Refused(
+                403,
+                f"Service {name} is protected against termination and shutdown; "
+                "disable termination protection first",
+            )
+
+        def mark(cur: ServiceRecord) -> ServiceRecord:
+            return cur.model_copy(update={"deleting": True, "update_time": now_rfc3339()})
+
+        self.store.update_service(project, name, mark)
+
+    # databases and users ----------------------------------------------------------------
+    def _change(self, project: str, name: str, fn: Any) -> ServiceRecord:
+        out = self.store.update_service(project, name, fn)
+        if out is None:
+            raise not_found_service(name)
+        return out
+
+    def _require_powered(self, svc: ServiceRecord) -> None:
+        if not svc.powered:
+            raise Refused(409, f"Service {svc.name} is powered off; power it on first")
+
+    def create_database(self, project: str, name: str, dbname: Any) -> None:
+        svc = self.service(project, name)
+        self._require_powered(svc)
+        if not isinstance(dbname, str) or not DB_NAME_RE.match(dbname) or dbname in RESERVED_DBS:
+            raise Refused(400, f"Invalid database name {dbname!r}: use letters, digits, '_' or '-' (max 63)")
+
+        def add(cur: ServiceRecord) -> ServiceRecord:
+            if dbname in cur.databases:
+                raise Refused(409, f"Database {dbname} already exists")
+            return cur.model_copy(
+                update={"databases": [*cur.databases, dbname], "generation": cur.generation + 1,
+                        "update_time": now_rfc3339()}
+            )
+
+        self._change(project, name, add)
+
+    def create_user(self, project: str, name: str, username: Any) -> ServiceUser:
+        svc = self.service(project, name)
+        self._require_powered(svc)
+        if not isinstance(username, str) or not USER_NAME_RE.match(username) or username in RESERVED_ROLES:
+            raise Refused(400, f"Invalid or reserved username {username!r}")
+        user = ServiceUser(username=username, password=new_password(), type="normal")
+
+        def add(cur: ServiceRecord) -> ServiceRecord:
+            if any(u.username == username for u in cur.users):
+                raise Refused(409, f"User {username} already exists")
+            return cur.model_copy(
+                update={"users": [*cur.users, user], "generation": cur.generation + 1,
+                        "update_time": now_rfc3339()}
+            )
+
+        self._change(project, name, add)
+        return user
+
+    def user(self, project: str, name: str, username: str) -> ServiceUser:
+        svc = self.service(project, name)
+        for u in svc.users:
+            if u.username == username:
+                return u
+        raise Refused(404, f"User {username} does not exist on service {name}")
+
+    def set_tags(self, project: str, name: str, tags: Any) -> None:
+        self.service(project, name)
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise Refused(400, "tags must be an object of string values")
+        self._change(project, name, lambda cur: cur.model_copy(update={"tags": dict(tags)}))

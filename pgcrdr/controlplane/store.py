@@ -1,0 +1,170 @@
+"""Control-plane state in SQLite (WAL mode): projects, services, API tokens, settings.
+
+Every public method is one transaction. Services are stored as JSON documents keyed by
+(project, name); callers read-modify-write them with :meth:`Store.update_service`, which holds
+the store lock for the whole cycle so the API and the reconciler never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS services (
+    project TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (project, name));
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, description TEXT NOT NULL, create_time TEXT NOT NULL);
+"""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, salt_hex, _ = stored.split("$")
+    except ValueError:
+        return False
+    return secrets.compare_digest(hash_password(password, bytes.fromhex(salt_hex)), stored)
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # meta -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # tokens -----------------------------------------------------------------------------
+    def add_token(self, token: str, description: str, create_time: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tokens(token_hash, description, create_time) VALUES (?, ?, ?)",
+                (hash_token(token), description, create_time),
+            )
+
+    def token_valid(self, token: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM tokens WHERE token_hash=?", (hash_token(token),)
+            ).fetchone()
+        return row is not None
+
+    # projects ---------------------------------------------------------------------------
+    def add_project(self, project: ProjectRecord) -> bool:
+        """Insert a project; False if one of that name exists."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM projects WHERE name=?", (project.name,)).fetchone():
+                return False
+            db.execute("INSERT INTO projects(name, doc) VALUES (?, ?)", (project.name, project.model_dump_json()))
+        return True
+
+    def get_project(self, name: str) -> ProjectRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM projects WHERE name=?", (name,)).fetchone()
+        return ProjectRecord.model_validate_json(row[0]) if row else None
+
+    def list_projects(self) -> list[ProjectRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM projects ORDER BY name").fetchall()
+        return [ProjectRecord.model_validate_json(r[0]) for r in rows]
+
+    # services ---------------------------------------------------------------------------
+    def add_service(self, svc: ServiceRecord) -> bool:
+        """Insert a service; False if the (project, name) is taken (even by one being deleted)."""
+        with self._tx() as db:
+            if db.execute(
+                "SELECT 1 FROM services WHERE project=? AND name=?", (svc.project, svc.name)
+            ).fetchone():
+                return False
+            db.execute(
+                "INSERT INTO services(project, name, doc) VALUES (?, ?, ?)",
+                (svc.project, svc.name, svc.model_dump_json()),
+            )
+        return True
+
+    def get_service(self, project: str, name: str) -> ServiceRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT doc FROM services WHERE project=? AND name=?", (project, name)
+            ).fetchone()
+        return ServiceRecord.model_validate_json(row[0]) if row else None
+
+    def list_services(self, project: str | None = None) -> list[ServiceRecord]:
+        with self._lock:
+            if project is None:
+                rows = self._db.execute("SELECT doc FROM services ORDER BY project, name").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT doc FROM services WHERE project=? ORDER BY name", (project,)
+                ).fetchall()
+        return [ServiceRecord.model_validate_json(r[0]) for r in rows]
+
+    def update_service(
+        self, project: str, name: str, change: Callable[[ServiceRecord], ServiceRecord | None]
+    ) -> ServiceRecord | None:
+        """Apply ``change`` to the stored service atomically; returns the new record.
+
+        ``change`` may raise to abort (nothing is written) or return None to write nothing.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc FROM services WHERE project=? AND name=?", (project, name)
+            ).fetchone()
+            if row is None:
+                return None
+            new = change(ServiceRecord.model_validate_json(row[0]))
+            if new is None:
+                return ServiceRecord.model_validate_json(row[0])
+            db.execute(
+                "UPDATE services SET doc=? WHERE project=? AND name=?", (new.model_dump_json(), project, name)
+            )
+            return new
+
+    def delete_service(self, project: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM services WHERE project=? AND name=?", (project, name))

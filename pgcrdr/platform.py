@@ -1,0 +1,272 @@
+"""Starting and stopping the embedded default: the control plane and one agent per region.
+
+``pgcrdr up`` runs :func:`run_foreground`; every process it starts is recorded in a PID file
+under ``$PGCRDR_HOME/run`` so ``pgcrdr down`` (or a test's cleanup) can stop it by PID, even when
+the process that started it is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.reconciler import Reconciler
+from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
+from pgcrdr.controlplane.store import Store, hash_password
+
+log = logging.getLogger("pgcrdr")
+
+DEFAULT_PROJECT = os.environ.get("PGCRDR_DEFAULT_PROJECT", "pgcrdr")
+DEFAULT_ADMIN_EMAIL = os.environ.get("PGCRDR_ADMIN_EMAIL", "admin@pgcrdr.local")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_url: str
+    console_url: str
+    token: str
+    email: str
+    password: str | None  # only known on the very first start
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.control_dir / "api-token"
+
+
+def agent_token_file(settings: Settings) -> Path:
+    return settings.control_dir / "agent-token"
+
+
+def initialize(settings: Settings) -> Credentials:
+    """Create state on first start (idempotent): store, secrets, admin login, default project."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o755)  # node processes (unprivileged) must traverse it
+    settings.control_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.control_dir, 0o700)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    try:
+        if not agent_token_file(settings).exists():
+            _write_secret(agent_token_file(settings), secrets.token_urlsafe(32))
+        password = None
+        if store.get_meta("admin_email") is None:
+            password = os.environ.get("PGCRDR_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+            store.set_meta("admin_email", DEFAULT_ADMIN_EMAIL)
+            store.set_meta("admin_password_hash", hash_password(password))
+            _write_secret(settings.control_dir / "admin-password", password)
+        if not token_file(settings).exists():
+            token = secrets.token_urlsafe(32)
+            store.add_token(token, "initial token", now_rfc3339())
+            _write_secret(token_file(settings), token)
+        if not store.list_projects():
+            try:
+                ServiceManager(store, settings).create_project(DEFAULT_PROJECT)
+            except Refused:
+                pass
+        return Credentials(
+            api_url=settings.api_url,
+            console_url=settings.api_url + "/",
+            token=token_file(settings).read_text().strip(),
+            email=store.get_meta("admin_email") or DEFAULT_ADMIN_EMAIL,
+            password=password,
+        )
+    finally:
+        store.close()
+
+
+def create_token(settings: Settings, description: str) -> str:
+    initialize(settings)
+    store = Store(settings.db_path)
+    try:
+        token = secrets.token_urlsafe(32)
+        store.add_token(token, description, now_rfc3339())
+        return token
+    finally:
+        store.close()
+
+
+# --- processes ------------------------------------------------------------------------------
+
+def pid_path(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_agent(settings: Settings, region: RegionConfig) -> subprocess.Popen:
+    logf = open(settings.run_dir / f"agent-{region.cloud_name}.log", "ab")
+    env = {**os.environ, "PGCRDR_HOME": str(settings.home), "PGCRDR_PORT_BASE": str(settings.port_base),
+           "PGCRDR_PORT_OFFSET": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgcrdr.agent", "--region", region.cloud_name,
+         "--token-file", str(agent_token_file(settings))],
+        stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    pid_path(settings, f"agent-{region.cloud_name}").write_text(str(proc.pid))
+    return proc
+
+
+def wait_agent(settings: Settings, region: RegionConfig, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    token = agent_token_file(settings).read_text().strip()
+    client = AgentClient(settings.agent_url(region), token, timeout=2.0)
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"agent of region {region.cloud_name} exited with code {proc.returncode}; "
+                    f"see {settings.run_dir}/agent-{region.cloud_name}.log"
+                )
+            try:
+                h = client.health()
+                if h.etcd_healthy:
+                    return
+                last = h.message or "etcd not healthy yet"
+            except AgentError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+    finally:
+        client.close()
+    raise RuntimeError(f"agent of region {region.cloud_name} not healthy after {timeout:.0f}s: {last}")
+
+
+def stop_pid(pid: int, timeout: float = 60.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    if pid_alive(pid):
+        log.warning("pid %d ignored SIGTERM for %.0fs: SIGKILL", pid, timeout)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop_everything(settings: Settings) -> list[str]:
+    """Stop every process pgcrdr started under this home, by PID. Safe to call repeatedly."""
+    from pgcrdr.agent.processes import stop_region_processes
+
+    said = []
+    up = read_pid(pid_path(settings, "pgcrdr"))
+    if up and up != os.getpid():
+        stop_pid(up, timeout=90)
+        said.append(f"stopped pgcrdr (pid {up})")
+    for region in settings.regions:
+        pid = read_pid(pid_path(settings, f"agent-{region.cloud_name}"))
+        if pid:
+            stop_pid(pid, timeout=60)
+            said.append(f"stopped agent {region.cloud_name} (pid {pid})")
+        killed = stop_region_processes(settings, region)
+        if killed:
+            said.append(f"killed leftover processes of {region.cloud_name}: {killed}")
+    return said
+
+
+# --- the foreground platform ----------------------------------------------------------------
+
+class Platform:
+    """Control plane (API + reconciler) in this process, agents as child processes."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.creds = initialize(settings)
+        self.store = Store(settings.db_path)
+        self.agents: dict[str, subprocess.Popen] = {}
+        agent_token = agent_token_file(settings).read_text().strip()
+        self.reconciler = Reconciler(self.store, settings, agent_token)
+        self.server: uvicorn.Server | None = None
+
+    def start_agents(self) -> None:
+        for region in self.settings.regions:
+            self.agents[region.cloud_name] = start_agent(self.settings, region)
+        for region in self.settings.regions:
+            wait_agent(self.settings, region, self.agents[region.cloud_name])
+
+    def serve(self, on_ready: object = None) -> None:
+        from pgcrdr.api.app import create_app
+
+        app = create_app(self.settings, self.store, wake=self.reconciler.wake)
+        config = uvicorn.Config(
+            app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
+            access_log=False, lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.reconciler.start()
+        if callable(on_ready):
+            threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
+        self.server.run()
+
+    def _announce(self, on_ready: object) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.server is not None and self.server.started:
+                on_ready()  # type: ignore[operator]
+                return
+            time.sleep(0.05)
+
+    def shutdown(self) -> None:
+        self.reconciler.stop()
+        for name, proc in self.agents.items():
+            if proc.poll() is None:
+                stop_pid(proc.pid, timeout=60)
+            proc.wait(timeout=5)
+            pid_path(self.settings, f"agent-{name}").unlink(missing_ok=True)
+        from pgcrdr.agent.processes import stop_region_processes
+
+        for region in self.settings.regions:
+            stop_region_processes(self.settings, region)
+        self.store.close()
+
+
+def api_healthy(settings: Settings) -> bool:
+    try:
+        return httpx.get(settings.api_url + "/v1/clouds", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
