@@ -76,6 +76,7 @@ class AgentClient:
             if exc.status != 404:
                 raise
 
-    def kill_node(self, cluster: str, node: str) -> KillResult:
-        resp = self._request("POST", f"/clusters/{cluster}/nodes/{node}/kill")
+    def kill_node(self, cluster: str, node: str, restart_after: float = 30.0) -> KillResult:
+        resp = self._request("POST", f"/clusters/{cluster}/nodes/{node}/kill",
+                             params={"restart_after": restart_after})
         return KillResult.model_validate(resp.json())

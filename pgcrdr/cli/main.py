@@ -183,5 +183,48 @@ def token_create(home: str | None, port_offset: int | None, description: str) ->
     click.echo(create_token(_settings(home, port_offset), description))
 
 
+
+@main.group()
+def drill() -> None:
+    """Fault drills for rehearsing runbooks (they really break things)."""
+
+
+@drill.command("kill-node")
+@home_opt
+@offset_opt
+@click.argument("service")
+@click.argument("node")
+@click.option("--project", default="pgcrdr", show_default=True)
+@click.option("--restart-after", type=float, default=60.0, show_default=True,
+              help="Seconds before the region agent may restart the node.")
+def drill_kill_node(home: str | None, port_offset: int | None, service: str, node: str, project: str,
+                    restart_after: float) -> None:
+    """SIGKILL one node of a service (Patroni and PostgreSQL), as if its host died."""
+    from pgcrdr.controlplane.store import Store
+
+    settings = _settings(home, port_offset)
+    store = Store(settings.db_path)
+    try:
+        svc = store.get_service(project, service)
+    finally:
+        store.close()
+    if svc is None or svc.deleting:
+        raise click.ClickException(f"Service {service} does not exist in project {project}")
+    nodes = [n.name for n in (svc.status.nodes if svc.status else [])]
+    if node not in nodes:
+        raise click.ClickException(f"Service {service} has no node {node}; its nodes: {', '.join(nodes) or 'none'}")
+    region = settings.region(svc.cloud)
+    assert region is not None
+    client = AgentClient(settings.agent_url(region), agent_token_file(settings).read_text().strip())
+    try:
+        res = client.kill_node(svc.cluster, node, restart_after=restart_after)
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    click.echo(f"killed {node} of {service} (pids {', '.join(map(str, res.killed_pids)) or 'none'}); "
+               f"it may restart after {restart_after:.0f}s")
+
+
 if __name__ == "__main__":
     main()

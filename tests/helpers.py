@@ -1,0 +1,171 @@
+"""Shared test helpers: a running pgcrdr platform, the real avn, bounded waits, a write checker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - remembered and reported on timeout
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})"
+                                                                                  if last_exc else ""))
+
+
+@dataclass
+class RunningPlatform:
+    home: Path
+    port_offset: int
+    api_url: str
+    token: str
+    admin_email: str
+    admin_password: str
+    env: dict[str, str]
+    config_dir: Path
+
+    def pgcrdr(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "pgcrdr"), *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def avn(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 300, token: str | None = None) -> subprocess.CompletedProcess:
+        """The real avn CLI pointed at this platform."""
+        cmd = [str(VENV_BIN / "avn"), "--url", self.api_url]
+        if token is not False:  # type: ignore[comparison-overlap]
+            cmd += ["--auth-token", token or self.token]
+        full_env = {**self.env, "AIVEN_CONFIG_DIR": str(self.config_dir), **(env or {})}
+        proc = subprocess.run(cmd + list(args), env=full_env, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"avn {' '.join(args)} failed rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"aivenv1 {self.token}"}, timeout=30)
+
+    def service(self, project: str, name: str) -> dict:
+        with self.api() as c:
+            r = c.get(f"/v1/project/{project}/service/{name}")
+            r.raise_for_status()
+            return r.json()["service"]
+
+    def agent_token(self) -> str:
+        return (self.home / "control" / "agent-token").read_text().strip()
+
+
+def start_platform(port_offset: int) -> RunningPlatform:
+    home = Path(tempfile.mkdtemp(prefix="pgcrdr-test-", dir="/tmp"))
+    os.chmod(home, 0o755)
+    env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(port_offset)}
+    env.pop("AIVEN_AUTH_TOKEN", None)
+    proc = subprocess.run([str(VENV_BIN / "pgcrdr"), "up", "--detach", "--timeout", "120"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        log = home / "run" / "pgcrdr.log"
+        tail = log.read_text()[-4000:] if log.exists() else ""
+        stop_platform_home(home, env)
+        raise RuntimeError(f"pgcrdr up failed: {proc.stdout}\n{proc.stderr}\n{tail}")
+    status = json.loads(subprocess.run([str(VENV_BIN / "pgcrdr"), "status", "--json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    config_dir = home / "avn-config"
+    config_dir.mkdir()
+    return RunningPlatform(
+        home=home, port_offset=port_offset, api_url=status["api_url"], token=status["token"],
+        admin_email="admin@pgcrdr.local",
+        admin_password=(home / "control" / "admin-password").read_text().strip(),
+        env=env, config_dir=config_dir,
+    )
+
+
+def stop_platform_home(home: Path, env: dict[str, str]) -> None:
+    subprocess.run([str(VENV_BIN / "pgcrdr"), "down"], env=env, capture_output=True, text=True, timeout=300)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_platform(p: RunningPlatform) -> None:
+    stop_platform_home(p.home, p.env)
+
+
+# --- the acknowledged-writes checker (../shared/docs/reliability.md) -------------------------
+
+@dataclass
+class WriteLog:
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    ok_times: list[float] = field(default_factory=list)
+
+    def longest_gap(self) -> float:
+        t = sorted(self.ok_times)
+        return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
+
+
+class Writer(threading.Thread):
+    """Writes unique ids through a URI in a loop, logging each attempt's outcome."""
+
+    def __init__(self, uri: str, table: str = "acked_writes", interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.uri, self.table, self.interval = uri, table, interval
+        self.log = WriteLog()
+        self._stop = threading.Event()
+
+    def stop(self) -> WriteLog:
+        self._stop.set()
+        self.join(timeout=30)
+        return self.log
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self._stop.is_set():
+            wid = uuid.uuid4().hex
+            if conn is None or conn.closed:
+                try:
+                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True)
+                except psycopg.Error:
+                    self.log.failed.append(wid)
+                    time.sleep(0.2)
+                    continue
+            try:
+                conn.execute(f"INSERT INTO {self.table}(id) VALUES (%s)", (wid,))
+                self.log.ok.append(wid)
+                self.log.ok_times.append(time.monotonic())
+            except psycopg.OperationalError:
+                # the connection broke while the commit may have been in flight
+                self.log.unknown.append(wid)
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+                conn = None
+            except psycopg.Error:
+                self.log.failed.append(wid)
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
