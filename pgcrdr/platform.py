@@ -232,7 +232,8 @@ class Platform:
     def serve(self, on_ready: object = None) -> None:
         from pgcrdr.api.app import create_app
 
-        app = create_app(self.settings, self.store, wake=self.reconciler.wake)
+        app = create_app(self.settings, self.store, wake=self.reconciler.wake,
+                         reconcile_now=self.reconciler.reconcile_now)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",

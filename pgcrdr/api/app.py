@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pgcrdr.api.serialize import project_json, service_json
@@ -67,7 +68,9 @@ class Context:
         self.wake = wake
 
 
-def create_app(settings: Settings, store: Store, wake: Any = lambda: None) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, wake: Any = lambda: None, reconcile_now: Any = lambda project, name: None
+) -> FastAPI:
     manager = ServiceManager(store, settings)
     ctx = Context(settings, store, manager, wake)
     app = FastAPI(
@@ -251,8 +254,10 @@ def create_app(settings: Settings, store: Store, wake: Any = lambda: None) -> Fa
     async def create_service(project: str, request: Request, _: str = Auth) -> dict:
         body = await json_body(request)
         svc = manager.create_service(project, body)
+        # Push to the region right away: the answer then carries the service's endpoints.
+        await run_in_threadpool(reconcile_now, project, svc.name)
         ctx.wake()
-        return {"service": out(svc)}
+        return {"service": out(store.get_service(project, svc.name) or svc)}
 
     @app.get("/v1/project/{project}/service/{service}")
     def get_service(project: str, service: str, _: str = Auth) -> dict:

@@ -56,6 +56,15 @@ class Reconciler:
             self._wake.wait(self.interval)
             self._wake.clear()
 
+    def reconcile_now(self, project: str, name: str) -> None:
+        """Push one service's change at once (so a create answers with its endpoints)."""
+        svc = self.store.get_service(project, name)
+        if svc is not None:
+            try:
+                self.reconcile(svc)
+            except Exception:  # the loop retries; the API call must not fail because of it
+                log.exception("immediate reconcile of %s/%s failed", project, name)
+
     def tick(self) -> None:
         for svc in self.store.list_services():
             self.reconcile(svc)
