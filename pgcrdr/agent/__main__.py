@@ -1,0 +1,106 @@
+"""``python -m pgcrdr.agent --region CLOUD_NAME [--token-file PATH]``: the region agent.
+
+Settings come from the environment (``Settings.from_env``: PGCRDR_HOME, PGCRDR_PORT_BASE,
+PGCRDR_PORT_OFFSET, PGCRDR_REGIONS, ...). Serves the agent API on 127.0.0.1:<agent port of the
+region>, supervises the region's etcd, Patroni/PostgreSQL nodes and HAProxy endpoints, and stops
+all of them on SIGTERM/SIGINT before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from pgcrdr.agent.app import create_app
+from pgcrdr.agent.runtime import RegionRuntime
+from pgcrdr.config import Settings
+
+log = logging.getLogger("pgcrdr.agent")
+
+
+def _check_node_user_access(settings: Settings, paths: list[tuple[str, Path]]) -> list[str]:
+    """Problems the unprivileged node user would hit, each naming the path (root only)."""
+    if os.geteuid() != 0:
+        return []
+    problems = []
+    for test, path in paths:
+        r = subprocess.run(["runuser", "-u", settings.os_user, "--", "test", test, str(path)],
+                           capture_output=True)
+        if r.returncode != 0:
+            problems.append(f"user {settings.os_user} cannot access {path} (test {test} failed): "
+                            "make it and every parent directory readable/traversable by that user")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pgcrdr.agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--region", required=True, help="cloud name of the region, e.g. local-europe-west1")
+    parser.add_argument("--token-file",
+                        help="file holding the bearer token (default: $PGCRDR_HOME/control/agent-token)")
+    parser.add_argument("--log-level", default=os.environ.get("PGCRDR_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    settings = Settings.from_env()
+    region = settings.region(args.region)
+    if region is None:
+        known = ", ".join(r.cloud_name for r in settings.regions)
+        print(f"agent: unknown region {args.region!r} (known: {known})", file=sys.stderr)
+        return 2
+    token_file = Path(args.token_file) if args.token_file else settings.control_dir / "agent-token"
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        print(f"agent: cannot read token file {token_file}: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"agent: token file {token_file} is empty", file=sys.stderr)
+        return 2
+
+    runtime = RegionRuntime(settings, region)
+    runtime.prepare_dirs()
+    problems = _check_node_user_access(settings, [
+        ("-x", settings.node_venv / "bin" / "patroni"),
+        ("-x", settings.pg_bin_dir / "postgres"),
+        ("-x", runtime.layout.region_dir),
+        ("-w", runtime.layout.etcd_dir),
+    ])
+    if problems:
+        for p in problems:
+            print(f"agent: {p}", file=sys.stderr)
+        return 2
+
+    log.info("region agent %s starting on %s:%s (home %s)", region.cloud_name, settings.host,
+             region.agent_port, settings.home)
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime, token), host=settings.host,
+                                           port=region.agent_port, log_level="warning", access_log=False))
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        # uvicorn installs its own handlers while serving and re-raises the signal once it has
+        # stopped; landing here (instead of the default action) lets the finally below stop
+        # every child before the agent exits.
+        log.info("signal %s received", signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        runtime.start()
+        server.run()  # returns after SIGTERM/SIGINT
+    finally:
+        log.info("region agent %s stopping its processes", region.cloud_name)
+        runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The converge decision of one cluster, and its status, as pure functions of an observation.
+
+``decide`` answers "what should the agent do now?" and ``summarize`` answers "what does the
+user see?"; neither does I/O, both take the clock as an argument, so both are tested as values
+(tests/unit/test_agent_decide.py). ``runtime`` observes and executes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgcrdr.agent.models import (
+    ClusterPhase,
+    ClusterSpec,
+    ClusterStatus,
+    Endpoint,
+    NodeRole,
+    NodeRunState,
+    NodeStatus,
+    ProgressUpdate,
+)
+from pgcrdr.agent.ports import ClusterPorts
+
+# Consecutive unexpected exits of Patroni after which a node is reported as failing.
+CRASH_LOOP_FAILURES = 3
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class NodeObs:
+    index: int
+    name: str
+    patroni_running: bool = False
+    postmaster_running: bool = False
+    has_data: bool = False
+    rest: Mapping[str, Any] | None = None  # GET /patroni
+    held_until: float | None = None  # monotonic; set by a kill drill
+    failures: int = 0  # consecutive unexpected exits of Patroni
+    last_start: float | None = None  # monotonic
+    config_changed: bool = False  # patroni.yml on disk differs from the rendered one
+    last_error: str | None = None  # last error line of its logs (when failing)
+
+    @property
+    def rest_state(self) -> str | None:
+        return str(self.rest.get("state")) if self.rest else None
+
+    @property
+    def rest_role(self) -> str | None:
+        return str(self.rest.get("role")) if self.rest else None
+
+    @property
+    def is_leader(self) -> bool:
+        return (
+            self.patroni_running
+            and self.rest_role in ("primary", "master", "standby_leader")
+            and self.rest_state == "running"
+        )
+
+    def held(self, now: float) -> bool:
+        return self.held_until is not None and now < self.held_until
+
+
+@dataclass(frozen=True)
+class ClusterObs:
+    spec: ClusterSpec
+    now: float
+    nodes: tuple[NodeObs, ...]  # every node slot with anything to say (1..3)
+    etcd_healthy: bool = True
+    proxy_running: bool = False
+    proxy_config_changed: bool = False
+    ensured: tuple[int, str] | None = None  # (generation, leader) users/databases were ensured for
+    ensure_error: str | None = None
+    action_error: str | None = None  # the last action that failed, as a sentence
+    basebackups: tuple[tuple[int, int | None], ...] = ()  # (streamed, total) on the leader
+
+    def node(self, index: int) -> NodeObs:
+        for n in self.nodes:
+            if n.index == index:
+                return n
+        return NodeObs(index=index, name=f"{self.spec.cluster}-{index}")
+
+    @property
+    def wanted(self) -> list[NodeObs]:
+        return [self.node(i) for i in range(1, self.spec.node_count + 1)]
+
+    @property
+    def leader(self) -> NodeObs | None:
+        leaders = [n for n in self.wanted if n.is_leader]
+        # Patroni guarantees at most one leader per scope; if we ever saw two, prefer the
+        # lowest index so every observer reports the same one.
+        return leaders[0] if leaders else None
+
+
+# --- actions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartNode:
+    name: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ReloadNode:
+    name: str
+    index: int
+
+
+@dataclass(frozen=True)
+class StopNode:
+    name: str
+    index: int
+    remove_data: bool = False
+
+
+@dataclass(frozen=True)
+class StartProxy:
+    pass
+
+
+@dataclass(frozen=True)
+class RestartProxy:
+    pass
+
+
+@dataclass(frozen=True)
+class StopProxy:
+    pass
+
+
+@dataclass(frozen=True)
+class EnsureRoles:
+    leader: str
+    index: int
+
+
+Action = StartNode | ReloadNode | StopNode | StartProxy | RestartProxy | StopProxy | EnsureRoles
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: list[Action] = field(default_factory=list)
+    reason: str = "nothing to do"
+
+
+def restart_backoff(failures: int) -> float:
+    """Seconds to wait before restarting a node whose Patroni exited ``failures`` times in a row."""
+    if failures <= 0:
+        return 0.0
+    return min(2.0 ** (failures - 1), MAX_BACKOFF_S)
+
+
+def decide(obs: ClusterObs) -> Decision:
+    spec, now = obs.spec, obs.now
+    actions: list[Action] = []
+    why: list[str] = []
+    if not spec.powered:
+        # Standbys first, the leader last: a leader stopping first would hand its role over.
+        running = [n for n in obs.nodes if n.patroni_running or n.postmaster_running]
+        running.sort(key=lambda n: (n.is_leader, n.index))
+        for n in running:
+            actions.append(StopNode(n.name, n.index))
+            why.append(f"stop {n.name} (powered off)")
+        if obs.proxy_running:
+            actions.append(StopProxy())
+            why.append("stop proxy (powered off)")
+        return Decision(actions, "; ".join(why) or "powered off: nothing runs")
+
+    for n in obs.nodes:
+        if n.index > spec.node_count and (n.patroni_running or n.postmaster_running or n.has_data):
+            actions.append(StopNode(n.name, n.index, remove_data=True))
+            why.append(f"remove {n.name} (node_count={spec.node_count})")
+    if not obs.etcd_healthy:
+        why.append("waiting for etcd before starting anything")
+    for n in obs.wanted:
+        if n.held(now):
+            why.append(f"{n.name} held down by a kill drill")
+            continue
+        if not n.patroni_running:
+            if not obs.etcd_healthy:
+                continue
+            wait = restart_backoff(n.failures)
+            if n.last_start is not None and now - n.last_start < wait:
+                why.append(f"{n.name} restarts after back-off ({n.failures} failures)")
+                continue
+            actions.append(StartNode(n.name, n.index))
+            why.append(f"start {n.name}" + (f" (after {n.failures} failures)" if n.failures else ""))
+        elif n.config_changed:
+            actions.append(ReloadNode(n.name, n.index))
+            why.append(f"reload {n.name} (configuration changed)")
+    if not obs.proxy_running:
+        actions.append(StartProxy())
+        why.append("start proxy")
+    elif obs.proxy_config_changed:
+        actions.append(RestartProxy())
+        why.append("restart proxy (configuration changed)")
+    leader = obs.leader
+    if leader is not None and obs.ensured != (spec.generation, leader.name):
+        actions.append(EnsureRoles(leader.name, leader.index))
+        why.append(f"ensure users and databases on {leader.name} (generation {spec.generation})")
+    return Decision(actions, "; ".join(why) or "converged")
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def format_lsn(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def _xlog(n: NodeObs) -> Mapping[str, Any]:
+    x = n.rest.get("xlog") if n.rest else None
+    return x if isinstance(x, Mapping) else {}
+
+
+def node_lsn(n: NodeObs) -> int | None:
+    x = _xlog(n)
+    for key in ("location", "replayed_location", "received_location"):
+        v = x.get(key)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def _role(n: NodeObs) -> NodeRole:
+    role = n.rest_role if n.patroni_running else None
+    if role in ("primary", "master"):
+        return "primary"
+    if role in ("replica", "standby_leader"):
+        return role  # type: ignore[return-value]
+    return "unknown"
+
+
+def node_failing(n: NodeObs) -> str | None:
+    """Why a node is failing, as a sentence a user can act on, or None."""
+    detail = f": {n.last_error}" if n.last_error else ""
+    if n.patroni_running and n.rest_state in ("start failed", "crashed"):
+        return f"PostgreSQL failed to start on {n.name}{detail}"
+    if n.failures >= CRASH_LOOP_FAILURES:
+        return f"Patroni on {n.name} is restarting in a loop ({n.failures} exits){detail}"
+    return None
+
+
+def _state(obs: ClusterObs, n: NodeObs) -> NodeRunState:
+    if not obs.spec.powered or n.held(obs.now):
+        return "stopped" if not (n.patroni_running or n.postmaster_running) else "starting"
+    if node_failing(n):
+        return "failed"
+    if n.patroni_running and n.rest_state == "running":
+        return "running"
+    return "starting"
+
+
+def _streaming(n: NodeObs) -> bool:
+    if not n.rest:
+        return False
+    if n.rest_role in ("primary", "master", "standby_leader"):
+        return True
+    return n.rest.get("replication_state") == "streaming"
+
+
+def _progress(obs: ClusterObs, n: NodeObs, state: NodeRunState) -> list[ProgressUpdate]:
+    if state == "running":
+        return [ProgressUpdate(phase="prepare", min=0, max=100, current=100, unit="prepare_percent",
+                               completed=True),
+                ProgressUpdate(phase="finalize", completed=True)]
+    if state != "starting":
+        return []
+    leader = obs.leader
+    if leader is None or leader.index == n.index:
+        return [ProgressUpdate(phase="prepare", min=0, max=100, current=0, unit="prepare_percent")]
+    if obs.basebackups:
+        streamed, total = obs.basebackups[0]
+        return [ProgressUpdate(phase="prepare", max=100, current=100, unit="prepare_percent", completed=True),
+                ProgressUpdate(phase="basebackup", min=0, max=total, current=streamed)]
+    if n.has_data:
+        return [ProgressUpdate(phase="finalize", completed=False)]
+    return [ProgressUpdate(phase="prepare", min=0, max=100, current=0, unit="prepare_percent")]
+
+
+def summarize(
+    obs: ClusterObs,
+    *,
+    region: str,
+    ports: ClusterPorts,
+    ever_ready: bool,
+    host: str = "127.0.0.1",
+) -> ClusterStatus:
+    spec, now = obs.spec, obs.now
+    leader = obs.leader
+    leader_lsn = node_lsn(leader) if leader else None
+    nodes: list[NodeStatus] = []
+    for n in obs.wanted:
+        state = _state(obs, n)
+        lsn = node_lsn(n)
+        lag = None
+        if leader is not None and lsn is not None and leader_lsn is not None and n.index != leader.index:
+            lag = max(0, leader_lsn - lsn)
+        elif leader is not None and n.index == leader.index:
+            lag = 0
+        nodes.append(
+            NodeStatus(
+                name=n.name, host=host, pg_port=ports.pg(n.index), rest_port=ports.rest(n.index),
+                role=_role(n), state=state, lsn=format_lsn(lsn), lag_bytes=lag,
+                progress=_progress(obs, n, state),
+            )
+        )
+
+    messages: list[str] = []
+    if not obs.etcd_healthy:
+        messages.append("etcd of this region is not healthy; Patroni cannot elect a leader")
+    for n in obs.wanted:
+        why = node_failing(n) if spec.powered else None
+        if why:
+            messages.append(why)
+    if obs.action_error:
+        messages.append(obs.action_error)
+    if obs.ensure_error:
+        messages.append(f"could not create users/databases: {obs.ensure_error}")
+    if spec.powered:
+        for n in obs.wanted:
+            if n.held(now):
+                messages.append(f"{n.name} was killed by a drill; it restarts in {n.held_until - now:.0f} s")
+        if leader is None and ever_ready and not any(n.held(now) for n in obs.wanted):
+            messages.append("no writer at the moment: waiting for Patroni to elect a leader")
+
+    ready = bool(
+        spec.powered
+        and leader is not None
+        and leader.rest_role in ("primary", "master")
+        and obs.proxy_running
+        and not obs.proxy_config_changed
+        and all(s.state == "running" for s in nodes)
+        and all(_streaming(n) for n in obs.wanted)
+        and obs.ensured == (spec.generation, leader.name)
+    )
+    phase: ClusterPhase
+    if not spec.powered:
+        busy = any(n.patroni_running or n.postmaster_running for n in obs.nodes) or obs.proxy_running
+        phase = "stopping" if busy else "stopped"
+    elif ready or ever_ready:
+        phase = "running"
+    elif leader is None and any(node_failing(n) for n in obs.wanted):
+        phase = "failed"
+    else:
+        phase = "creating"
+    return ClusterStatus(
+        cluster=spec.cluster,
+        region=region,
+        generation=spec.generation,
+        phase=phase,
+        ready=ready,
+        message="; ".join(messages) or None,
+        primary=Endpoint(host=host, port=ports.primary),
+        replica=Endpoint(host=host, port=ports.replica),
+        nodes=nodes,
+    )

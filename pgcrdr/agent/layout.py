@@ -1,0 +1,146 @@
+"""Where a region agent keeps each file of a region and of its clusters.
+
+One place for the directory layout so that the agent, ``stop_region_processes`` (which must
+work while the agent is dead) and the tests agree on it::
+
+    <region_dir>/
+      etcd/                          etcd data (0700, node user)
+      run/                           pid files of every child: etcd.pid, <cluster>.proxy.pid,
+                                     <cluster>-<i>.patroni.pid; logs/ of etcd
+      clusters/<cluster>/
+        spec.json                    the last accepted ClusterSpec
+        ports.json                   the port block allocated to the cluster
+        tls/                         ca.crt, server.crt, server.key (0600)
+        haproxy.cfg, haproxy.log
+        nodes/<cluster>-<i>/
+          patroni.yml, patroni.log, pgpass
+          data/                      PGDATA (0700)
+          pglog/                     PostgreSQL's own log
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+# A Unix socket path may not exceed 107 bytes; ".s.PGSQL.NNNNN.lock" needs 20 of them.
+_MAX_SOCKET_DIR = 85
+
+
+def node_name(cluster: str, index: int) -> str:
+    """Nodes are named <cluster>-1, <cluster>-2, <cluster>-3 (index is 1-based)."""
+    return f"{cluster}-{index}"
+
+
+def node_index(cluster: str, name: str) -> int | None:
+    """The 1-based index of a node name of this cluster, or None if it is not one."""
+    prefix = f"{cluster}-"
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix):]
+    if rest not in ("1", "2", "3"):
+        return None
+    return int(rest)
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    region_dir: Path
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.region_dir / "etcd"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.region_dir / "run"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.region_dir / "clusters"
+
+    @property
+    def etcd_pid(self) -> Path:
+        return self.run_dir / "etcd.pid"
+
+    @property
+    def etcd_log(self) -> Path:
+        return self.run_dir / "etcd.log"
+
+    def cluster(self, cluster: str) -> ClusterLayout:
+        return ClusterLayout(self, cluster)
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    region: RegionLayout
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.region.clusters_dir / self.name
+
+    @property
+    def spec_file(self) -> Path:
+        return self.dir / "spec.json"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.dir / "ports.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.tls_dir / "server.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.tls_dir / "server.key"
+
+    @property
+    def proxy_cfg(self) -> Path:
+        return self.dir / "haproxy.cfg"
+
+    @property
+    def proxy_log(self) -> Path:
+        return self.dir / "haproxy.log"
+
+    @property
+    def proxy_pid(self) -> Path:
+        return self.region.run_dir / f"{self.name}.proxy.pid"
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / "nodes" / node
+
+    def data_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "data"
+
+    def pg_log_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "pglog"
+
+    def patroni_yml(self, node: str) -> Path:
+        return self.node_dir(node) / "patroni.yml"
+
+    def patroni_log(self, node: str) -> Path:
+        return self.node_dir(node) / "patroni.log"
+
+    def pgpass(self, node: str) -> Path:
+        return self.node_dir(node) / "pgpass"
+
+    def patroni_pid(self, node: str) -> Path:
+        return self.region.run_dir / f"{node}.patroni.pid"
+
+    def socket_dir(self, node: str) -> Path:
+        """The node directory when short enough for a Unix socket path, else a per-node dir in /tmp."""
+        d = self.node_dir(node)
+        if len(str(d)) <= _MAX_SOCKET_DIR:
+            return d
+        return Path("/tmp") / f"pgcrdr-sock-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"

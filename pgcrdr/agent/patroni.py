@@ -1,0 +1,144 @@
+"""Patroni node configuration (pure rendering) and its REST API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from pgcrdr.agent.etcd import NAMESPACE
+from pgcrdr.agent.models import ClusterSpec
+
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+REWIND_USER = "rewind_user"
+RESERVED_ROLES = {SUPERUSER, REPLICATION_USER, REWIND_USER}
+
+# Parameters Patroni requires to be equal on every node: they go to the DCS at bootstrap.
+DCS_PARAMETERS: dict[str, Any] = {
+    "wal_level": "replica",
+    "hot_standby": "on",
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_log_hints": "on",
+    "max_connections": 100,
+}
+
+# Parameters the agent manages itself; a spec may not override them.
+MANAGED_PARAMETERS = frozenset(
+    set(DCS_PARAMETERS)
+    | {"listen_addresses", "port", "data_directory", "hba_file", "ident_file", "config_file",
+       "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "unix_socket_directories",
+       "password_encryption", "logging_collector", "log_directory", "log_filename", "cluster_name",
+       "archive_command", "restore_command", "primary_conninfo", "primary_slot_name"}
+)
+
+PG_HBA = [
+    "local all all scram-sha-256",
+    "hostssl all all 127.0.0.1/32 scram-sha-256",
+    "hostssl replication all 127.0.0.1/32 scram-sha-256",
+    "hostnossl all all 0.0.0.0/0 reject",
+]
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    data_dir: Path
+    socket_dir: Path
+    pg_log_dir: Path
+    pgpass: Path
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+def render_patroni_config(
+    spec: ClusterSpec,
+    name: str,
+    *,
+    pg_port: int,
+    rest_port: int,
+    etcd_port: int,
+    paths: NodePaths,
+    pg_bin_dir: Path,
+    host: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """The patroni.yml of one node, as a dict. Pure."""
+    local_params: dict[str, Any] = {
+        "unix_socket_directories": str(paths.socket_dir),
+        "password_encryption": "scram-sha-256",
+        "min_wal_size": "32MB",
+        "ssl": "on",
+        "ssl_cert_file": str(paths.cert_file),
+        "ssl_key_file": str(paths.key_file),
+        "ssl_ca_file": str(paths.ca_file),
+        "logging_collector": "on",
+        "log_directory": str(paths.pg_log_dir),
+        "log_filename": "postgresql.log",
+        "log_file_mode": "0600",
+        "log_line_prefix": "%m [%p] ",
+    }
+    local_params.update(spec.pg_parameters)
+    return {
+        "scope": spec.cluster,
+        "name": name,
+        "namespace": NAMESPACE,
+        "log": {"level": "INFO"},
+        "restapi": {"listen": f"{host}:{rest_port}", "connect_address": f"{host}:{rest_port}"},
+        "etcd3": {"hosts": f"{host}:{etcd_port}"},
+        "bootstrap": {
+            "dcs": {
+                "ttl": 20,
+                "loop_wait": 1,
+                "retry_timeout": 5,
+                "maximum_lag_on_failover": 16 * 1024 * 1024,
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    "parameters": dict(DCS_PARAMETERS),
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": f"{host}:{pg_port}",
+            "connect_address": f"{host}:{pg_port}",
+            "data_dir": str(paths.data_dir),
+            "bin_dir": str(pg_bin_dir),
+            "pgpass": str(paths.pgpass),
+            "use_unix_socket": True,
+            "authentication": {
+                "superuser": {"username": SUPERUSER, "password": spec.superuser_password},
+                "replication": {"username": REPLICATION_USER, "password": spec.replication_password,
+                                "sslmode": "require"},
+                "rewind": {"username": REWIND_USER, "password": spec.rewind_password,
+                           "sslmode": "require"},
+            },
+            "parameters": local_params,
+            "pg_hba": list(PG_HBA),
+            "create_replica_methods": ["basebackup"],
+            "basebackup": [{"checkpoint": "fast"}],
+        },
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+
+
+def render_patroni_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def patroni_argv(node_venv: Path, yml: Path) -> list[str]:
+    return [str(node_venv / "bin" / "patroni"), str(yml)]
+
+
+def get_patroni(rest_port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> dict[str, Any] | None:
+    """GET /patroni of a node: its role, state and WAL positions; None if unreachable."""
+    try:
+        r = httpx.get(f"http://{host}:{rest_port}/patroni", timeout=timeout)
+        data = r.json()
+        return data if isinstance(data, dict) else None
+    except (httpx.HTTPError, ValueError):
+        return None

@@ -1,0 +1,76 @@
+"""SQL the agent runs on a cluster's leader: users, databases, progress of replica builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pgcrdr.agent.models import ClusterSpec
+from pgcrdr.agent.patroni import SUPERUSER
+
+
+def _connect(spec: ClusterSpec, port: int, host: str = "127.0.0.1", dbname: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(
+        host=host, port=port, user=SUPERUSER, password=spec.superuser_password, dbname=dbname,
+        sslmode="require", connect_timeout=3, autocommit=True,
+    )
+
+
+def ensure_users_and_databases(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -> list[str]:
+    """Create or update the spec's roles and create its databases on the writer. Idempotent.
+    Returns what was done, one sentence per change."""
+    done: list[str] = []
+    owner = next((u.username for u in spec.users if u.kind == "primary"), SUPERUSER)
+    with _connect(spec, port, host) as conn:
+        for user in spec.users:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user.username,)).fetchone()
+            attrs = sql.SQL("LOGIN CREATEDB CREATEROLE" if user.kind == "primary" else "LOGIN")
+            verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+            conn.execute(
+                sql.SQL("{} {} {} PASSWORD {}").format(
+                    verb, sql.Identifier(user.username), attrs, sql.Literal(user.password)
+                )
+            )
+            done.append(f"{'updated' if exists else 'created'} role {user.username}")
+        for db in spec.databases:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                continue
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
+            done.append(f"created database {db} owned by {owner}")
+    return done
+
+
+def basebackup_progress(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -> list[tuple[int, int | None]]:
+    """(bytes streamed, bytes total) of every base backup the writer is serving now."""
+    with _connect(spec, port, host) as conn:
+        rows = conn.execute(
+            "SELECT backup_streamed, backup_total FROM pg_stat_progress_basebackup"
+        ).fetchall()
+    return [(int(r[0] or 0), int(r[1]) if r[1] is not None else None) for r in rows]
+
+
+def tail_lines(path: Path, n: int = 50, max_bytes: int = 65536) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-n:]
+
+
+def last_error_line(paths: list[Path]) -> str | None:
+    """The last FATAL/PANIC/ERROR line of the given logs, else the last line of the first log."""
+    fallback = None
+    for p in paths:
+        lines = tail_lines(p)
+        for line in reversed(lines):
+            if any(k in line for k in ("FATAL", "PANIC", "ERROR", "Traceback", "CRITICAL")):
+                return line.strip()[:500]
+        if fallback is None and lines:
+            fallback = lines[-1].strip()[:500]
+    return fallback

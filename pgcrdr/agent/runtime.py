@@ -1,0 +1,564 @@
+"""The region agent's converge loop: observe -> decide (pure, ``decide.py``) -> act.
+
+One worker thread per cluster ticks about once a second, so a slow step of one cluster (a
+replica being built, a node shutting down) never stalls another. The API only records intent
+(spec.json) and reads the status the last tick computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pgcrdr.agent import etcd as etcd_mod
+from pgcrdr.agent import ports as ports_mod
+from pgcrdr.agent import processes as proc
+from pgcrdr.agent.decide import (
+    Action,
+    ClusterObs,
+    EnsureRoles,
+    NodeObs,
+    ReloadNode,
+    RestartProxy,
+    StartNode,
+    StartProxy,
+    StopNode,
+    StopProxy,
+    decide,
+    summarize,
+)
+from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
+from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
+from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.postgres import basebackup_progress, ensure_users_and_databases, last_error_line
+from pgcrdr.agent.proxy import ProxyNode, haproxy_argv, render_haproxy_config
+from pgcrdr.config import RegionConfig, Settings
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+STOP_TIMEOUT_S = 30.0
+ETCD_START_TIMEOUT_S = 20.0
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class NodeRuntime:
+    """What the agent remembers about a node between ticks (not persisted)."""
+
+    pid: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    expected_running: bool = False
+    failures: int = 0
+    last_start: float | None = None
+    held_until: float | None = None
+
+
+@dataclass
+class ClusterRuntime:
+    spec: ClusterSpec
+    layout: ClusterLayout
+    ports: ports_mod.ClusterPorts
+    act_lock: threading.Lock = field(default_factory=threading.Lock)
+    nodes: dict[int, NodeRuntime] = field(default_factory=lambda: {i: NodeRuntime() for i in (1, 2, 3)})
+    proxy_pid: int | None = None
+    ensured: tuple[int, str] | None = None
+    ensure_error: str | None = None
+    action_error: str | None = None
+    ever_ready: bool = False
+    status: ClusterStatus | None = None
+    deleted: bool = False
+    thread: threading.Thread | None = None
+    last_reason: str = ""
+
+
+class RegionRuntime:
+    def __init__(self, settings: Settings, region: RegionConfig):
+        self.settings = settings
+        self.region = region
+        self.layout = RegionLayout(settings.region_dir(region))
+        self._lock = threading.RLock()
+        self._clusters: dict[str, ClusterRuntime] = {}
+        self._stop = threading.Event()
+        self._etcd_pid: int | None = None
+        self._etcd_healthy = False
+        self._supervisor: threading.Thread | None = None
+        self._ports_lock = threading.Lock()
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def prepare_dirs(self) -> None:
+        for d in (self.layout.region_dir, self.layout.run_dir, self.layout.clusters_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o755)
+        proc.make_node_dir(self.settings, self.layout.etcd_dir, 0o700)
+
+    def start(self) -> None:
+        self.prepare_dirs()
+        self._ensure_etcd(wait=True)
+        for spec_file in sorted(self.layout.clusters_dir.glob("*/spec.json")):
+            try:
+                spec = ClusterSpec.model_validate_json(spec_file.read_text())
+            except (OSError, ValueError) as exc:
+                log.error("ignoring unreadable %s: %s", spec_file, exc)
+                continue
+            self._register(spec)
+            log.info("resumed cluster %s (generation %s)", spec.cluster, spec.generation)
+        self._supervisor = threading.Thread(target=self._supervise_etcd, name="etcd-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def shutdown(self) -> None:
+        """Stop the loops, then every child: Patroni (which stops PostgreSQL), proxies, etcd."""
+        self._stop.set()
+        with self._lock:
+            clusters = list(self._clusters.values())
+        for c in clusters:
+            if c.thread:
+                c.thread.join(timeout=STOP_TIMEOUT_S)
+        with ThreadPoolExecutor(max_workers=max(1, len(clusters))) as pool:
+            list(pool.map(self._stop_cluster_processes, clusters))
+        self._stop_etcd()
+        log.info("region %s: every child stopped", self.region.cloud_name)
+
+    # --- etcd --------------------------------------------------------------------------------
+
+    def _ensure_etcd(self, wait: bool) -> None:
+        marker = str(self.layout.etcd_dir)
+        pid = self._etcd_pid or proc.read_pid(self.layout.etcd_pid)
+        if proc.pid_matches(pid, marker):
+            self._etcd_pid = pid
+        else:
+            popen = proc.spawn(
+                self.settings,
+                etcd_mod.etcd_argv(self.region, str(self.layout.etcd_dir), self.settings.host),
+                pid_file=self.layout.etcd_pid, log_file=self.layout.etcd_log, cwd=self.layout.etcd_dir,
+            )
+            self._etcd_pid = popen.pid
+        if wait:
+            deadline = time.monotonic() + ETCD_START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if etcd_mod.etcd_healthy(self.region, self.settings.host):
+                    self._etcd_healthy = True
+                    return
+                if not proc.is_running(self._etcd_pid):
+                    break
+                time.sleep(0.2)
+            log.error("etcd of region %s not healthy after start: %s", self.region.cloud_name,
+                      last_error_line([self.layout.etcd_log]))
+
+    def _supervise_etcd(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                if not proc.is_running(self._etcd_pid):
+                    log.warning("etcd of region %s exited; restarting", self.region.cloud_name)
+                    self._ensure_etcd(wait=False)
+                self._etcd_healthy = etcd_mod.etcd_healthy(self.region, self.settings.host)
+            except Exception:  # keep supervising whatever happens
+                log.exception("etcd supervision failed")
+
+    def _stop_etcd(self) -> None:
+        pid = self._etcd_pid
+        if pid and proc.is_running(pid):
+            proc.signal_pid(pid, signal.SIGTERM)
+            if proc.wait_gone([pid], 10):
+                proc.signal_pid(pid, signal.SIGKILL)
+                proc.wait_gone([pid], 5)
+        self.layout.etcd_pid.unlink(missing_ok=True)
+
+    def health(self) -> RegionHealth:
+        healthy = etcd_mod.etcd_healthy(self.region, self.settings.host)
+        with self._lock:
+            n = len(self._clusters)
+        msg = None
+        if not healthy:
+            msg = f"etcd is not healthy: {last_error_line([self.layout.etcd_log]) or 'no log'}"
+        return RegionHealth(region=self.region.cloud_name, etcd_healthy=healthy, clusters=n, message=msg)
+
+    # --- API entry points ----------------------------------------------------------------------
+
+    def put_spec(self, spec: ClusterSpec) -> ClusterStatus:
+        layout = self.layout.cluster(spec.cluster)
+        with self._lock:
+            c = self._clusters.get(spec.cluster)
+            layout.dir.mkdir(parents=True, exist_ok=True)
+            layout.dir.chmod(0o755)
+            tmp = layout.spec_file.with_suffix(".tmp")
+            tmp.write_text(spec.model_dump_json())
+            tmp.chmod(0o600)
+            tmp.replace(layout.spec_file)
+            if c is None:
+                c = self._register(spec)
+            else:
+                c.spec = spec
+            status = c.status
+        if status is None:
+            status = summarize(
+                ClusterObs(spec=spec, now=time.monotonic(), nodes=()),
+                region=self.region.cloud_name, ports=c.ports, ever_ready=False, host=self.settings.host,
+            )
+        return status
+
+    def _register(self, spec: ClusterSpec) -> ClusterRuntime:
+        layout = self.layout.cluster(spec.cluster)
+        layout.dir.mkdir(parents=True, exist_ok=True)
+        with self._ports_lock:
+            ports = ports_mod.allocate(self.layout.clusters_dir, spec.cluster, self.region.service_port_range)
+        c = ClusterRuntime(spec=spec, layout=layout, ports=ports)
+        self._adopt(c)
+        with self._lock:
+            self._clusters[spec.cluster] = c
+        c.thread = threading.Thread(target=self._loop, args=(c,), name=f"cluster-{spec.cluster}", daemon=True)
+        c.thread.start()
+        return c
+
+    def _adopt(self, c: ClusterRuntime) -> None:
+        """Take over processes a previous agent left running (after a crash of the agent)."""
+        for i, n in c.nodes.items():
+            name = node_name(c.spec.cluster, i)
+            pid = proc.read_pid(c.layout.patroni_pid(name))
+            if proc.pid_matches(pid, str(c.layout.patroni_yml(name))):
+                n.pid, n.expected_running = pid, True
+        pid = proc.read_pid(c.layout.proxy_pid)
+        if proc.pid_matches(pid, str(c.layout.proxy_cfg)):
+            c.proxy_pid = pid
+
+    def get_status(self, cluster: str) -> ClusterStatus:
+        with self._lock:
+            c = self._clusters.get(cluster)
+        if c is None:
+            raise NotFound(cluster)
+        if c.status is None:
+            return summarize(ClusterObs(spec=c.spec, now=time.monotonic(), nodes=()),
+                             region=self.region.cloud_name, ports=c.ports, ever_ready=False,
+                             host=self.settings.host)
+        return c.status
+
+    def list_status(self) -> list[ClusterStatus]:
+        with self._lock:
+            names = sorted(self._clusters)
+        out = []
+        for name in names:
+            try:
+                out.append(self.get_status(name))
+            except NotFound:
+                pass
+        return out
+
+    def delete(self, cluster: str) -> list[int]:
+        """Stop everything of ``cluster`` (by PID, postmasters included) and remove its files."""
+        with self._lock:
+            c = self._clusters.get(cluster)
+        if c is None:
+            raise NotFound(cluster)
+        c.deleted = True
+        with c.act_lock:  # waits for a running tick to finish
+            killed = self._kill_cluster_processes(c)
+            with self._lock:
+                self._clusters.pop(cluster, None)
+            try:
+                etcd_mod.delete_scope(self.region, cluster, self.settings.host)
+            except Exception as exc:  # the keys only matter if the name is reused
+                log.warning("could not delete etcd keys of %s: %s", cluster, exc)
+            for i in (1, 2, 3):
+                name = node_name(cluster, i)
+                c.layout.patroni_pid(name).unlink(missing_ok=True)
+                if not c.layout.socket_dir(name).is_relative_to(c.layout.dir):
+                    shutil.rmtree(c.layout.socket_dir(name), ignore_errors=True)
+            c.layout.proxy_pid.unlink(missing_ok=True)
+            shutil.rmtree(c.layout.dir, ignore_errors=True)
+        log.info("deleted cluster %s (killed %s)", cluster, killed)
+        return killed
+
+    def kill_node(self, cluster: str, node: str, restart_after: float) -> KillResult:
+        with self._lock:
+            c = self._clusters.get(cluster)
+        if c is None:
+            raise NotFound(cluster)
+        idx = node_index(cluster, node)
+        if idx is None or idx > c.spec.node_count:
+            raise NotFound(f"{cluster}/{node}")
+        n = c.nodes[idx]
+        # Hold first so the loop does not restart it between the two kills.
+        n.held_until = time.monotonic() + restart_after
+        killed: list[int] = []
+        pid = n.pid if proc.is_running(n.pid) else None
+        if pid:
+            proc.signal_pid(pid, signal.SIGKILL)
+            killed.append(pid)
+        pm = proc.postmaster_pid(c.layout.data_dir(node))
+        if pm:
+            proc.kill_postmaster_tree(pm)
+            killed.append(pm)
+        n.expected_running = False
+        proc.wait_gone(killed, 5)
+        log.info("kill drill on %s: killed %s; no restart for %.0f s", node, killed, restart_after)
+        return KillResult(node=node, killed_pids=killed)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _loop(self, c: ClusterRuntime) -> None:
+        while not self._stop.is_set() and not c.deleted:
+            started = time.monotonic()
+            try:
+                with c.act_lock:
+                    if c.deleted or self._stop.is_set():
+                        return
+                    self._tick(c)
+            except Exception as exc:
+                log.exception("tick of %s failed", c.spec.cluster)
+                c.action_error = f"agent error: {exc}"
+            self._stop.wait(max(0.1, TICK_S - (time.monotonic() - started)))
+
+    def _tick(self, c: ClusterRuntime) -> None:
+        spec = c.spec
+        self._write_tls(c)
+        obs = self._observe(c)
+        decision = decide(obs)
+        if decision.reason != c.last_reason:
+            log.info("%s: %s", spec.cluster, decision.reason)
+            c.last_reason = decision.reason
+        c.action_error = None
+        for action in decision.actions:
+            try:
+                self._act(c, action)
+            except Exception as exc:
+                log.exception("%s: %s failed", spec.cluster, action)
+                c.action_error = f"{type(action).__name__} failed: {exc}"
+        if decision.actions:
+            obs = self._observe(c)
+        status = summarize(obs, region=self.region.cloud_name, ports=c.ports, ever_ready=c.ever_ready,
+                           host=self.settings.host)
+        if status.ready:
+            c.ever_ready = True
+        if not spec.powered:
+            c.ever_ready = False
+        c.status = status
+
+    def _node_paths(self, c: ClusterRuntime, name: str) -> NodePaths:
+        lay = c.layout
+        return NodePaths(
+            data_dir=lay.data_dir(name), socket_dir=lay.socket_dir(name), pg_log_dir=lay.pg_log_dir(name),
+            pgpass=lay.pgpass(name), cert_file=lay.cert_file, key_file=lay.key_file, ca_file=lay.ca_file,
+        )
+
+    def _patroni_yaml(self, c: ClusterRuntime, index: int) -> str:
+        name = node_name(c.spec.cluster, index)
+        cfg = render_patroni_config(
+            c.spec, name, pg_port=c.ports.pg(index), rest_port=c.ports.rest(index),
+            etcd_port=self.region.etcd_client_port, paths=self._node_paths(c, name),
+            pg_bin_dir=self.settings.pg_bin_dir, host=self.settings.host,
+        )
+        return render_patroni_yaml(cfg)
+
+    def _proxy_cfg(self, c: ClusterRuntime) -> str:
+        nodes = [
+            ProxyNode(node_name(c.spec.cluster, i), c.ports.pg(i), c.ports.rest(i))
+            for i in range(1, c.spec.node_count + 1)
+        ]
+        return render_haproxy_config(c.spec.cluster, c.ports.primary, c.ports.replica, nodes, self.settings.host)
+
+    def _observe(self, c: ClusterRuntime) -> ClusterObs:
+        now = time.monotonic()
+        nodes: list[NodeObs] = []
+        for i in (1, 2, 3):
+            name = node_name(c.spec.cluster, i)
+            nr = c.nodes[i]
+            node_dir = c.layout.node_dir(name)
+            if i > c.spec.node_count and not node_dir.exists() and not nr.pid:
+                continue
+            running = proc.is_running(nr.pid)
+            if nr.expected_running and not running:
+                nr.failures += 1
+                nr.expected_running = False
+                log.warning("%s: Patroni (pid %s) exited unexpectedly (%s in a row)", name, nr.pid, nr.failures)
+            if not running:
+                nr.pid = None
+            rest = get_patroni(c.ports.rest(i), self.settings.host) if running else None
+            if rest and rest.get("state") == "running":
+                nr.failures = 0
+            yml = c.layout.patroni_yml(name)
+            try:
+                changed = yml.read_text() != self._patroni_yaml(c, i)
+            except OSError:
+                changed = True
+            failing = nr.failures > 0 or (rest is not None and rest.get("state") in ("start failed", "crashed"))
+            nodes.append(NodeObs(
+                index=i, name=name, patroni_running=running,
+                postmaster_running=proc.postmaster_pid(c.layout.data_dir(name)) is not None,
+                has_data=(c.layout.data_dir(name) / "PG_VERSION").exists(),
+                rest=rest, held_until=nr.held_until, failures=nr.failures, last_start=nr.last_start,
+                config_changed=changed,
+                last_error=last_error_line([c.layout.pg_log_dir(name) / "postgresql.log",
+                                            c.layout.patroni_log(name)]) if failing else None,
+            ))
+        proxy_running = proc.is_running(c.proxy_pid)
+        try:
+            proxy_changed = c.layout.proxy_cfg.read_text() != self._proxy_cfg(c)
+        except OSError:
+            proxy_changed = True
+        obs = ClusterObs(
+            spec=c.spec, now=now, nodes=tuple(nodes), etcd_healthy=self._etcd_healthy,
+            proxy_running=proxy_running, proxy_config_changed=proxy_changed, ensured=c.ensured,
+            ensure_error=c.ensure_error, action_error=c.action_error,
+        )
+        leader = obs.leader
+        building = [n for n in obs.wanted if leader and n.index != leader.index and n.rest_state != "running"]
+        if leader and building and c.spec.powered:
+            try:
+                bb = tuple(basebackup_progress(c.spec, c.ports.pg(leader.index), self.settings.host))
+                obs = ClusterObs(**{**obs.__dict__, "basebackups": bb})
+            except Exception as exc:  # progress is best effort
+                log.debug("basebackup progress of %s unavailable: %s", c.spec.cluster, exc)
+        return obs
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _write_tls(self, c: ClusterRuntime) -> None:
+        s, lay, tls = self.settings, c.layout, c.spec.tls
+        proc.make_node_dir(s, lay.tls_dir, 0o700)
+        proc.write_node_file(s, lay.ca_file, tls.ca_cert_pem, 0o644)
+        proc.write_node_file(s, lay.cert_file, tls.cert_pem, 0o644)
+        proc.write_node_file(s, lay.key_file, tls.key_pem, 0o600)
+
+    def _act(self, c: ClusterRuntime, action: Action) -> None:
+        if isinstance(action, StartNode):
+            self._start_node(c, action.index)
+        elif isinstance(action, ReloadNode):
+            name = node_name(c.spec.cluster, action.index)
+            proc.write_node_file(self.settings, c.layout.patroni_yml(name), self._patroni_yaml(c, action.index))
+            pid = c.nodes[action.index].pid
+            if pid:
+                proc.signal_pid(pid, signal.SIGHUP)
+        elif isinstance(action, StopNode):
+            self._stop_node(c, action.index, remove_data=action.remove_data)
+        elif isinstance(action, StartProxy):
+            self._start_proxy(c)
+        elif isinstance(action, RestartProxy):
+            self._stop_proxy(c)
+            self._start_proxy(c)
+        elif isinstance(action, StopProxy):
+            self._stop_proxy(c)
+        elif isinstance(action, EnsureRoles):
+            try:
+                done = ensure_users_and_databases(c.spec, c.ports.pg(action.index), self.settings.host)
+                c.ensured, c.ensure_error = (c.spec.generation, action.leader), None
+                log.info("%s: users and databases ensured on %s (generation %s): %s", c.spec.cluster,
+                         action.leader, c.spec.generation, "; ".join(done) or "no change")
+            except Exception as exc:
+                c.ensure_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                log.warning("%s: ensuring users failed: %s", c.spec.cluster, exc)
+
+    def _start_node(self, c: ClusterRuntime, index: int) -> None:
+        s, lay = self.settings, c.layout
+        name = node_name(c.spec.cluster, index)
+        (lay.dir / "nodes").mkdir(parents=True, exist_ok=True)
+        (lay.dir / "nodes").chmod(0o755)
+        node_dir = proc.make_node_dir(s, lay.node_dir(name), 0o700)
+        proc.make_node_dir(s, lay.pg_log_dir(name), 0o700)
+        proc.make_node_dir(s, lay.socket_dir(name), 0o700)
+        if lay.data_dir(name).exists():
+            proc.chown_for_node(s, lay.data_dir(name), 0o700)
+        proc.write_node_file(s, lay.patroni_yml(name), self._patroni_yaml(c, index))
+        popen = proc.spawn(s, patroni_argv(s.node_venv, lay.patroni_yml(name)),
+                           pid_file=lay.patroni_pid(name), log_file=lay.patroni_log(name), cwd=node_dir)
+        nr = c.nodes[index]
+        nr.pid, nr.popen, nr.expected_running, nr.last_start = popen.pid, popen, True, time.monotonic()
+        nr.held_until = None
+
+    def _stop_node(self, c: ClusterRuntime, index: int, remove_data: bool = False) -> list[int]:
+        name = node_name(c.spec.cluster, index)
+        nr = c.nodes[index]
+        nr.expected_running = False
+        pids: list[int] = []
+        if nr.pid and proc.is_running(nr.pid):
+            # Patroni's SIGTERM handler shuts PostgreSQL down (fast) and releases the leader key.
+            proc.signal_pid(nr.pid, signal.SIGTERM)
+            pids.append(nr.pid)
+            if proc.wait_gone([nr.pid], STOP_TIMEOUT_S):
+                log.warning("%s: Patroni ignored SIGTERM; SIGKILL", name)
+                proc.signal_pid(nr.pid, signal.SIGKILL)
+                proc.wait_gone([nr.pid], 5)
+        # Whatever Patroni left behind (or a postmaster whose Patroni was killed).
+        pids += proc.stop_postmaster(c.layout.data_dir(name), timeout=STOP_TIMEOUT_S)
+        nr.pid, nr.popen = None, None
+        c.layout.patroni_pid(name).unlink(missing_ok=True)
+        if remove_data:
+            shutil.rmtree(c.layout.node_dir(name), ignore_errors=True)
+            nr.failures, nr.held_until = 0, None
+        if pids or remove_data:
+            log.info("%s: stopped (pids %s)%s", name, pids, ", data removed" if remove_data else "")
+        return pids
+
+    def _start_proxy(self, c: ClusterRuntime) -> None:
+        s, lay = self.settings, c.layout
+        proc.write_node_file(s, lay.proxy_cfg, self._proxy_cfg(c), 0o600)
+        popen = proc.spawn(s, haproxy_argv(str(lay.proxy_cfg)), pid_file=lay.proxy_pid, log_file=lay.proxy_log,
+                           cwd=lay.dir)
+        c.proxy_pid = popen.pid
+        time.sleep(0.2)
+        if not proc.is_running(popen.pid):
+            raise RuntimeError(f"HAProxy exited at once: {last_error_line([lay.proxy_log])}")
+
+    def _stop_proxy(self, c: ClusterRuntime) -> None:
+        pid = c.proxy_pid
+        if pid and proc.is_running(pid):
+            proc.signal_pid(pid, signal.SIGTERM)
+            if proc.wait_gone([pid], 5):
+                proc.signal_pid(pid, signal.SIGKILL)
+                proc.wait_gone([pid], 5)
+        c.proxy_pid = None
+        c.layout.proxy_pid.unlink(missing_ok=True)
+
+    def _stop_cluster_processes(self, c: ClusterRuntime) -> None:
+        """Clean stop of a cluster at agent shutdown: standbys first, the leader last."""
+        with c.act_lock:
+            order = sorted((1, 2, 3), key=lambda i: (self._is_leader(c, i), i))
+            for i in order:
+                try:
+                    self._stop_node(c, i)
+                except Exception:
+                    log.exception("stopping node %s of %s failed", i, c.spec.cluster)
+            self._stop_proxy(c)
+
+    def _is_leader(self, c: ClusterRuntime, index: int) -> bool:
+        if not proc.is_running(c.nodes[index].pid):
+            return False
+        rest = get_patroni(c.ports.rest(index), self.settings.host)
+        return bool(rest and rest.get("role") in ("primary", "master", "standby_leader"))
+
+    def _kill_cluster_processes(self, c: ClusterRuntime) -> list[int]:
+        """SIGKILL every process of a cluster being deleted (its data goes too)."""
+        killed: list[int] = []
+        for i in (1, 2, 3):
+            name = node_name(c.spec.cluster, i)
+            pid = c.nodes[i].pid or proc.read_pid(c.layout.patroni_pid(name))
+            if proc.pid_matches(pid, str(c.layout.patroni_yml(name))):
+                proc.signal_pid(pid, signal.SIGKILL)  # type: ignore[arg-type]
+                killed.append(pid)  # type: ignore[arg-type]
+            pm = proc.postmaster_pid(c.layout.data_dir(name))
+            if pm:
+                proc.kill_postmaster_tree(pm)
+                killed.append(pm)
+            c.nodes[i].pid = None
+            c.nodes[i].expected_running = False
+        if c.proxy_pid and proc.is_running(c.proxy_pid):
+            proc.signal_pid(c.proxy_pid, signal.SIGKILL)
+            killed.append(c.proxy_pid)
+        left = proc.wait_gone(killed, 10)
+        if left:
+            log.error("%s: pids %s survived SIGKILL", c.spec.cluster, left)
+        # Backends of a killed postmaster exit on their own; make sure before removing files.
+        stragglers = proc.processes_under(c.layout.dir)
+        for p in stragglers:
+            proc.signal_pid(p, signal.SIGKILL)
+        proc.wait_gone(stragglers, 5)
+        return killed + stragglers
