@@ -1,0 +1,127 @@
+"""Pure rendering of Patroni and HAProxy configurations, port blocks, spec validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgcrdr.agent.layout import RegionLayout, node_index
+from pgcrdr.agent.models import ClusterSpec, DbUser, TLSMaterial
+from pgcrdr.agent.patroni import PG_HBA, NodePaths, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.ports import BLOCK_SIZE, ClusterPorts, allocate, choose_block, load_ports
+from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config
+from pgcrdr.agent.validation import spec_problems
+from pgcrdr.security.tls import issue_server_cert, make_ca
+
+CA = make_ca("unit test ca")
+SRV = issue_server_cert(CA, ["127.0.0.1"])
+
+
+def spec(**kw: object) -> ClusterSpec:
+    base = dict(cluster="pg1", node_count=2, superuser_password="su", replication_password="rp",
+                rewind_password="wp", users=[DbUser(username="avnadmin", password="a", kind="primary")],
+                tls=TLSMaterial(ca_cert_pem=CA.cert_pem, cert_pem=SRV.cert_pem, key_pem=SRV.key_pem))
+    base.update(kw)
+    return ClusterSpec(**base)  # type: ignore[arg-type]
+
+
+def paths(tmp: Path) -> NodePaths:
+    return NodePaths(data_dir=tmp / "data", socket_dir=tmp, pg_log_dir=tmp / "log", pgpass=tmp / "pgpass",
+                     cert_file=tmp / "c.crt", key_file=tmp / "c.key", ca_file=tmp / "ca.crt")
+
+
+def test_patroni_config_has_the_required_settings(tmp_path: Path) -> None:
+    cfg = render_patroni_config(spec(pg_parameters={"work_mem": "8MB"}), "pg1-2", pg_port=5, rest_port=6,
+                                etcd_port=7, paths=paths(tmp_path), pg_bin_dir=Path("/usr/lib/postgresql/15/bin"))
+    assert cfg["scope"] == "pg1" and cfg["name"] == "pg1-2"
+    assert cfg["etcd3"] == {"hosts": "127.0.0.1:7"}
+    dcs = cfg["bootstrap"]["dcs"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 1, 5)
+    assert dcs["postgresql"]["use_pg_rewind"] and dcs["postgresql"]["use_slots"]
+    p = dcs["postgresql"]["parameters"]
+    assert p["wal_log_hints"] == "on" and p["max_wal_senders"] == 10 and p["max_replication_slots"] == 10
+    assert "data-checksums" in cfg["bootstrap"]["initdb"]
+    pg = cfg["postgresql"]
+    assert pg["listen"] == "127.0.0.1:5" and pg["connect_address"] == "127.0.0.1:5"
+    assert pg["parameters"]["ssl"] == "on" and pg["parameters"]["password_encryption"] == "scram-sha-256"
+    assert pg["parameters"]["min_wal_size"] == "32MB" and pg["parameters"]["work_mem"] == "8MB"
+    assert pg["pg_hba"] == PG_HBA and "hostnossl all all 0.0.0.0/0 reject" in PG_HBA
+    auth = pg["authentication"]
+    assert auth["superuser"] == {"username": "postgres", "password": "su"}
+    assert auth["replication"]["username"] == "replicator" and auth["replication"]["sslmode"] == "require"
+    assert auth["rewind"]["username"] == "rewind_user"
+    assert yaml.safe_load(render_patroni_yaml(cfg)) == cfg
+
+
+def test_haproxy_config_routes_by_patroni_health() -> None:
+    text = render_haproxy_config("pg1", 100, 101, [ProxyNode("pg1-1", 102, 103), ProxyNode("pg1-2", 104, 105)])
+    assert "bind 127.0.0.1:100" in text and "bind 127.0.0.1:101" in text
+    assert "http-check send meth GET uri /primary" in text and "http-check send meth GET uri /replica" in text
+    assert "server pg1-2 127.0.0.1:104 check port 105" in text
+    assert "inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions" in text
+    # a 1-node cluster still answers on the replica port: falls back to the primary backend
+    assert "use_backend replica_nodes if { nbsrv(replica_nodes) gt 0 }" in text
+    assert "mode tcp" in text
+
+
+def test_port_blocks() -> None:
+    p = ClusterPorts(base=1000)
+    assert (p.primary, p.replica, p.pg(1), p.rest(1), p.pg(3), p.rest(3)) == (1000, 1001, 1002, 1003, 1006, 1007)
+    with pytest.raises(ValueError):
+        p.pg(4)
+    assert choose_block((1010, 2000), set()) == 1010
+    assert choose_block((1010, 2000), {1010, 1018}) == 1026
+    assert choose_block((1010, 2000), set(), busy_ports={1012}) == 1018
+    with pytest.raises(LookupError):
+        choose_block((1010, 1010 + BLOCK_SIZE), {1010})
+
+
+def test_allocation_is_persisted_and_first_free(tmp_path: Path) -> None:
+    a = allocate(tmp_path, "a", (41010, 42000))
+    b = allocate(tmp_path, "b", (41010, 42000))
+    assert b.base == a.base + BLOCK_SIZE
+    assert allocate(tmp_path, "a", (41010, 42000)) == a
+    assert load_ports(tmp_path / "b" / "ports.json") == b
+    (tmp_path / "a" / "ports.json").unlink()
+    c = allocate(tmp_path, "c", (41010, 42000))
+    assert c.base == a.base  # freed block is reused
+
+
+def test_node_names() -> None:
+    assert node_index("pg1", "pg1-2") == 2
+    assert node_index("pg1", "pg1-4") is None and node_index("pg1", "other-1") is None
+
+
+def test_long_paths_get_a_short_socket_dir(tmp_path: Path) -> None:
+    lay = RegionLayout(tmp_path / ("x" * 80)).cluster("c" * 60)
+    assert len(str(lay.socket_dir("c" * 60 + "-1"))) < 60
+    short = RegionLayout(Path("/r")).cluster("c")
+    assert short.socket_dir("c-1") == short.node_dir("c-1")
+
+
+def test_valid_spec_has_no_problems() -> None:
+    assert spec_problems(spec(), "pg1") == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (dict(cluster="other"), "differs from the URL"),
+        (dict(users=[DbUser(username="postgres", password="x")]), "reserved"),
+        (dict(users=[DbUser(username="bad name", password="x")]), "invalid username"),
+        (dict(users=[DbUser(username="a", password="x", kind="primary"),
+                     DbUser(username="b", password="x", kind="primary")]), "at most one"),
+        (dict(databases=["template1"]), "reserved"),
+        (dict(databases=["d;drop"]), "invalid database name"),
+        (dict(pg_parameters={"port": "1"}), "managed by pgcrdr"),
+        (dict(tls=TLSMaterial(ca_cert_pem=CA.cert_pem, cert_pem="nope", key_pem=SRV.key_pem)), "cert_pem"),
+        (dict(tls=TLSMaterial(ca_cert_pem=CA.cert_pem, cert_pem=SRV.cert_pem, key_pem=CA.key_pem)),
+         "does not match"),
+        (dict(superuser_password=""), "superuser_password"),
+    ],
+)
+def test_bad_specs_are_refused_with_a_reason(change: dict[str, object], expected: str) -> None:
+    problems = spec_problems(spec(**change), "pg1")
+    assert any(expected in p for p in problems), problems
