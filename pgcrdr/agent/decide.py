@@ -74,6 +74,7 @@ class ClusterObs:
     ensure_error: str | None = None
     action_error: str | None = None  # the last action that failed, as a sentence
     basebackups: tuple[tuple[int, int | None], ...] = ()  # (streamed, total) on the leader
+    endpoint_verified: str | None = None  # the leader a probe through the primary endpoint reached
 
     def node(self, index: int) -> NodeObs:
         for n in self.nodes:
@@ -337,6 +338,7 @@ def summarize(
         and all(s.state == "running" for s in nodes)
         and all(_streaming(n) for n in obs.wanted)
         and obs.ensured == (spec.generation, leader.name)
+        and obs.endpoint_verified == leader.name
     )
     phase: ClusterPhase
     if not spec.powered:

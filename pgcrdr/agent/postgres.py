@@ -74,3 +74,11 @@ def last_error_line(paths: list[Path]) -> str | None:
         if fallback is None and lines:
             fallback = lines[-1].strip()[:500]
     return fallback
+
+
+def endpoint_target(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -> tuple[int, bool]:
+    """(PostgreSQL port, in recovery) of the server an endpoint routes a new connection to."""
+    with _connect(spec, port, host) as conn:
+        row = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
+    assert row is not None
+    return int(row[0]), bool(row[1])

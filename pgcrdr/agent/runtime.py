@@ -36,7 +36,12 @@ from pgcrdr.agent.decide import (
 from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
 from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
 from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
-from pgcrdr.agent.postgres import basebackup_progress, ensure_users_and_databases, last_error_line
+from pgcrdr.agent.postgres import (
+    basebackup_progress,
+    endpoint_target,
+    ensure_users_and_databases,
+    last_error_line,
+)
 from pgcrdr.agent.proxy import ProxyNode, haproxy_argv, render_haproxy_config
 from pgcrdr.config import RegionConfig, Settings
 
@@ -75,6 +80,7 @@ class ClusterRuntime:
     ensure_error: str | None = None
     action_error: str | None = None
     ever_ready: bool = False
+    endpoint_verified: str | None = None  # leader the primary endpoint was last seen routing to
     status: ClusterStatus | None = None
     deleted: bool = False
     thread: threading.Thread | None = None
@@ -411,6 +417,18 @@ class RegionRuntime:
             ensure_error=c.ensure_error, action_error=c.action_error,
         )
         leader = obs.leader
+        if leader is None or not proxy_running:
+            c.endpoint_verified = None
+        elif c.endpoint_verified != leader.name and obs.ensured == (c.spec.generation, leader.name):
+            # HAProxy marks servers up only after its first checks: prove the endpoint reaches
+            # the writer before calling the cluster ready.
+            try:
+                port, in_recovery = endpoint_target(c.spec, c.ports.primary, self.settings.host)
+                if port == c.ports.pg(leader.index) and not in_recovery:
+                    c.endpoint_verified = leader.name
+            except Exception as exc:
+                log.debug("primary endpoint of %s not routing yet: %s", c.spec.cluster, exc)
+        obs = ClusterObs(**{**obs.__dict__, "endpoint_verified": c.endpoint_verified})
         building = [n for n in obs.wanted if leader and n.index != leader.index and n.rest_state != "running"]
         if leader and building and c.spec.powered:
             try:
@@ -516,6 +534,7 @@ class RegionRuntime:
                 proc.signal_pid(pid, signal.SIGKILL)
                 proc.wait_gone([pid], 5)
         c.proxy_pid = None
+        c.endpoint_verified = None
         c.layout.proxy_pid.unlink(missing_ok=True)
 
     def _stop_cluster_processes(self, c: ClusterRuntime) -> None:

@@ -104,7 +104,7 @@ def test_shrinking_removes_the_extra_node() -> None:
 
 def test_status_ready_needs_streaming_replicas_and_users() -> None:
     obs = ClusterObs(spec=spec(), now=0, nodes=(primary(1, 200), replica(2, 150)), proxy_running=True,
-                     ensured=(0, "pg1-1"))
+                     ensured=(0, "pg1-1"), endpoint_verified="pg1-1")
     st = summarize(obs, region="r", ports=PORTS, ever_ready=False)
     assert st.ready and st.phase == "running" and st.message is None
     assert [n.role for n in st.nodes] == ["primary", "replica"]
@@ -112,7 +112,11 @@ def test_status_ready_needs_streaming_replicas_and_users() -> None:
     assert st.primary.port == 26010 and st.replica.port == 26011 and st.nodes[1].pg_port == 26014
 
     not_streaming = ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2, streaming=False)),
-                               proxy_running=True, ensured=(0, "pg1-1"))
+                               proxy_running=True, ensured=(0, "pg1-1"), endpoint_verified="pg1-1")
+    assert not summarize(not_streaming, region="r", ports=PORTS, ever_ready=False).ready
+    unproven = ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2)), proxy_running=True,
+                          ensured=(0, "pg1-1"), endpoint_verified=None)
+    assert not summarize(unproven, region="r", ports=PORTS, ever_ready=False).ready
     assert not summarize(not_streaming, region="r", ports=PORTS, ever_ready=False).ready
     no_users = ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2)), proxy_running=True)
     st = summarize(no_users, region="r", ports=PORTS, ever_ready=False)
