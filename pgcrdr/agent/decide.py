@@ -24,7 +24,7 @@ from pgcrdr.agent.models import (
 from pgcrdr.agent.ports import ClusterPorts
 
 # Consecutive unexpected exits of Patroni after which a node is reported as failing.
-CRASH_LOOP_FAILURES = 3
+CRASH_LOOP_FAILURES = 2
 MAX_BACKOFF_S = 30.0
 
 
@@ -242,6 +242,8 @@ def node_failing(n: NodeObs) -> str | None:
     if n.patroni_running and n.rest_state in ("start failed", "crashed"):
         return f"PostgreSQL failed to start on {n.name}{detail}"
     if n.failures >= CRASH_LOOP_FAILURES:
+        if n.last_error and any(k in n.last_error for k in ("FATAL:", "PANIC:")):
+            return f"PostgreSQL failed to start on {n.name} (Patroni exited {n.failures} times){detail}"
         return f"Patroni on {n.name} is restarting in a loop ({n.failures} exits){detail}"
     return None
 

@@ -63,22 +63,29 @@ def tail_lines(path: Path, n: int = 50, max_bytes: int = 65536) -> list[str]:
     return [line for line in data.splitlines() if line.strip()][-n:]
 
 
+_PG_FATAL = ("FATAL:", "PANIC:")
+_OTHER_ERRORS = (" ERROR:", " ERROR ", "CRITICAL", "Error:", "Exception:")
+
+
 def last_error_line(paths: list[Path]) -> str | None:
-    """The last FATAL/PANIC/ERROR line of the given logs, else the last line of the first log."""
-    fallback = None
-    for p in paths:
-        lines = tail_lines(p)
-        for line in reversed(lines):
-            if any(k in line for k in ("FATAL", "PANIC", "ERROR", "Traceback", "CRITICAL")):
-                return line.strip()[:500]
-        if fallback is None and lines:
-            fallback = lines[-1].strip()[:500]
-    return fallback
+    """The most telling recent error of the given logs: a PostgreSQL FATAL/PANIC first (it says
+    why the server would not start), else an error line or an exception, else the last line."""
+    tails = [tail_lines(p) for p in paths]
+    for keys in (_PG_FATAL, _OTHER_ERRORS):
+        for lines in tails:
+            for line in reversed(lines):
+                if any(k in line for k in keys):
+                    return line.strip()[:500]
+    for lines in tails:
+        if lines:
+            return lines[-1].strip()[:500]
+    return None
 
 
 def endpoint_target(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -> tuple[int, bool]:
     """(PostgreSQL port, in recovery) of the server an endpoint routes a new connection to."""
     with _connect(spec, port, host) as conn:
         row = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
-    assert row is not None
+    if row is None:
+        raise RuntimeError("no answer")
     return int(row[0]), bool(row[1])

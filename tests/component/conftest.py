@@ -34,7 +34,8 @@ REGION = "ct-region"
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    """Poll ``check`` until truthy; on timeout fail naming what was awaited and the last value."""
+    """Poll ``check`` until truthy; on timeout fail naming what was awaited and the last value.
+    An AssertionError raised by ``check`` means waiting cannot help: it fails at once."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -42,6 +43,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             last = check()
             if last:
                 return last
+        except AssertionError:
+            raise
         except Exception as exc:  # remembered for the failure message
             last = exc
         time.sleep(interval)

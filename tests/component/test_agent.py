@@ -94,7 +94,9 @@ class Writer:
 @pytest.fixture(scope="module")
 def clusters(agent: Agent, tls: dict[str, str]) -> dict[str, dict]:
     """PUT both clusters at once; tests wait for the one they use."""
-    specs = {"solo": make_spec("solo", 1, tls), "duo": make_spec("duo", 2, tls)}
+    specs = {"solo": make_spec("solo", 1, tls), "duo": make_spec("duo", 2, tls),
+             # PostgreSQL cannot start: the agent must say so instead of waiting forever
+             "broken": make_spec("broken", 1, tls, pg_parameters={"shared_preload_libraries": "no_such_lib"})}
     with agent.http() as c:
         for name, spec in specs.items():
             t0 = time.monotonic()
@@ -223,6 +225,16 @@ def test_writer_node_loss_fails_over_and_keeps_every_acknowledged_write(agent: A
     assert time.monotonic() - killed_at >= 35
 
 
+def test_postgres_that_cannot_start_is_reported_not_hidden(agent: Agent, clusters: dict) -> None:
+    def reported():  # noqa: ANN202
+        st = agent.status("broken")
+        return st if st.phase == "failed" and st.message else False
+
+    st = wait_for("the broken cluster to report why it cannot start", reported, 60)
+    assert not st.ready and st.nodes[0].state == "failed"
+    assert "PostgreSQL failed to start on broken-1" in st.message and "no_such_lib" in st.message, st.message
+
+
 def test_power_off_and_on_keeps_the_data(agent: Agent, clusters: dict, tls: dict[str, str]) -> None:
     st = wait_ready(agent, "solo")
     lay = RegionLayout(agent.region_dir).cluster("solo")
@@ -245,7 +257,7 @@ def test_power_off_and_on_keeps_the_data(agent: Agent, clusters: dict, tls: dict
 
 
 def test_delete_leaves_no_process_and_no_file(agent: Agent, clusters: dict) -> None:
-    for name in ("solo", "duo"):
+    for name in ("solo", "duo", "broken"):
         lay = RegionLayout(agent.region_dir).cluster(name)
         assert lay.dir.exists()
         t0 = time.monotonic()

@@ -125,3 +125,17 @@ def test_valid_spec_has_no_problems() -> None:
 def test_bad_specs_are_refused_with_a_reason(change: dict[str, object], expected: str) -> None:
     problems = spec_problems(spec(**change), "pg1")
     assert any(expected in p for p in problems), problems
+
+
+def test_last_error_prefers_postgres_fatal(tmp_path: Path) -> None:
+    from pgcrdr.agent.postgres import last_error_line
+
+    pglog = tmp_path / "pg.log"
+    patroni = tmp_path / "patroni.log"
+    pglog.write_text("LOG: starting\n")
+    patroni.write_text('x FATAL:  could not access file "lib"\nTraceback (most recent call last):\n'
+                       "patroni.exceptions.PatroniFatalException: Failed to bootstrap cluster\n")
+    assert "could not access file" in (last_error_line([pglog, patroni]) or "")
+    patroni.write_text("Traceback (most recent call last):\nKeyError: 'x'\n")
+    assert last_error_line([pglog, patroni]) == "KeyError: 'x'"
+    assert last_error_line([tmp_path / "missing"]) is None

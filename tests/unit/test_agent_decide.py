@@ -167,3 +167,12 @@ def test_basebackup_progress_is_reported_for_a_replica_being_built() -> None:
     st = summarize(obs, region="r", ports=PORTS, ever_ready=False)
     phases = [(p.phase, p.current, p.max) for p in st.nodes[1].progress]
     assert ("basebackup", 1000, 4000) in phases
+
+
+def test_crash_loop_caused_by_postgres_names_postgres() -> None:
+    looping = NodeObs(index=1, name="pg1-1", failures=2,
+                      last_error='2026 UTC [9] FATAL:  could not access file "no_such_lib"')
+    st = summarize(ClusterObs(spec=spec(node_count=1), now=0, nodes=(looping,)), region="r", ports=PORTS,
+                   ever_ready=False)
+    assert st.message and st.message.startswith("PostgreSQL failed to start on pg1-1 (Patroni exited 2 times)")
+    assert "no_such_lib" in st.message
