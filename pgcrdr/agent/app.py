@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
-from pgcrdr.agent.runtime import NotFound, RegionRuntime
+from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime
 from pgcrdr.agent.validation import spec_problems
 
 
@@ -70,7 +70,10 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
         problems = spec_problems(spec, cluster)
         if problems:
             raise ApiError(400, "; ".join(problems))
-        return runtime.put_spec(spec)
+        try:
+            return runtime.put_spec(spec)
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
 
     @app.get("/clusters/{cluster}")
     def get_cluster(cluster: str) -> ClusterStatus:

@@ -56,6 +56,10 @@ class NotFound(Exception):
     pass
 
 
+class Conflict(Exception):
+    pass
+
+
 @dataclass
 class NodeRuntime:
     """What the agent remembers about a node between ticks (not persisted)."""
@@ -195,6 +199,8 @@ class RegionRuntime:
         layout = self.layout.cluster(spec.cluster)
         with self._lock:
             c = self._clusters.get(spec.cluster)
+            if c is not None and c.deleted:
+                raise Conflict(f"cluster {spec.cluster} is being deleted; retry once the DELETE has returned")
             layout.dir.mkdir(parents=True, exist_ok=True)
             layout.dir.chmod(0o755)
             tmp = layout.spec_file.with_suffix(".tmp")
@@ -443,9 +449,16 @@ class RegionRuntime:
     def _write_tls(self, c: ClusterRuntime) -> None:
         s, lay, tls = self.settings, c.layout, c.spec.tls
         proc.make_node_dir(s, lay.tls_dir, 0o700)
-        proc.write_node_file(s, lay.ca_file, tls.ca_cert_pem, 0o644)
-        proc.write_node_file(s, lay.cert_file, tls.cert_pem, 0o644)
-        proc.write_node_file(s, lay.key_file, tls.key_pem, 0o600)
+        changed = proc.write_node_file(s, lay.ca_file, tls.ca_cert_pem, 0o644)
+        changed |= proc.write_node_file(s, lay.cert_file, tls.cert_pem, 0o644)
+        changed |= proc.write_node_file(s, lay.key_file, tls.key_pem, 0o600)
+        if changed:
+            # PostgreSQL re-reads its certificate files on SIGHUP (new connections use them).
+            for i in (1, 2, 3):
+                pm = proc.postmaster_pid(lay.data_dir(node_name(c.spec.cluster, i)))
+                if pm:
+                    proc.signal_pid(pm, signal.SIGHUP)
+                    log.info("%s: TLS material changed; reloaded postmaster %s", c.spec.cluster, pm)
 
     def _act(self, c: ClusterRuntime, action: Action) -> None:
         if isinstance(action, StartNode):

@@ -67,6 +67,34 @@ class Agent:
     token: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
+    token_file: Path
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pgcrdr.agent", "--region", REGION, "--token-file", str(self.token_file)],
+                cwd=REPO, env=self.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with self.http() as c:
+                return bool(c.get("/health").json().get("etcd_healthy"))
+
+        wait_for("the agent to answer /health with etcd healthy", healthy, timeout=40)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM the agent (it stops its children first); SIGKILL if it overstays."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
 
     @property
     def region(self):  # noqa: ANN201 - RegionConfig
@@ -105,7 +133,7 @@ def agent() -> Iterator[Agent]:
     offset = None
     for candidate in range(5000, 9000, 1000 + 40):
         base = 25000 + candidate
-        if all(_port_free(base + 1000 + k) for k in (0, 1, 2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19)):
+        if all(_port_free(base + 1000 + k) for k in (0, 1, 2, *range(10, 42))):
             offset = candidate
             break
     assert offset is not None, "no free port block for the component tests"
@@ -118,30 +146,14 @@ def agent() -> Iterator[Agent]:
     token_file.parent.mkdir(parents=True)
     token_file.write_text(token)
     token_file.chmod(0o600)
-    log_path = home / "agent.log"
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgcrdr.agent", "--region", REGION, "--token-file", str(token_file)],
-            cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    a = Agent(settings=settings, home=home, token=token, proc=proc, log_path=log_path)
+    a = Agent(settings=settings, home=home, token=token, proc=None, log_path=home / "agent.log",  # type: ignore[arg-type]
+              env=env, token_file=token_file)
     try:
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"agent exited with {proc.returncode}:\n{a.log_tail()}")
-            with a.http() as c:
-                return bool(c.get("/health").json().get("etcd_healthy"))
-
-        wait_for("the agent to answer /health with etcd healthy", healthy, timeout=40)
+        a.start()
         yield a
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if a.proc is not None:
+            a.stop()
         stop_region_processes(settings, a.region, graceful=False)
         if os.environ.get("PGCRDR_KEEP_TEST_HOME"):
             print(f"kept {home}")

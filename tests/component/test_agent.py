@@ -256,6 +256,19 @@ def test_power_off_and_on_keeps_the_data(agent: Agent, clusters: dict, tls: dict
         assert conn.execute("SELECT count(*) FROM kept").fetchone() == (100,)
 
 
+def test_agent_restart_stops_children_and_resumes_with_the_data(agent: Agent, clusters: dict) -> None:
+    st = wait_ready(agent, "solo")
+    wait_ready(agent, "duo")
+    assert agent.stop() == 0, agent.log_tail()
+    left = processes_under(agent.region_dir)
+    assert not left, f"agent exited leaving processes {left}"
+    agent.start()
+    wait_ready(agent, "solo")
+    wait_ready(agent, "duo")
+    with psycopg.connect(dsn(st.primary.port)) as conn:
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (100,)
+
+
 def test_delete_leaves_no_process_and_no_file(agent: Agent, clusters: dict) -> None:
     for name in ("solo", "duo", "broken"):
         lay = RegionLayout(agent.region_dir).cluster(name)
