@@ -6,7 +6,8 @@ work while the agent is dead) and the tests agree on it::
     <region_dir>/
       etcd/                          etcd data (0700, node user)
       run/                           pid files of every child: etcd.pid, <cluster>.proxy.pid,
-                                     <cluster>-<i>.patroni.pid; logs/ of etcd
+                                     <cluster>-<i>.patroni.pid; etcd.log; s-<hash>/ Unix socket
+                                     dirs of nodes whose own directory path is too long
       clusters/<cluster>/
         spec.json                    the last accepted ClusterSpec
         ports.json                   the port block allocated to the cluster
@@ -139,8 +140,13 @@ class ClusterLayout:
         return self.region.run_dir / f"{node}.patroni.pid"
 
     def socket_dir(self, node: str) -> Path:
-        """The node directory when short enough for a Unix socket path, else a per-node dir in /tmp."""
+        """Where PostgreSQL puts its Unix socket: the node directory when its path is short
+        enough, else a hashed directory under the region's run dir, else under /tmp."""
         d = self.node_dir(node)
         if len(str(d)) <= _MAX_SOCKET_DIR:
             return d
-        return Path("/tmp") / f"pgcrdr-sock-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
+        digest = hashlib.sha256(str(d).encode()).hexdigest()[:12]
+        short = self.region.run_dir / f"s-{digest}"
+        if len(str(short)) <= _MAX_SOCKET_DIR:
+            return short
+        return Path("/tmp") / f"pgcrdr-sock-{digest}"

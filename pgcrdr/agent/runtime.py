@@ -524,6 +524,8 @@ class RegionRuntime:
         c.layout.patroni_pid(name).unlink(missing_ok=True)
         if remove_data:
             shutil.rmtree(c.layout.node_dir(name), ignore_errors=True)
+            if not c.layout.socket_dir(name).is_relative_to(c.layout.dir):
+                shutil.rmtree(c.layout.socket_dir(name), ignore_errors=True)
             nr.failures, nr.held_until = 0, None
         if pids or remove_data:
             log.info("%s: stopped (pids %s)%s", name, pids, ", data removed" if remove_data else "")

@@ -95,6 +95,8 @@ def test_node_names() -> None:
 
 
 def test_long_paths_get_a_short_socket_dir(tmp_path: Path) -> None:
+    lay = RegionLayout(Path("/tmp/home/regions/r")).cluster("c" * 50)
+    assert lay.socket_dir("c" * 50 + "-1").parent == Path("/tmp/home/regions/r/run")
     lay = RegionLayout(tmp_path / ("x" * 80)).cluster("c" * 60)
     assert len(str(lay.socket_dir("c" * 60 + "-1"))) < 60
     short = RegionLayout(Path("/r")).cluster("c")
