@@ -256,6 +256,23 @@ def test_power_off_and_on_keeps_the_data(agent: Agent, clusters: dict, tls: dict
         assert conn.execute("SELECT count(*) FROM kept").fetchone() == (100,)
 
 
+def test_growing_and_shrinking_a_cluster(agent: Agent, clusters: dict, tls: dict[str, str]) -> None:
+    st = wait_ready(agent, "solo")
+    with agent.http() as c:
+        assert c.put("/clusters/solo", json=make_spec("solo", 2, tls, generation=4)).status_code == 200
+    st = wait_ready(agent, "solo", generation=4)
+    assert sorted((n.name, n.role) for n in st.nodes) == [("solo-1", "primary"), ("solo-2", "replica")]
+    with psycopg.connect(dsn(st.nodes[1].pg_port)) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery(), count(*) FROM kept").fetchone() == (True, 100)
+    with agent.http() as c:
+        assert c.put("/clusters/solo", json=make_spec("solo", 1, tls, generation=5)).status_code == 200
+    st = wait_ready(agent, "solo", generation=5)
+    assert [n.name for n in st.nodes] == ["solo-1"]
+    lay = RegionLayout(agent.region_dir).cluster("solo")
+    wait_for("solo-2's files to be removed", lambda: not lay.node_dir("solo-2").exists(), 10)
+    assert not processes_under(lay.node_dir("solo-2"))
+
+
 def test_agent_restart_stops_children_and_resumes_with_the_data(agent: Agent, clusters: dict) -> None:
     st = wait_ready(agent, "solo")
     wait_ready(agent, "duo")
