@@ -134,16 +134,16 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.uri, self.table, self.interval = uri, table, interval
         self.log = WriteLog()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> WriteLog:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
         return self.log
 
     def run(self) -> None:
         conn: psycopg.Connection | None = None
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             wid = uuid.uuid4().hex
             if conn is None or conn.closed:
                 try:
