@@ -51,7 +51,7 @@ def basebackup_progress(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -
     return [(int(r[0] or 0), int(r[1]) if r[1] is not None else None) for r in rows]
 
 
-def tail_lines(path: Path, n: int = 50, max_bytes: int = 65536) -> list[str]:
+def tail_lines(path: Path, n: int = 400, max_bytes: int = 65536) -> list[str]:
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)

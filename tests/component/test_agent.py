@@ -286,6 +286,20 @@ def test_agent_restart_stops_children_and_resumes_with_the_data(agent: Agent, cl
         assert conn.execute("SELECT count(*) FROM kept").fetchone() == (100,)
 
 
+def test_agent_killed_hard_adopts_its_running_processes(agent: Agent, clusters: dict) -> None:
+    wait_ready(agent, "duo")
+    run = agent.region_dir / "run"
+    before = {f.name: read_pid(f) for f in run.glob("*.pid")}
+    agent.proc.kill()  # SIGKILL: its children keep running
+    agent.proc.wait(timeout=10)
+    assert all(is_running(p) for p in before.values()), before
+    agent.start()
+    wait_ready(agent, "duo")
+    wait_ready(agent, "solo")
+    after = {f.name: read_pid(f) for f in run.glob("*.pid")}
+    assert after == before, "the restarted agent must adopt running processes, not start new ones"
+
+
 def test_delete_leaves_no_process_and_no_file(agent: Agent, clusters: dict) -> None:
     for name in ("solo", "duo", "broken"):
         lay = RegionLayout(agent.region_dir).cluster(name)
