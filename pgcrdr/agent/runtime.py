@@ -201,6 +201,13 @@ class RegionRuntime:
             c = self._clusters.get(spec.cluster)
             if c is not None and c.deleted:
                 raise Conflict(f"cluster {spec.cluster} is being deleted; retry once the DELETE has returned")
+            if c is not None:
+                changed = [f for f in ("superuser_password", "replication_password", "rewind_password")
+                           if getattr(c.spec, f) != getattr(spec, f)]
+                if changed:
+                    # Patroni would reload with passwords its roles do not have yet and lose its
+                    # own connections; refuse rather than half-apply.
+                    raise Conflict(f"{', '.join(changed)} of an existing cluster cannot be changed")
             layout.dir.mkdir(parents=True, exist_ok=True)
             layout.dir.chmod(0o755)
             tmp = layout.spec_file.with_suffix(".tmp")

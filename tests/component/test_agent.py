@@ -218,7 +218,8 @@ def test_writer_node_loss_fails_over_and_keeps_every_acknowledged_write(agent: A
     print(f"failover took {failover_s:.1f}s; ok={len(writer.ok)} failed={len(writer.failed)} "
           f"unknown={len(writer.unknown)}")
     # the killed node is not restarted before restart_after, then rejoins as a replica
-    assert agent.status("duo").nodes[[n.name for n in st.nodes].index(old.name)].state == "stopped"
+    if time.monotonic() - killed_at < 33:
+        assert agent.status("duo").nodes[[n.name for n in st.nodes].index(old.name)].state == "stopped"
     st2 = wait_ready(agent, "duo", timeout=READY_TIMEOUT)
     back = next(n for n in st2.nodes if n.name == old.name)
     assert back.role == "replica" and back.state == "running"
@@ -237,6 +238,9 @@ def test_postgres_that_cannot_start_is_reported_not_hidden(agent: Agent, cluster
 
 def test_power_off_and_on_keeps_the_data(agent: Agent, clusters: dict, tls: dict[str, str]) -> None:
     st = wait_ready(agent, "solo")
+    with agent.http() as c:
+        r = c.put("/clusters/solo", json=make_spec("solo", 1, tls, superuser_password="changed"))
+        assert r.status_code == 409 and "cannot be changed" in r.json()["message"]
     lay = RegionLayout(agent.region_dir).cluster("solo")
     data_dir = lay.data_dir("solo-1")
     with agent.http() as c:
