@@ -84,7 +84,8 @@ class ClusterRuntime:
     ensure_error: str | None = None
     action_error: str | None = None
     ever_ready: bool = False
-    endpoint_verified: str | None = None  # leader the primary endpoint was last seen routing to
+    # (leader, streaming replicas) for which both endpoints were seen routing correctly
+    endpoint_verified: tuple[str, tuple[str, ...]] | None = None
     status: ClusterStatus | None = None
     deleted: bool = False
     thread: threading.Thread | None = None
@@ -430,18 +431,24 @@ class RegionRuntime:
             ensure_error=c.ensure_error, action_error=c.action_error,
         )
         leader = obs.leader
+        verified_leader = None
         if leader is None or not proxy_running:
             c.endpoint_verified = None
-        elif c.endpoint_verified != leader.name and obs.ensured == (c.spec.generation, leader.name):
-            # HAProxy marks servers up only after its first checks: prove the endpoint reaches
-            # the writer before calling the cluster ready.
-            try:
-                port, in_recovery = endpoint_target(c.spec, c.ports.primary, self.settings.host)
-                if port == c.ports.pg(leader.index) and not in_recovery:
-                    c.endpoint_verified = leader.name
-            except Exception as exc:
-                log.debug("primary endpoint of %s not routing yet: %s", c.spec.cluster, exc)
-        obs = ClusterObs(**{**obs.__dict__, "endpoint_verified": c.endpoint_verified})
+        else:
+            # HAProxy marks servers up or down only after its checks: prove that each endpoint
+            # reaches the right server before calling the cluster ready.
+            key = (leader.name, tuple(n.name for n in obs.wanted
+                                      if n.index != leader.index and n.rest_state == "running"
+                                      and n.rest and n.rest.get("replication_state") == "streaming"))
+            if c.endpoint_verified != key and obs.ensured == (c.spec.generation, leader.name):
+                try:
+                    if self._endpoints_route(c, leader.index, bool(key[1])):
+                        c.endpoint_verified = key
+                except Exception as exc:
+                    log.debug("endpoints of %s not routing yet: %s", c.spec.cluster, exc)
+            if c.endpoint_verified == key:
+                verified_leader = leader.name
+        obs = ClusterObs(**{**obs.__dict__, "endpoint_verified": verified_leader})
         building = [n for n in obs.wanted if leader and n.index != leader.index and n.rest_state != "running"]
         if leader and building and c.spec.powered:
             try:
@@ -450,6 +457,16 @@ class RegionRuntime:
             except Exception as exc:  # progress is best effort
                 log.debug("basebackup progress of %s unavailable: %s", c.spec.cluster, exc)
         return obs
+
+    def _endpoints_route(self, c: ClusterRuntime, leader_index: int, has_replicas: bool) -> bool:
+        """The primary endpoint reaches the writer; the replica endpoint reaches a standby (or
+        the writer when there is none)."""
+        host = self.settings.host
+        port, in_recovery = endpoint_target(c.spec, c.ports.primary, host)
+        if port != c.ports.pg(leader_index) or in_recovery:
+            return False
+        port, in_recovery = endpoint_target(c.spec, c.ports.replica, host)
+        return in_recovery if has_replicas else port == c.ports.pg(leader_index)
 
     # --- actions -------------------------------------------------------------------------------
 

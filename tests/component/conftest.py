@@ -53,6 +53,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -131,7 +132,7 @@ def agent() -> Iterator[Agent]:
     home = Path(tempfile.mkdtemp(prefix="pgcrdr-ct-", dir="/tmp"))
     home.chmod(0o755)  # the unprivileged node user must traverse it
     offset = None
-    for candidate in range(5000, 9000, 1000 + 40):
+    for candidate in range(5000, 38000, 1000 + 40):
         base = 25000 + candidate
         if all(_port_free(base + 1000 + k) for k in (0, 1, 2, *range(10, 42))):
             offset = candidate
