@@ -7,6 +7,7 @@ replica being built, a node shutting down) never stalls another. The API only re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import signal
@@ -448,12 +449,12 @@ class RegionRuntime:
                     log.debug("endpoints of %s not routing yet: %s", c.spec.cluster, exc)
             if c.endpoint_verified == key:
                 verified_leader = leader.name
-        obs = ClusterObs(**{**obs.__dict__, "endpoint_verified": verified_leader})
+        obs = dataclasses.replace(obs, endpoint_verified=verified_leader)
         building = [n for n in obs.wanted if leader and n.index != leader.index and n.rest_state != "running"]
         if leader and building and c.spec.powered:
             try:
                 bb = tuple(basebackup_progress(c.spec, c.ports.pg(leader.index), self.settings.host))
-                obs = ClusterObs(**{**obs.__dict__, "basebackups": bb})
+                obs = dataclasses.replace(obs, basebackups=bb)
             except Exception as exc:  # progress is best effort
                 log.debug("basebackup progress of %s unavailable: %s", c.spec.cluster, exc)
         return obs
