@@ -129,8 +129,6 @@ class Agent:
 def agent() -> Iterator[Agent]:
     if os.geteuid() == 0:
         subprocess.run(["id", "pgcrdr"], check=True, capture_output=True)
-    home = Path(tempfile.mkdtemp(prefix="pgcrdr-ct-", dir="/tmp"))
-    home.chmod(0o755)  # the unprivileged node user must traverse it
     offset = None
     for candidate in range(5000, 38000, 1000 + 40):
         base = 25000 + candidate
@@ -138,6 +136,8 @@ def agent() -> Iterator[Agent]:
             offset = candidate
             break
     assert offset is not None, "no free port block for the component tests"
+    home = Path(tempfile.mkdtemp(prefix="pgcrdr-ct-", dir="/tmp"))
+    home.chmod(0o755)  # the unprivileged node user must traverse it
     env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(offset),
            "PGCRDR_REGIONS": REGION}
     env.pop("PGCRDR_PORT_BASE", None)
