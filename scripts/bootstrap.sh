@@ -14,6 +14,13 @@ APT_PKGS=(postgresql-15 postgresql-client-15 etcd-server haproxy pgbouncer pgbac
 PATRONI_SPEC='patroni[etcd3]==4.1.*'
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
+# pip warns about find-links folders that some machines configure but do not have; drop that noise.
+quiet_pip() {
+  local out rc
+  if out=$("$@" 2>&1); then rc=0; else rc=$?; fi
+  printf '%s\n' "$out" | grep -v "is ignored: it is neither a file nor a directory" | grep -v '^$' >&2 || true
+  return "$rc"
+}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -45,8 +52,8 @@ if [ ! -x "$NODE_VENV/bin/patroni" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wan
   log "building node virtualenv at $NODE_VENV"
   as_root mkdir -p "$(dirname "$NODE_VENV")"
   as_root "$SYS_PY" -m venv "$NODE_VENV"
-  as_root "$NODE_VENV/bin/pip" install -q --upgrade pip
-  as_root "$NODE_VENV/bin/pip" install -q "$PATRONI_SPEC" 'psycopg[binary]>=3.1'
+  quiet_pip as_root "$NODE_VENV/bin/pip" install -q --upgrade pip
+  quiet_pip as_root "$NODE_VENV/bin/pip" install -q "$PATRONI_SPEC" 'psycopg[binary]>=3.1'
   echo "$want" | as_root tee "$stamp" >/dev/null
   as_root chmod -R a+rX "$NODE_VENV"
 fi
@@ -59,8 +66,8 @@ pyhash=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/pgcrdr ] || [ "$(cat .venv/.pgcrdr-stamp 2>/dev/null)" != "$pyhash" ]; then
   log "building project virtualenv .venv"
   "$SYS_PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  quiet_pip .venv/bin/pip install -q --upgrade pip
+  quiet_pip .venv/bin/pip install -q -e '.[test]'
   echo "$pyhash" > .venv/.pgcrdr-stamp
 fi
 log "ready"

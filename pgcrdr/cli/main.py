@@ -96,6 +96,7 @@ def up(home: str | None, port_offset: int | None, detach: bool, timeout: float) 
         raise click.ClickException(f"pgcrdr did not answer within {timeout:.0f}s; see {settings.run_dir}/pgcrdr.log")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
     pid_path(settings, "pgcrdr").parent.mkdir(parents=True, exist_ok=True)
     platform = Platform(settings)
     pid_path(settings, "pgcrdr").write_text(str(os.getpid()))
