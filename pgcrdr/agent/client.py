@@ -9,13 +9,41 @@ Routes served by the agent (``pgcrdr.agent.app``), all JSON, all requiring
     GET    /clusters/{cluster}                  -> ClusterStatus   (404 if unknown)
     DELETE /clusters/{cluster}                  -> {"message": ...} (stops every process, removes files)
     POST   /clusters/{cluster}/nodes/{node}/kill -> KillResult     (SIGKILL Patroni + postmaster; drills)
+
+CRDR primitives (each idempotent; each persists what it changed in the cluster's spec):
+
+    GET    /clusters/{cluster}/lsn                  -> LsnInfo        (the leader's WAL positions)
+    POST   /clusters/{cluster}/checkpoint            -> LsnInfo        (CHECKPOINT on the writer)
+    POST   /clusters/{cluster}/demote   DemoteRequest -> DemoteResult  (writer -> standby cluster; returns
+                                                        once the writer is down, with its final LSN)
+    POST   /clusters/{cluster}/promote  PromoteRequest -> PromoteResult (standby cluster -> writer)
+    POST   /clusters/{cluster}/fence    FenceRequest  -> FenceResult   (stop everything, powered=false,
+                                                        may only return as a standby of standby_of)
+    POST   /clusters/{cluster}/preserve PreserveRequest -> PreserveResult (keep the old data dir aside,
+                                                        list commits after the fork point)
+    POST   /region/outage                            -> {"message"}    (SIGKILL every process of the
+                                                        region, agent included, keeping the disk)
 """
 
 from __future__ import annotations
 
 import httpx
 
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
+from pgcrdr.agent.models import (
+    ClusterSpec,
+    ClusterStatus,
+    DemoteRequest,
+    DemoteResult,
+    FenceRequest,
+    FenceResult,
+    KillResult,
+    LsnInfo,
+    PreserveRequest,
+    PreserveResult,
+    PromoteRequest,
+    PromoteResult,
+    RegionHealth,
+)
 
 
 class AgentError(Exception):
@@ -80,3 +108,36 @@ class AgentClient:
         resp = self._request("POST", f"/clusters/{cluster}/nodes/{node}/kill",
                              params={"restart_after": restart_after})
         return KillResult.model_validate(resp.json())
+
+    # --- CRDR primitives ------------------------------------------------------------------
+    def lsn(self, cluster: str) -> LsnInfo:
+        return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn").json())
+
+    def checkpoint(self, cluster: str) -> LsnInfo:
+        return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint").json())
+
+    def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
+        resp = self._request("POST", f"/clusters/{cluster}/demote", json=req.model_dump(mode="json"),
+                             timeout=req.timeout + 10)
+        return DemoteResult.model_validate(resp.json())
+
+    def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
+        resp = self._request("POST", f"/clusters/{cluster}/promote", json=req.model_dump(mode="json"),
+                             timeout=req.timeout + 10)
+        return PromoteResult.model_validate(resp.json())
+
+    def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
+        resp = self._request("POST", f"/clusters/{cluster}/fence", json=req.model_dump(mode="json"), timeout=60)
+        return FenceResult.model_validate(resp.json())
+
+    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveResult:
+        resp = self._request("POST", f"/clusters/{cluster}/preserve", json=req.model_dump(mode="json"),
+                             timeout=300)
+        return PreserveResult.model_validate(resp.json())
+
+    def region_outage(self) -> None:
+        try:
+            self._request("POST", "/region/outage", timeout=5)
+        except AgentError as exc:
+            if exc.status is not None:  # a connection cut by the outage itself is expected
+                raise

@@ -30,6 +30,15 @@ class DbUser(BaseModel):
     kind: Literal["primary", "normal"] = "normal"
 
 
+class StandbySource(BaseModel):
+    """Where a standby cluster replicates from: an address that always reaches the source
+    cluster's writer (its region's primary endpoint), through a slot kept on the source."""
+
+    host: str
+    port: int
+    primary_slot_name: str | None = None
+
+
 class ClusterSpec(BaseModel):
     """What one PostgreSQL service should look like in one region."""
 
@@ -45,6 +54,12 @@ class ClusterSpec(BaseModel):
     tls: TLSMaterial
     pg_parameters: dict[str, str] = Field(default_factory=dict)
     generation: int = 0
+    # CRDR. A cluster with ``standby_of`` is a Patroni standby cluster: it never accepts writes
+    # and replicates from the source (its users and passwords come from the source's data, so
+    # the control plane sends the source's passwords here). ``permanent_slots`` are physical
+    # slots the writer keeps for the other region.
+    standby_of: StandbySource | None = None
+    permanent_slots: list[str] = Field(default_factory=list)
 
 
 class ProgressUpdate(BaseModel):
@@ -85,6 +100,79 @@ class ClusterStatus(BaseModel):
     primary: Endpoint  # follows the writer (TLS passthrough proxy)
     replica: Endpoint  # reaches the standbys of this cluster (or the writer of a 1-node cluster)
     nodes: list[NodeStatus] = Field(default_factory=list)
+    # CRDR
+    standby: bool = False  # runs as a standby cluster (spec.standby_of is set)
+    # After an agent restart a cluster is held (no process started) until the control plane
+    # PUTs its spec again: a region that comes back from an outage must not start a writer the
+    # control plane has since fenced.
+    held: bool = False
+    lsn: LsnInfo | None = None  # of the cluster's leader, when it answers
+
+
+class LsnInfo(BaseModel):
+    """WAL positions of a cluster's leader (writer or standby leader)."""
+
+    node: str
+    in_recovery: bool
+    timeline: int | None = None
+    current_lsn: str | None = None  # writer: pg_current_wal_lsn()
+    receive_lsn: str | None = None  # standby: pg_last_wal_receive_lsn()
+    replay_lsn: str | None = None  # standby: pg_last_wal_replay_lsn()
+    replay_time: str | None = None  # standby: pg_last_xact_replay_timestamp(), RFC 3339
+    lag_seconds: float | None = None  # standby: now() - pg_last_xact_replay_timestamp() when behind
+
+
+class DemoteRequest(BaseModel):
+    standby_of: StandbySource
+    timeout: float = 30.0
+
+
+class DemoteResult(BaseModel):
+    node: str  # the writer that was shut down
+    final_lsn: str  # pg_controldata "Latest checkpoint location" of that writer after its clean shutdown
+    writer_down_s: float  # from the request to the writer's postmaster being gone
+
+
+class PromoteRequest(BaseModel):
+    timeout: float = 30.0
+
+
+class PromoteResult(BaseModel):
+    node: str
+    promoted_s: float  # from the request to pg_is_in_recovery() = false
+    switch_lsn: str | None = None  # replay LSN at promotion: where the new timeline forks
+    timeline: int | None = None
+
+
+class FenceRequest(BaseModel):
+    # Set so that when the cluster is powered again it can only come back as a standby.
+    standby_of: StandbySource | None = None
+
+
+class FenceResult(BaseModel):
+    killed_pids: list[int]
+    last_lsn: str | None = None  # the most advanced "Latest checkpoint location"/end of WAL found on disk
+
+
+class PreserveRequest(BaseModel):
+    fork_lsn: str  # where the active side's timeline forked from this cluster's history
+
+
+class DivergentCommit(BaseModel):
+    lsn: str
+    xid: int
+    commit_time: str | None = None
+
+
+class PreserveResult(BaseModel):
+    path: str  # where the old data directory was kept
+    bytes: int
+    end_lsn: str | None = None
+    commits: list[DivergentCommit] = Field(default_factory=list)  # commits after fork_lsn, never replicated
+
+
+LsnInfo.model_rebuild()
+ClusterStatus.model_rebuild()
 
 
 class RegionHealth(BaseModel):
