@@ -1,0 +1,398 @@
+"""The control plane's Service URI endpoints: one HAProxy (direct URI) and one PgBouncer
+(pooled URI) per CRDR pair, forwarding to the active service's regional primary endpoint.
+
+Processes run as the unprivileged node user (PgBouncer refuses root) through the region agent's
+spawn helpers, with pid files under ``<home>/endpoints/<name>/``: everything can be stopped by
+PID from files alone (``stop_all_endpoints``), and a new manager adopts running processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pgcrdr.agent import processes as proc
+from pgcrdr.agent.models import Endpoint
+from pgcrdr.config import Settings
+from pgcrdr.endpoint.control import PgBouncerAdmin, haproxy_command, resolve_ip
+from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus
+from pgcrdr.endpoint.render import (
+    ADMIN_USER,
+    HAPROXY_BACKEND,
+    HAPROXY_SERVER,
+    EndpointLayout,
+    endpoints_dir,
+    haproxy_argv,
+    haproxy_static_part,
+    pgbouncer_argv,
+    render_haproxy_config,
+    render_pgbouncer_ini,
+    render_userlist,
+)
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+
+
+def _last_lines(path: Path, n: int = 5) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:]) or "(empty log)"
+
+
+def _stop_pid(pid: int | None, marker: str, sig: int = signal.SIGTERM) -> list[int]:
+    """Stop ``pid`` if it is still ours (its command line names ``marker``); SIGKILL if it
+    overstays. Returns the pids signalled."""
+    if not proc.pid_matches(pid, marker):
+        return []
+    assert pid is not None
+    proc.signal_pid(pid, sig)
+    if proc.wait_gone([pid], STOP_TIMEOUT_S):
+        log.warning("pid %s (%s) ignored signal %s; SIGKILL", pid, marker, sig)
+        proc.signal_pid(pid, signal.SIGKILL)
+        proc.wait_gone([pid], STOP_TIMEOUT_S)
+    return [pid]
+
+
+def _stop_layout_processes(layout: EndpointLayout) -> list[int]:
+    marker = str(layout.dir)
+    pids = []
+    for pid_file in (layout.pgbouncer_pid, layout.haproxy_pid):
+        pids += _stop_pid(proc.read_pid(pid_file), marker)
+        pid_file.unlink(missing_ok=True)
+    if layout.dir.is_dir():  # anything else still naming the directory (a pid file lost)
+        for pid in proc.processes_under(layout.dir):
+            pids += _stop_pid(pid, marker)
+    return pids
+
+
+def _ident(name: str) -> str:
+    """A database name as an admin-console identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def stop_all_endpoints(settings: Settings) -> list[int]:
+    """Stop every endpoint process under ``settings.home`` by PID, from files alone (usable
+    after a crash, with no manager object). Files stay: a later ``ensure`` starts them again.
+    Returns the pids signalled."""
+    root = endpoints_dir(settings.home)
+    pids: list[int] = []
+    if root.is_dir():
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            pids += _stop_layout_processes(EndpointLayout(d))
+    if pids:
+        log.info("stopped endpoint processes %s", pids)
+    return pids
+
+
+class EndpointManager:
+    """Starts, repoints, pauses and removes Service URI endpoints. Thread-safe: operations on
+    one endpoint are serialized, different endpoints proceed in parallel."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = endpoints_dir(settings.home)
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}
+        self._popens: dict[str, list[subprocess.Popen[bytes]]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.RLock())
+
+    def layout(self, name: str) -> EndpointLayout:
+        return EndpointLayout(self.root / name)
+
+    def _load(self, name: str) -> dict[str, Any]:
+        lay = self.layout(name)
+        try:
+            return json.loads(lay.state.read_text())
+        except FileNotFoundError:
+            raise EndpointError(f"endpoint {name} not found") from None
+
+    def _save(self, lay: EndpointLayout, state: dict[str, Any]) -> None:
+        tmp = lay.state.with_name(".state.json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=1)
+        tmp.replace(lay.state)
+
+    def _admin(self, lay: EndpointLayout, state: dict[str, Any]) -> PgBouncerAdmin:
+        return PgBouncerAdmin(lay.socket_dir, state["spec"]["pooled_port"], ADMIN_USER, state["admin_password"])
+
+    def _pid(self, pid_file: Path, lay: EndpointLayout) -> int | None:
+        pid = proc.read_pid(pid_file)
+        return pid if proc.pid_matches(pid, str(lay.dir)) else None
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir() if (d / "state.json").exists())
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _haproxy_cfg(self, lay: EndpointLayout, spec: EndpointSpec) -> str:
+        return render_haproxy_config(spec.name, self.settings.host, spec.direct_port, spec.target, lay.haproxy_sock)
+
+    def _pgbouncer_ini(self, lay: EndpointLayout, spec: EndpointSpec) -> str:
+        return render_pgbouncer_ini(spec.name, self.settings.host, spec.pooled_port, spec.target,
+                                    userlist=lay.userlist, socket_dir=lay.socket_dir, server_crt=lay.server_crt,
+                                    server_key=lay.server_key, ca_crt=lay.ca_crt)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _spawn(self, lay: EndpointLayout, argv: list[str], pid_file: Path, log_file: Path) -> int:
+        popen = proc.spawn(self.settings, argv, pid_file=pid_file, log_file=log_file, cwd=lay.dir)
+        self._popens.setdefault(lay.name, []).append(popen)
+        return popen.pid
+
+    def _wait_started(self, what: str, pid: int, log_file: Path, ready) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if not proc.is_running(pid):
+                raise EndpointError(f"{what} exited at once: {_last_lines(log_file)}")
+            try:
+                if ready():
+                    return
+            except Exception:  # not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise EndpointError(f"{what} did not come up within {START_TIMEOUT_S:g}s: {_last_lines(log_file)}")
+            time.sleep(0.05)
+
+    def _start_haproxy(self, lay: EndpointLayout) -> None:
+        pid = self._spawn(lay, haproxy_argv(lay.haproxy_cfg), lay.haproxy_pid, lay.haproxy_log)
+        self._wait_started("HAProxy", pid, lay.haproxy_log,
+                           lambda: "Name: HAProxy" in haproxy_command(lay.haproxy_sock, "show info", 1))
+
+    def _start_pgbouncer(self, lay: EndpointLayout, state: dict[str, Any]) -> None:
+        pid = self._spawn(lay, pgbouncer_argv(lay.pgbouncer_ini), lay.pgbouncer_pid, lay.pgbouncer_log)
+        admin = self._admin(lay, state)
+        self._wait_started("PgBouncer", pid, lay.pgbouncer_log, lambda: admin.command("SHOW VERSION") is not None)
+
+    def _stop(self, lay: EndpointLayout, which: str) -> list[int]:
+        pid_file = lay.haproxy_pid if which == "haproxy" else lay.pgbouncer_pid
+        pids = _stop_pid(proc.read_pid(pid_file), str(lay.dir))
+        pid_file.unlink(missing_ok=True)
+        return pids
+
+    def _haproxy_repoint(self, lay: EndpointLayout, target: Endpoint | None) -> None:
+        srv = f"{HAPROXY_BACKEND}/{HAPROXY_SERVER}"
+        if target is None:
+            cmds = [f"set server {srv} state maint", f"shutdown sessions server {srv}"]
+        else:
+            ip = resolve_ip(target.host)
+            # New connections go to the new address at once; then every session still open to
+            # the old target is cut (the window between the two is one event-loop pass).
+            cmds = [f"set server {srv} addr {ip} port {target.port}", f"set server {srv} state ready",
+                    f"shutdown sessions server {srv}"]
+        out = haproxy_command(lay.haproxy_sock, ";".join(cmds))
+        bad = [ln for ln in out.splitlines()
+               if ln.strip() and "changed from" not in ln and "no need to change" not in ln]
+        if bad:
+            raise EndpointError(f"HAProxy runtime API refused the repoint: {' | '.join(bad)}")
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def ensure(self, spec: EndpointSpec) -> EndpointStatus:
+        """Start or reconfigure the endpoint so it matches ``spec``. Idempotent. A changed
+        target only repoints (no restart, see ``repoint``); changed users or TLS material reload
+        PgBouncer; changed ports restart the process concerned. Does not change the paused state."""
+        s = self.settings
+        with self._lock(spec.name):
+            lay = self.layout(spec.name)
+            proc.make_node_dir(s, lay.dir, 0o700)
+            proc.make_node_dir(s, lay.tls_dir, 0o700)
+            proc.make_node_dir(s, lay.socket_dir, 0o700)
+            try:
+                state = json.loads(lay.state.read_text())
+            except (FileNotFoundError, ValueError):
+                state = {"admin_password": secrets.token_urlsafe(24), "paused": False}
+            old_spec = EndpointSpec.model_validate(state["spec"]) if "spec" in state else None
+            state["spec"] = spec.model_dump()
+            tls_changed = any([
+                proc.write_node_file(s, lay.server_crt, spec.tls.cert_pem, 0o644),
+                proc.write_node_file(s, lay.server_key, spec.tls.key_pem, 0o600),
+                proc.write_node_file(s, lay.ca_crt, spec.tls.ca_cert_pem, 0o644),
+            ])
+            users_changed = proc.write_node_file(s, lay.userlist,
+                                                 render_userlist(spec.users, state["admin_password"]), 0o600)
+
+            # HAProxy
+            cfg = self._haproxy_cfg(lay, spec)
+            try:
+                old_cfg = lay.haproxy_cfg.read_text()
+            except OSError:
+                old_cfg = ""
+            proc.write_node_file(s, lay.haproxy_cfg, cfg, 0o600)
+            hpid = self._pid(lay.haproxy_pid, lay)
+            if hpid and haproxy_static_part(cfg) != haproxy_static_part(old_cfg):
+                self._stop(lay, "haproxy")
+                hpid = None
+            if hpid is None:
+                self._start_haproxy(lay)
+            elif cfg != old_cfg:
+                self._haproxy_repoint(lay, spec.target)
+
+            # PgBouncer
+            ini = self._pgbouncer_ini(lay, spec)
+            ini_changed = proc.write_node_file(s, lay.pgbouncer_ini, ini, 0o600)
+            self._save(lay, state)
+            bpid = self._pid(lay.pgbouncer_pid, lay)
+            if bpid and old_spec is not None and old_spec.pooled_port != spec.pooled_port:
+                self._stop(lay, "pgbouncer")  # listen_port needs a restart
+                bpid = None
+            if bpid is None:
+                self._start_pgbouncer(lay, state)
+                if state.get("paused"):
+                    self._admin(lay, state).command("PAUSE")  # PgBouncer died while paused: hold again
+            elif ini_changed or users_changed or tls_changed:
+                target_changed = old_spec is None or old_spec.target != spec.target
+                self._pgbouncer_reload(lay, state, target_changed)
+            return self._status(spec.name)
+
+    def repoint(self, name: str, target: Endpoint | None) -> float:
+        """Point both URIs at ``target`` (None: refuse new connections). HAProxy: runtime API,
+        new connections go to the target and every session to the old one is cut. PgBouncer:
+        new ``[databases]`` + RELOAD; server connections to the old target are closed as they
+        are released. Done between ``pause`` and ``resume``, clients see no error. Returns
+        seconds taken."""
+        t0 = time.monotonic()
+        with self._lock(name):
+            lay = self.layout(name)
+            state = self._load(name)
+            spec = EndpointSpec.model_validate({**state["spec"], "target": target.model_dump() if target else None})
+            state["spec"] = spec.model_dump()
+            proc.write_node_file(self.settings, lay.haproxy_cfg, self._haproxy_cfg(lay, spec), 0o600)
+            proc.write_node_file(self.settings, lay.pgbouncer_ini, self._pgbouncer_ini(lay, spec), 0o600)
+            self._save(lay, state)
+            errors = []
+            if self._pid(lay.haproxy_pid, lay):
+                try:
+                    self._haproxy_repoint(lay, target)
+                except (OSError, EndpointError) as exc:
+                    errors.append(f"HAProxy: {exc}")
+            else:
+                errors.append("HAProxy is not running (ensure() starts it with the new target)")
+            if self._pid(lay.pgbouncer_pid, lay):
+                try:
+                    self._pgbouncer_reload(lay, state, target_changed=True)
+                except Exception as exc:
+                    errors.append(f"PgBouncer: {exc}")
+            else:
+                errors.append("PgBouncer is not running (ensure() starts it with the new target)")
+            if errors:
+                raise EndpointError(f"repoint of {name} incomplete: " + "; ".join(errors))
+        return time.monotonic() - t0
+
+    def _pgbouncer_reload(self, lay: EndpointLayout, state: dict[str, Any], target_changed: bool) -> None:
+        """RELOAD (new ini, auth file, TLS files). PgBouncer updates the databases it already
+        created from ``*`` when ``*`` changes, but keeps them when ``*`` is removed: so with no
+        target each of them is DISABLEd (new logins refused) and KILLed (sessions to the old
+        target cut); with a target they are ENABLEd again."""
+        admin = self._admin(lay, state)
+        admin.command("RELOAD")
+        if not target_changed:
+            return
+        dbs = [r for r in admin.command("SHOW DATABASES") if r.get("name") not in (None, "pgbouncer")]
+        if state["spec"]["target"] is None:
+            for row in dbs:
+                db = _ident(row["name"] or "")
+                admin.command(f"DISABLE {db}")
+                admin.command(f"KILL {db}")
+                admin.command(f"RESUME {db}")  # a KILLed database waits for RESUME; DISABLE still refuses
+        else:
+            for row in dbs:
+                if row.get("disabled") == "1":
+                    admin.command(f"ENABLE {_ident(row['name'] or '')}")
+
+    def pause(self, name: str, timeout: float = 10.0) -> float:
+        """PgBouncer PAUSE: wait for in-flight transactions to finish, then hold new queries
+        (clients wait, they get no error). Returns seconds taken. Raises PauseTimeout after
+        ``timeout`` seconds, leaving the pooler resumed. The direct URI is not affected."""
+        with self._lock(name):
+            lay = self.layout(name)
+            state = self._load(name)
+            if not self._pid(lay.pgbouncer_pid, lay):
+                raise EndpointError(f"PgBouncer of {name} is not running")
+            if state.get("paused"):
+                return 0.0
+            took = self._admin(lay, state).pause(timeout)
+            state["paused"] = True
+            self._save(lay, state)
+            return took
+
+    def resume(self, name: str) -> None:
+        """RESUME: held queries go on, to the current target."""
+        with self._lock(name):
+            lay = self.layout(name)
+            state = self._load(name)
+            if self._pid(lay.pgbouncer_pid, lay):
+                try:
+                    self._admin(lay, state).command("RESUME")
+                except EndpointError as exc:
+                    if "not paused" not in str(exc):
+                        raise
+            state["paused"] = False
+            self._save(lay, state)
+
+    def remove(self, name: str) -> list[int]:
+        """Stop both processes and delete every file of the endpoint. Returns the pids stopped."""
+        with self._lock(name):
+            lay = self.layout(name)
+            pids = _stop_layout_processes(lay)
+            for p in self._popens.pop(name, []):
+                p.poll()
+            if not lay.socket_dir.is_relative_to(lay.dir):
+                shutil.rmtree(lay.socket_dir, ignore_errors=True)
+            shutil.rmtree(lay.dir, ignore_errors=True)
+            return pids
+
+    def stop_all(self) -> list[int]:
+        pids = stop_all_endpoints(self.settings)
+        for popens in self._popens.values():
+            for p in popens:
+                p.poll()
+        self._popens.clear()
+        return pids
+
+    def status(self, name: str) -> EndpointStatus:
+        with self._lock(name):
+            return self._status(name)
+
+    def _status(self, name: str) -> EndpointStatus:
+        lay = self.layout(name)
+        state = self._load(name)
+        spec = EndpointSpec.model_validate(state["spec"])
+        hpid = self._pid(lay.haproxy_pid, lay)
+        bpid = self._pid(lay.pgbouncer_pid, lay)
+        problems = []
+        if hpid is None:
+            problems.append("HAProxy (direct URI) is not running")
+        if bpid is None:
+            problems.append("PgBouncer (pooled URI) is not running")
+        if spec.target is None:
+            problems.append("no target: new connections are refused")
+        if state.get("paused"):
+            problems.append("paused: queries on the pooled URI are held")
+        host = self.settings.host
+        return EndpointStatus(
+            name=name, direct=Endpoint(host=host, port=spec.direct_port),
+            pooled=Endpoint(host=host, port=spec.pooled_port), target=spec.target,
+            paused=bool(state.get("paused")), running=hpid is not None and bpid is not None,
+            message="; ".join(problems) or None, haproxy_pid=hpid, pgbouncer_pid=bpid)
