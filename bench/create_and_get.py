@@ -95,7 +95,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--requests", type=int, default=50, help="GETs per client")
-    ap.add_argument("--port-offset", type=int, default=7000)
+    ap.add_argument("--port-offset", type=int, default=12000)
     args = ap.parse_args()
 
     p = start_platform(args.port_offset)

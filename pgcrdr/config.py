@@ -120,6 +120,11 @@ class Settings:
         return self.port_base
 
     @property
+    def endpoint_port_range(self) -> tuple[int, int]:
+        """Half-open range of ports for Service URIs run by the control plane (outside every region)."""
+        return (self.port_base + 100, self.port_base + REGION_PORT_BLOCK)
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
 

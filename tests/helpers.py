@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -80,7 +81,31 @@ class RunningPlatform:
         return (self.home / "control" / "agent-token").read_text().strip()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_offset(start: int) -> int:
+    """The first offset from ``start`` (in steps of one instance's 3000-port span) whose ports
+    are all free, so test platforms never collide with each other or with anything else."""
+    for offset in range(start, 37000, 3000):
+        base = 25000 + offset
+        ports = [base, *range(base + 100, base + 140)]
+        for region_base in (base + 1000, base + 2000):
+            ports += [region_base, region_base + 1, region_base + 2, *range(region_base + 10, region_base + 60)]
+        if all(_port_free(p) for p in ports):
+            return offset
+    raise RuntimeError(f"no free port range for a test platform from offset {start}")
+
+
 def start_platform(port_offset: int) -> RunningPlatform:
+    port_offset = free_port_offset(port_offset)
     home = Path(tempfile.mkdtemp(prefix="pgcrdr-test-", dir="/tmp"))
     os.chmod(home, 0o755)
     env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(port_offset)}

@@ -18,10 +18,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pgcrdr.api.serialize import project_json, service_json
+from pgcrdr.api.serialize import dr_status_json, integration_json, project_json, service_json
 from pgcrdr.config import Settings
-from pgcrdr.controlplane import catalog
-from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane import catalog, crdr
+from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, verify_password
 
@@ -69,7 +69,8 @@ class Context:
 
 
 def create_app(
-    settings: Settings, store: Store, wake: Any = lambda: None, reconcile_now: Any = lambda project, name: None
+    settings: Settings, store: Store, wake: Any = lambda: None, reconcile_now: Any = lambda project, name: None,
+    endpoints_enabled: bool = False,
 ) -> FastAPI:
     manager = ServiceManager(store, settings)
     ctx = Context(settings, store, manager, wake)
@@ -244,7 +245,9 @@ def create_app(
 
     # --- services ----------------------------------------------------------------------
     def out(svc: Any) -> dict:
-        return service_json(svc, manager.project(svc.project), settings)
+        integrations = [i for i in store.list_integrations(svc.project) if svc.name in (i.source, i.dest)]
+        return service_json(svc, manager.project(svc.project), settings, integrations=integrations,
+                            endpoints_enabled=endpoints_enabled)
 
     @app.get("/v1/project/{project}/service")
     def list_services(project: str, _: str = Auth) -> dict:
@@ -266,7 +269,23 @@ def create_app(
     @app.put("/v1/project/{project}/service/{service}")
     async def update_service(project: str, service: str, request: Request, _: str = Auth) -> dict:
         body = await json_body(request)
+        role = body.pop("disaster_recovery_role", None)
+        if body.pop("disaster_recovery_promote_to_master", None) is True:  # the older spelling
+            role = role or "active"
+        if role is not None and not isinstance(role, str):
+            raise Refused(400, "disaster_recovery_role must be one of: active, passive, failed")
+        svc = manager.service(project, service)
+        if svc.dr_role is not None and "powered" in body:
+            # Terraform sends powered=true on every update. A pair member's power follows its DR role
+            # (a failed primary returns with role passive), so only an explicit power-off is refused.
+            if body["powered"] is False:
+                raise Refused(409, f"{service} is part of a disaster recovery pair and cannot be powered off; "
+                                   "delete the recovery service first or use the disaster_recovery_role")
+            body.pop("powered")
         svc = manager.update_service(project, service, body)
+        if role is not None:
+            crdr.request_role(store, project, service, role)
+            svc = manager.service(project, service)
         ctx.wake()
         return {"service": out(svc)}
 
@@ -279,7 +298,13 @@ def create_app(
     @app.get("/v1/project/{project}/service/{service}/integration")
     def service_integrations(project: str, service: str, _: str = Auth) -> dict:
         manager.service(project, service)
-        return {"service_integrations": []}
+        return {"service_integrations": [integration_json(i) for i in store.list_integrations(project)
+                                         if service in (i.source, i.dest)]}
+
+    @app.get("/v1/project/{project}/service/{service}/disaster-recovery")
+    def disaster_recovery(project: str, service: str, _: str = Auth) -> dict:
+        svc = manager.service(project, service)
+        return dr_status_json(svc, store)
 
     @app.get("/v1/project/{project}/service/{service}/backups")
     def backups(project: str, service: str, _: str = Auth) -> dict:
@@ -324,12 +349,32 @@ def create_app(
     async def create_integration(project: str, request: Request, _: str = Auth) -> dict:
         body = await json_body(request)
         manager.project(project)
-        for key in ("source_service", "dest_service"):
-            name = body.get(key)
-            if isinstance(name, str) and store.get_service(project, name) is None:
-                raise not_found_service(name)
-        raise Refused(
-            400, f"Integration type {body.get('integration_type')!r} is not supported yet by this pgcrdr"
-        )
+        integ, _op = crdr.create_integration(store, project, body)
+        ctx.wake()
+        return {"service_integration": integration_json(integ)}
+
+    def _integration(project: str, integration_id: str) -> Any:
+        manager.project(project)
+        integ = store.get_integration(project, integration_id)
+        if integ is None:
+            raise Refused(404, f"Service integration {integration_id} does not exist")
+        return integ
+
+    @app.get("/v1/project/{project}/integration/{integration_id}")
+    def get_integration(project: str, integration_id: str, _: str = Auth) -> dict:
+        return {"service_integration": integration_json(_integration(project, integration_id))}
+
+    @app.put("/v1/project/{project}/integration/{integration_id}")
+    async def put_integration(project: str, integration_id: str, request: Request, _: str = Auth) -> dict:
+        body = await json_body(request)
+        if body.get("user_config") not in (None, {}):
+            raise Refused(400, "disaster_recovery integrations have no user_config")
+        return {"service_integration": integration_json(_integration(project, integration_id))}
+
+    @app.delete("/v1/project/{project}/integration/{integration_id}")
+    def delete_integration(project: str, integration_id: str, _: str = Auth) -> dict:
+        manager.project(project)
+        crdr.delete_integration(store, project, integration_id)
+        return {"message": "Service integration deleted; the roles of both services are unchanged"}
 
     return app

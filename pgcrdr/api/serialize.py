@@ -12,7 +12,8 @@ from urllib.parse import quote
 from pgcrdr.agent.models import ClusterStatus, NodeStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import PLANS
-from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.store import Store
 
 DEFAULT_DB = "defaultdb"
 
@@ -63,21 +64,30 @@ def _endpoints(status: ClusterStatus | None, host: str) -> tuple[str, int, int]:
     return status.primary.host, status.primary.port, status.replica.port
 
 
-def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings) -> dict:
+def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings,
+                 integrations: list[IntegrationRecord] | None = None, endpoints_enabled: bool = False) -> dict:
     plan = PLANS[svc.plan]
     admin = svc.primary_user
     host, port, replica_port = _endpoints(svc.status, settings.host)
+    pooled_port = None
+    if endpoints_enabled and svc.endpoint_direct_port:
+        # The Service URI is served by the control plane, outside every region: it never changes.
+        host, port, pooled_port = settings.host, svc.endpoint_direct_port, svc.endpoint_pooled_port
     uri = _uri(admin.username, admin.password, host, port)
-    replica_uri = _uri(admin.username, admin.password, host, replica_port)
+    replica_uri = _uri(admin.username, admin.password, settings.host, replica_port)
     region = settings.region(svc.cloud)
     components = [
         {"component": "pg", "host": host, "port": port, "route": "dynamic", "usage": "primary", "ssl": True},
     ]
-    if plan.node_count > 1:
+    if plan.node_count > 1 or svc.dr_role is not None:
+        # This region's standby URI (read-only): the service's own standbys, or its standby leader.
         components.append(
-            {"component": "pg", "host": host, "port": replica_port, "route": "dynamic", "usage": "replica",
-             "ssl": True}
+            {"component": "pg", "host": settings.host, "port": replica_port, "route": "dynamic",
+             "usage": "replica" if svc.dr_role is None else "disaster_recovery", "ssl": True}
         )
+    if pooled_port:
+        components.append({"component": "pgbouncer", "host": host, "port": pooled_port, "route": "dynamic",
+                           "usage": "primary", "ssl": True})
     nodes = [node_state_json(n) for n in (svc.status.nodes if svc.status else [])]
     return {
         "service_name": svc.name,
@@ -88,7 +98,7 @@ def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings)
         "cloud_name": svc.cloud,
         "cloud_description": region.description if region else svc.cloud,
         "state": svc.state,
-        "disaster_recovery_role": None,
+        "disaster_recovery_role": svc.dr_role,
         "create_time": svc.create_time,
         "update_time": svc.update_time,
         "group_list": ["default"],
@@ -104,8 +114,9 @@ def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings)
         "connection_info": {
             "pg": [uri],
             "pg_params": [_params(admin.username, admin.password, host, port)],
-            "pg_standby": [replica_uri] if plan.node_count > 1 else [],
+            "pg_standby": [replica_uri] if plan.node_count > 1 or svc.dr_role is not None else [],
             "pg_syncing": [],
+            **({"pgbouncer": [_uri(admin.username, admin.password, host, pooled_port)]} if pooled_port else {}),
         },
         "components": components,
         "users": [{"username": u.username, "password": u.password, "type": u.type} for u in svc.users],
@@ -120,7 +131,7 @@ def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings)
             "updates": [],
         },
         "metadata": {"max_connections": int((svc.user_config.get("pg") or {}).get("max_connections", 100))},
-        "service_integrations": [],
+        "service_integrations": [integration_json(i) for i in (integrations or [])],
         "service_notifications": [],
         "tags": dict(svc.tags),
         "tech_emails": list(svc.tech_emails),
@@ -144,4 +155,61 @@ def project_json(p: ProjectRecord) -> dict:
         "tags": {},
         "estimated_balance": "0.00",
         "create_time": p.create_time,
+    }
+
+
+def integration_json(i: IntegrationRecord) -> dict:
+    return {
+        "service_integration_id": i.integration_id,
+        "integration_type": i.integration_type,
+        "source_project": i.project, "source_service": i.source, "source_service_type": "pg",
+        "dest_project": i.project, "dest_service": i.dest, "dest_service_type": "pg",
+        "source_endpoint_id": None, "dest_endpoint_id": None, "source_endpoint": None, "dest_endpoint": None,
+        "active": True, "enabled": True, "description": "Disaster recovery",
+        "integration_status": {"state": {"status": "running", "errors": [], "nodes": {}}, "status_user_desc": ""},
+        "user_config": {},
+        "create_time": i.create_time,
+    }
+
+
+def operation_json(op: OperationRecord) -> dict:
+    return {
+        "operation_id": op.operation_id, "kind": op.kind, "service": op.service,
+        "requested_role": op.requested_role, "from": op.source, "to": op.target, "state": op.state,
+        "create_time": op.create_time, "finish_time": op.finish_time, "message": op.message,
+        "write_pause_s": op.write_pause_s, "data_loss": op.data_loss,
+        "steps": [s.model_dump() for s in op.steps],
+        "details": {k: v for k, v in op.data.items() if not k.startswith("t_")},
+    }
+
+
+def dr_status_json(svc: ServiceRecord, store: Store) -> dict:
+    """GET .../disaster-recovery: role, peer, replication lag, running operation, history."""
+    pair = svc.name if svc.dr_kind != "recovery" else (svc.dr_peer or svc.name)
+    ops = store.list_operations(svc.project, pair) if svc.dr_peer else []
+    integ = next((i for i in store.list_integrations(svc.project) if svc.name in (i.source, i.dest)), None)
+    passive = svc
+    if svc.dr_peer and svc.dr_role != "passive":
+        passive = store.get_service(svc.project, svc.dr_peer) or svc
+    lsn = passive.status.lsn if passive.status and passive.dr_role == "passive" else None
+    lag_bytes = None
+    if lsn is not None and passive.status is not None:
+        lag_bytes = next((n.lag_bytes for n in passive.status.nodes if n.role == "standby_leader"), None)
+    running = next((o for o in ops if o.state == "running"), None)
+    return {
+        "service_name": svc.name,
+        "disaster_recovery_role": svc.dr_role,
+        "disaster_recovery_kind": svc.dr_kind,
+        "peer_service": svc.dr_peer,
+        "integration_id": integ.integration_id if integ else None,
+        "state": svc.state,
+        "replication": {
+            "passive_service": passive.name if svc.dr_peer else None,
+            "receive_lsn": lsn.receive_lsn if lsn else None,
+            "replay_lsn": lsn.replay_lsn if lsn else None,
+            "lag_bytes": lag_bytes,
+            "lag_seconds": lsn.lag_seconds if lsn else None,
+        },
+        "operation": operation_json(running) if running else None,
+        "history": [operation_json(o) for o in ops if o.state != "running"],
     }

@@ -77,6 +77,11 @@ def up(home: str | None, port_offset: int | None, detach: bool, timeout: float) 
     if existing:
         raise click.ClickException(f"pgcrdr is already running under {settings.home} (pid {existing}); "
                                    "use 'pgcrdr down' first")
+    busy = _ports_in_use(settings)
+    if busy:
+        raise click.ClickException(
+            f"port(s) {', '.join(map(str, busy))} already in use; another pgcrdr or program holds them. "
+            "Use --port-offset N (or PGCRDR_PORT_OFFSET) to shift every port")
     if detach:
         creds = initialize(settings)
         logf = open(settings.run_dir / "pgcrdr.log", "ab")
@@ -112,6 +117,24 @@ def up(home: str | None, port_offset: int | None, detach: bool, timeout: float) 
         platform.shutdown()
         pid_path(settings, "pgcrdr").unlink(missing_ok=True)
         console.print("pgcrdr stopped")
+
+
+def _ports_in_use(settings: Settings) -> list[int]:
+    """The fixed ports pgcrdr binds at start (API, agents, etcd) that something else holds."""
+    import socket
+
+    ports = [settings.api_port]
+    for r in settings.regions:
+        ports += [r.agent_port, r.etcd_client_port, r.etcd_peer_port]
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((settings.host, port))
+            except OSError:
+                busy.append(port)
+    return busy
 
 
 @main.command()

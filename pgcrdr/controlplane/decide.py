@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DbUser, TLSMaterial
+from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceState
 
 
-def cluster_spec(svc: ServiceRecord, project: ProjectRecord) -> ClusterSpec:
-    """The cluster the region agent must run for this service."""
+def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: StandbySource | None = None) -> ClusterSpec:
+    """The cluster the region agent must run for this service (``standby_of``: where a passive
+    or fenced service replicates from)."""
     params: dict[str, str] = {}
     pg_conf = svc.user_config.get("pg") or {}
     for key in ("max_connections", "work_mem"):
@@ -31,6 +32,8 @@ def cluster_spec(svc: ServiceRecord, project: ProjectRecord) -> ClusterSpec:
         tls=TLSMaterial(ca_cert_pem=project.ca_cert_pem, cert_pem=svc.tls_cert_pem, key_pem=svc.tls_key_pem),
         pg_parameters=params,
         generation=svc.generation,
+        standby_of=standby_of,
+        permanent_slots=list(svc.permanent_slots),
     )
 
 

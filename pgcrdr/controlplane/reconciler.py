@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.config import Settings
+from pgcrdr.controlplane.crdr import standby_source_for
 from pgcrdr.controlplane.decide import Observation, cluster_spec, service_view
+from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import ServiceRecord
 from pgcrdr.controlplane.store import Store
 
@@ -22,11 +25,14 @@ log = logging.getLogger("pgcrdr.reconciler")
 
 
 class Reconciler:
-    def __init__(self, store: Store, settings: Settings, agent_token: str, interval: float = 1.0):
+    def __init__(self, store: Store, settings: Settings, agent_token: str, interval: float = 1.0,
+                 endpoints: Any = None):
         self.store = store
         self.settings = settings
         self.interval = interval
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token) for r in settings.regions}
+        self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
+        self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,11 +72,53 @@ class Reconciler:
                 log.exception("immediate reconcile of %s/%s failed", project, name)
 
     def tick(self) -> None:
+        self.runner.advance_all()
+        busy = {(op.project, n) for op in self.store.running_operations()
+                for n in (op.source, op.target, op.service)}
         for svc in self.store.list_services():
-            self.reconcile(svc)
+            self.reconcile(svc, in_operation=(svc.project, svc.name) in busy)
+        if self.endpoints is not None:
+            self.ensure_endpoints(busy)
 
-    def reconcile(self, svc: ServiceRecord) -> str:
-        """One step for one service; returns a sentence saying what it did."""
+    def endpoint_name(self, svc: ServiceRecord) -> str:
+        """One Service URI per pair: it is named after the pair's primary (or a lone service)."""
+        if svc.dr_kind == "recovery" and svc.dr_peer:
+            primary = self.store.get_service(svc.project, svc.dr_peer)
+            if primary is not None:
+                return primary.cluster
+        return svc.cluster
+
+    def ensure_endpoints(self, busy: set[tuple[str, str]]) -> None:
+        """Point every Service URI at the writer of its pair (not while an operation moves it)."""
+        from pgcrdr.endpoint.manager import EndpointSpec
+
+        assert self.endpoints is not None
+        services = [s for s in self.store.list_services() if not s.deleting]
+        for svc in services:
+            if svc.dr_kind == "recovery" or svc.endpoint_direct_port is None:
+                continue  # a recovery service shares its primary's endpoint
+            if (svc.project, svc.name) in busy:
+                continue
+            members = [svc] + [s for s in services if s.project == svc.project and s.name == svc.dr_peer]
+            active = next((s for s in members if s.dr_role in (None, "active")), None)
+            target = active.status.primary if active and active.status and active.powered else None
+            project = self.store.get_project(svc.project)
+            if project is None or svc.endpoint_pooled_port is None:
+                continue
+            spec = EndpointSpec(
+                name=svc.cluster, direct_port=svc.endpoint_direct_port, pooled_port=svc.endpoint_pooled_port,
+                target=target, users=cluster_spec(svc, project).users, tls=cluster_spec(svc, project).tls,
+            )
+            try:
+                self.endpoints.ensure(spec)
+            except Exception:  # reported on the next tick again; a bad endpoint must not stop the loop
+                log.exception("endpoint of %s/%s", svc.project, svc.name)
+
+    def reconcile(self, svc: ServiceRecord, in_operation: bool = False) -> str:
+        """One step for one service; returns a sentence saying what it did.
+
+        While an operation moves a service's role, the operation runner alone pushes its spec
+        and sets its state; the reconciler only observes it."""
         agent = self.agents.get(svc.cloud)
         if agent is None:
             return f"{svc.name}: no agent for cloud {svc.cloud}"
@@ -80,30 +128,40 @@ class Reconciler:
             except AgentError as exc:
                 self._record(svc, Observation(None, agent_error=str(exc)))
                 return f"{svc.name}: delete pending, {exc}"
+            if self.endpoints is not None and svc.dr_kind != "recovery":
+                self.endpoints.remove(svc.cluster)
             self.store.delete_service(svc.project, svc.name)
             log.info("service %s/%s terminated", svc.project, svc.name)
             return f"{svc.name}: terminated"
         try:
-            if svc.applied_generation < svc.generation:
+            push = svc.applied_generation < svc.generation and not in_operation
+            if push:
                 project = self.store.get_project(svc.project)
                 if project is None:
                     return f"{svc.name}: project {svc.project} missing"
-                status = agent.put_cluster(cluster_spec(svc, project))
+                try:
+                    source = standby_source_for(self.store, svc)
+                except LookupError as exc:
+                    return f"{svc.name}: waiting: {exc}"
+                status = agent.put_cluster(cluster_spec(svc, project, source))
                 applied = svc.generation
                 did = f"applied generation {applied}"
             else:
                 status = agent.get_cluster(svc.cluster)
                 applied = svc.applied_generation
                 did = "observed"
-                if status is None:
-                    applied = 0  # the region lost the cluster: push it again next tick
+                if status is None or status.held:
+                    # The region lost the cluster, or came back and holds it until we confirm
+                    # what it must run (a fenced primary must not restart as a writer).
+                    applied = 0
         except AgentError as exc:
-            self._record(svc, Observation(None, agent_error=str(exc)))
+            self._record(svc, Observation(None, agent_error=str(exc)), observe_only=in_operation)
             return f"{svc.name}: {exc}"
-        view = self._record(svc, Observation(status), applied)
+        view = self._record(svc, Observation(status), applied, observe_only=in_operation)
         return f"{svc.name}: {did}; {view}"
 
-    def _record(self, svc: ServiceRecord, obs: Observation, applied: int | None = None) -> str:
+    def _record(self, svc: ServiceRecord, obs: Observation, applied: int | None = None,
+                observe_only: bool = False) -> str:
         reason = ""
 
         def change(cur: ServiceRecord) -> ServiceRecord | None:
@@ -112,7 +170,9 @@ class Reconciler:
                 return None  # deleted meanwhile: next tick handles it
             view = service_view(cur, obs)
             reason = f"{view.state} ({view.reason})"
-            update: dict = {"state": view.state, "ever_ready": view.ever_ready, "message": view.message}
+            update: dict = {"message": view.message}
+            if not observe_only:
+                update.update(state=view.state, ever_ready=view.ever_ready)
             if obs.status is not None:
                 update["status"] = obs.status
             if applied is not None:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from pgcrdr.agent.models import ClusterStatus
 
 ServiceState = Literal["REBUILDING", "RUNNING", "REBALANCING", "POWEROFF"]
+DrRole = Literal["active", "passive", "failed"]
+DrKind = Literal["primary", "recovery"]
 
 
 class ServiceUser(BaseModel):
@@ -50,6 +52,16 @@ class ServiceRecord(BaseModel):
     tls_key_pem: str
     generation: int = 1  # bumped on every change the region must apply
     deleting: bool = False
+    # The Service URI: an endpoint run by the control plane (outside every region) so it never
+    # changes across failover, switchover and failback. A recovery service uses its primary's.
+    endpoint_direct_port: int | None = None
+    endpoint_pooled_port: int | None = None
+    # CRDR
+    dr_role: DrRole | None = None
+    dr_kind: DrKind | None = None  # which side of the pair this service is, for good
+    dr_peer: str | None = None
+    standby_of: str | None = None  # name of the service this one replicates from (passive side)
+    permanent_slots: list[str] = Field(default_factory=list)
     # observed state
     state: ServiceState = "REBUILDING"
     applied_generation: int = 0
@@ -63,3 +75,49 @@ class ServiceRecord(BaseModel):
             if u.type == "primary":
                 return u
         raise LookupError("service has no primary user")
+
+
+class IntegrationRecord(BaseModel):
+    integration_id: str
+    project: str
+    integration_type: str = "disaster_recovery"
+    source: str  # the active service
+    dest: str  # the passive service
+    create_time: str
+
+
+class StepRecord(BaseModel):
+    name: str
+    state: Literal["pending", "running", "done", "failed", "skipped"] = "pending"
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    detail: str | None = None
+
+
+OperationKind = Literal["setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote"]
+
+
+class OperationRecord(BaseModel):
+    operation_id: str
+    project: str
+    pair: str  # the primary service's name: one operation per pair at a time
+    kind: OperationKind
+    service: str  # the service whose role change was requested
+    requested_role: str
+    source: str  # writer before
+    target: str  # writer after
+    state: Literal["running", "done", "failed", "undone"] = "running"
+    steps: list[StepRecord] = Field(default_factory=list)
+    data: dict = Field(default_factory=dict)  # step outputs needed by later steps (LSNs, timings)
+    create_time: str
+    finish_time: str | None = None
+    write_pause_s: float | None = None
+    data_loss: dict | None = None
+    message: str | None = None
+
+    def step(self, name: str) -> StepRecord:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -173,12 +173,12 @@ class ServiceManager:
         user_config = _check_user_config(body.get("user_config"))
         user_config.setdefault("pg_version", DEFAULT_PG_VERSION)
         maintenance = _check_maintenance(body.get("maintenance")) or {}
-        for integ in body.get("service_integrations") or []:
-            itype = integ.get("integration_type") if isinstance(integ, dict) else None
+        dr_source = self._dr_source_of(project, body.get("service_integrations"))
+        if dr_source is not None and cloud == dr_source.cloud:
             raise Refused(
                 400,
-                f"Integration type {itype!r} is not supported at service creation yet; "
-                "create the service without service_integrations",
+                f"A disaster recovery copy must run in another cloud than {dr_source.name} ({dr_source.cloud}); "
+                f"choose one of: {', '.join(r.cloud_name for r in self.settings.regions if r.cloud_name != cloud)}",
             )
         tp = body.get("termination_protection", False)
         if not isinstance(tp, bool):
@@ -190,6 +190,7 @@ class ServiceManager:
             raise Refused(409, f"Service {name} already exists")
         cert = self._server_cert(proj, name)
         ts = now_rfc3339()
+        direct, pooled = self._free_endpoint_ports()
         admin = user_config.get("admin_username", "avnadmin")
         svc = ServiceRecord(
             project=project,
@@ -211,10 +212,56 @@ class ServiceManager:
             rewind_password=new_password(),
             tls_cert_pem=cert.cert_pem,
             tls_key_pem=cert.key_pem,
+            endpoint_direct_port=direct,
+            endpoint_pooled_port=pooled,
         )
+        if dr_source is not None:
+            from pgcrdr.controlplane.crdr import attach_recovery
+
+            return attach_recovery(self.store, svc, dr_source.name)
         if not self.store.add_service(svc):
             raise Refused(409, f"Service {name} already exists")
         return svc
+
+    def _dr_source_of(self, project: str, items: Any) -> ServiceRecord | None:
+        """The primary named by a ``disaster_recovery`` item of ``service_integrations``, validated."""
+        if items is None:
+            return None
+        if not isinstance(items, list):
+            raise Refused(400, "service_integrations must be a list")
+        source = None
+        for integ in items:
+            itype = integ.get("integration_type") if isinstance(integ, dict) else None
+            if itype != "disaster_recovery":
+                raise Refused(
+                    400, f"Integration type {itype!r} is not supported at service creation; use disaster_recovery"
+                )
+            if source is not None:
+                raise Refused(400, "Only one disaster_recovery integration can be given")
+            src = integ.get("source_service")
+            if not isinstance(src, str):
+                raise Refused(400, "A disaster_recovery integration needs source_service (the primary service)")
+            source = self.store.get_service(project, src)
+            if source is None or source.deleting:
+                raise not_found_service(src)
+            if source.dr_peer is not None:
+                raise Refused(
+                    409, f"Service {src} already has a disaster recovery peer ({source.dr_peer}); "
+                    "a pair has two services"
+                )
+            if not source.powered:
+                raise Refused(409, f"Service {src} is powered off; power it on before creating its recovery copy")
+        return source
+
+    def _free_endpoint_ports(self) -> tuple[int, int]:
+        used: set[int] = set()
+        for s in self.store.list_services():
+            used.update(p for p in (s.endpoint_direct_port, s.endpoint_pooled_port) if p)
+        first, last = self.settings.endpoint_port_range
+        free = [p for p in range(first, last) if p not in used]
+        if len(free) < 2:
+            raise Refused(409, "No free ports left for a new Service URI; terminate unused services")
+        return free[0], free[1]
 
     def _server_cert(self, proj: ProjectRecord, name: str) -> CertPair:
         ca = CertPair(proj.ca_cert_pem, proj.ca_key_pem)
@@ -311,6 +358,18 @@ class ServiceManager:
     def _require_powered(self, svc: ServiceRecord) -> None:
         if not svc.powered:
             raise Refused(409, f"Service {svc.name} is powered off; power it on first")
+        if svc.dr_role in ("passive", "failed"):
+            raise Refused(
+                409,
+                f"Service {svc.name} is {svc.dr_role} (a read-only copy); create it on the active service "
+                f"{svc.dr_peer} and it is replicated here",
+            )
+
+    def _mirror_to_peer(self, svc: ServiceRecord, fn: Any) -> None:
+        """Users and databases of a pair are one set: the passive copy gets them by replication,
+        its record gets them here (so it has them when it becomes the writer)."""
+        if svc.dr_peer:
+            self.store.update_service(svc.project, svc.dr_peer, fn)
 
     def create_database(self, project: str, name: str, dbname: Any) -> None:
         svc = self.service(project, name)
@@ -327,6 +386,7 @@ class ServiceManager:
             )
 
         self._change(project, name, add)
+        self._mirror_to_peer(svc, add)
 
     def create_user(self, project: str, name: str, username: Any) -> ServiceUser:
         svc = self.service(project, name)
@@ -344,6 +404,7 @@ class ServiceManager:
             )
 
         self._change(project, name, add)
+        self._mirror_to_peer(svc, add)
         return user
 
     def user(self, project: str, name: str, username: str) -> ServiceUser:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,7 +24,55 @@ CREATE TABLE IF NOT EXISTS services (
     project TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (project, name));
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY, description TEXT NOT NULL, create_time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS integrations (
+    integration_id TEXT PRIMARY KEY, project TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations (
+    operation_id TEXT PRIMARY KEY, project TEXT NOT NULL, pair TEXT NOT NULL, state TEXT NOT NULL,
+    create_time TEXT NOT NULL, doc TEXT NOT NULL);
 """
+
+
+class Tx:
+    """Reads and writes inside one store transaction (see :meth:`Store.transaction`)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def service(self, project: str, name: str) -> ServiceRecord | None:
+        row = self.db.execute("SELECT doc FROM services WHERE project=? AND name=?", (project, name)).fetchone()
+        return ServiceRecord.model_validate_json(row[0]) if row else None
+
+    def put_service(self, svc: ServiceRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO services(project, name, doc) VALUES (?, ?, ?)",
+            (svc.project, svc.name, svc.model_dump_json()),
+        )
+
+    def integrations(self, project: str) -> list[IntegrationRecord]:
+        rows = self.db.execute("SELECT doc FROM integrations WHERE project=?", (project,)).fetchall()
+        return [IntegrationRecord.model_validate_json(r[0]) for r in rows]
+
+    def put_integration(self, rec: IntegrationRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO integrations(integration_id, project, doc) VALUES (?, ?, ?)",
+            (rec.integration_id, rec.project, rec.model_dump_json()),
+        )
+
+    def delete_integration(self, integration_id: str) -> None:
+        self.db.execute("DELETE FROM integrations WHERE integration_id=?", (integration_id,))
+
+    def running_operation(self, project: str, pair: str) -> OperationRecord | None:
+        row = self.db.execute(
+            "SELECT doc FROM operations WHERE project=? AND pair=? AND state='running'", (project, pair)
+        ).fetchone()
+        return OperationRecord.model_validate_json(row[0]) if row else None
+
+    def put_operation(self, op: OperationRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO operations(operation_id, project, pair, state, create_time, doc) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (op.operation_id, op.project, op.pair, op.state, op.create_time, op.model_dump_json()),
+        )
 
 
 def hash_token(token: str) -> str:
@@ -68,6 +116,12 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One atomic read-modify-write over several records (e.g. a role change of a pair)."""
+        with self._tx() as db:
+            yield Tx(db)
 
     # meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -168,3 +222,45 @@ class Store:
     def delete_service(self, project: str, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM services WHERE project=? AND name=?", (project, name))
+
+    # integrations -----------------------------------------------------------------------
+    def list_integrations(self, project: str) -> list[IntegrationRecord]:
+        with self._lock:
+            return Tx(self._db).integrations(project)
+
+    def get_integration(self, project: str, integration_id: str) -> IntegrationRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT doc FROM integrations WHERE project=? AND integration_id=?", (project, integration_id)
+            ).fetchone()
+        return IntegrationRecord.model_validate_json(row[0]) if row else None
+
+    # operations -------------------------------------------------------------------------
+    def get_operation(self, operation_id: str) -> OperationRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM operations WHERE operation_id=?", (operation_id,)).fetchone()
+        return OperationRecord.model_validate_json(row[0]) if row else None
+
+    def list_operations(self, project: str, pair: str | None = None) -> list[OperationRecord]:
+        with self._lock:
+            if pair is None:
+                rows = self._db.execute(
+                    "SELECT doc FROM operations WHERE project=? ORDER BY create_time, rowid", (project,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT doc FROM operations WHERE project=? AND pair=? ORDER BY create_time, rowid",
+                    (project, pair),
+                ).fetchall()
+        return [OperationRecord.model_validate_json(r[0]) for r in rows]
+
+    def running_operations(self) -> list[OperationRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc FROM operations WHERE state='running' ORDER BY create_time, rowid"
+            ).fetchall()
+        return [OperationRecord.model_validate_json(r[0]) for r in rows]
+
+    def put_operation(self, op: OperationRecord) -> None:
+        with self._tx() as db:
+            Tx(db).put_operation(op)

@@ -12,7 +12,7 @@ import psycopg
 
 from tests.helpers import start_platform, stop_platform, wait_for
 
-PORT_OFFSET = 4000
+PORT_OFFSET = 9000  # clear of the shared e2e platform (3000): each instance spans 3000 ports
 
 
 def processes_under(home: Path) -> list[str]:
@@ -35,7 +35,7 @@ def test_up_status_token_down_and_restart():
     p = start_platform(PORT_OFFSET)
     try:
         status = json.loads(p.pgcrdr("status", "--json").stdout)
-        assert status["api_up"] and status["api_url"].endswith(str(25000 + PORT_OFFSET))
+        assert status["api_up"] and status["api_url"].endswith(str(25000 + p.port_offset))
         assert [r["cloud_name"] for r in status["regions"]] == ["local-europe-west1", "local-us-east1"]
         assert all(r["up"] and r["etcd_healthy"] for r in status["regions"])
 

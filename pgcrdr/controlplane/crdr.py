@@ -1,0 +1,217 @@
+"""CRDR requests: pair two services, change roles. Validate, record intent, return at once.
+
+Every request here is one store transaction: either the whole intent (records of both services,
+the integration, the operation) is written, or nothing is. The operation runner
+(``pgcrdr.controlplane.operations``) carries operations out.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pgcrdr.agent.models import StandbySource
+from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.services import now_rfc3339
+from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change
+
+# The steps of each operation, in order. Each is idempotent (see operations.py).
+STEPS: dict[str, list[str]] = {
+    "setup": ["rebuild_passive", "wait_passive_in_sync"],
+    "switchover": ["precheck", "pause", "checkpoint", "demote", "confirm_lsn", "promote", "repoint", "resume",
+                   "records", "wait_passive_in_sync"],
+    "failover": ["record_lsn", "fence", "promote", "repoint", "records"],
+    "failback_restore": ["preserve", "rebuild_passive", "wait_passive_in_sync"],
+}
+STEPS["switchback"] = STEPS["switchover"]
+STEPS["failback_promote"] = STEPS["switchover"]
+
+
+def slot_for(svc: ServiceRecord) -> str:
+    """Physical slot the writer keeps for ``svc`` when ``svc`` is the passive side."""
+    return "crdr_" + svc.cluster.replace("-", "_")
+
+
+def standby_source_for(store: Store, svc: ServiceRecord) -> StandbySource | None:
+    """Where ``svc`` replicates from when it is passive (or fenced): its active peer's regional
+    writer endpoint, through the slot kept for ``svc``. None when ``svc`` should be a writer."""
+    if not svc.standby_of:
+        return None
+    active = store.get_service(svc.project, svc.standby_of)
+    if active is None or active.status is None:
+        raise LookupError(f"{svc.standby_of} has no known endpoint yet")
+    return StandbySource(host=active.status.primary.host, port=active.status.primary.port,
+                         primary_slot_name=slot_for(svc))
+
+
+def new_operation(project: str, pair: str, kind: str, service: str, role: str, source: str, target: str
+                  ) -> OperationRecord:
+    return OperationRecord(
+        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,  # type: ignore[arg-type]
+        requested_role=role, source=source, target=target, create_time=now_rfc3339(),
+        steps=[StepRecord(name=n) for n in STEPS[kind]],
+    )
+
+
+def _pair_name(a: ServiceRecord, b: ServiceRecord) -> str:
+    return a.name if a.dr_kind == "primary" else b.name
+
+
+def _bump(svc: ServiceRecord, **changes: object) -> ServiceRecord:
+    return svc.model_copy(update={**changes, "generation": svc.generation + 1, "update_time": now_rfc3339()})
+
+
+def _as_recovery_of(rec: ServiceRecord, primary: ServiceRecord) -> ServiceRecord:
+    """``rec`` made a passive copy of ``primary``: same credentials, replicating through a slot."""
+    return rec.model_copy(update={
+        "dr_role": "passive", "dr_kind": "recovery", "dr_peer": primary.name, "standby_of": primary.name,
+        "users": [u.model_copy() for u in primary.users],
+        "databases": list(primary.databases),
+        "superuser_password": primary.superuser_password,
+        "replication_password": primary.replication_password,
+        "rewind_password": primary.rewind_password,
+        "permanent_slots": [slot_for(primary)],
+        "state": "REBUILDING", "ever_ready": False,
+    })
+
+
+def _as_primary_of(primary: ServiceRecord, rec: ServiceRecord) -> ServiceRecord:
+    return _bump(primary, dr_role="active", dr_kind="primary", dr_peer=rec.name, standby_of=None,
+                 permanent_slots=[slot_for(rec)])
+
+
+def _integration(project: str, source: str, dest: str) -> IntegrationRecord:
+    return IntegrationRecord(integration_id=str(uuid.uuid4()), project=project, source=source, dest=dest,
+                             create_time=now_rfc3339())
+
+
+def attach_recovery(store: Store, rec: ServiceRecord, primary_name: str) -> ServiceRecord:
+    """Create ``rec`` as the disaster-recovery copy of ``primary_name`` (avn --disaster-recovery-copy-for)."""
+    with store.transaction() as tx:
+        primary = tx.service(rec.project, primary_name)
+        if primary is None or primary.deleting:
+            raise not_found_service(primary_name)
+        if primary.dr_peer is not None:
+            raise Refused(409, f"Service {primary_name} already has a disaster recovery peer ({primary.dr_peer})")
+        if tx.service(rec.project, rec.name) is not None:
+            raise Refused(409, f"Service {rec.name} already exists")
+        # The recovery service answers on its primary's Service URI: one URI for the pair.
+        rec = _as_recovery_of(rec, primary).model_copy(update={
+            "endpoint_direct_port": primary.endpoint_direct_port,
+            "endpoint_pooled_port": primary.endpoint_pooled_port,
+        })
+        tx.put_service(rec)
+        tx.put_service(_as_primary_of(primary, rec))
+        tx.put_integration(_integration(rec.project, primary.name, rec.name))
+        op = new_operation(rec.project, primary.name, "setup", rec.name, "passive", primary.name, primary.name)
+        op.step("rebuild_passive").state = "done"  # a new service is built as a copy from the start
+        tx.put_operation(op)
+    return rec
+
+
+def create_integration(store: Store, project: str, body: dict) -> tuple[IntegrationRecord, OperationRecord | None]:
+    """POST /integration of type disaster_recovery: pair two services, or (reversed) switch roles."""
+    itype = body.get("integration_type")
+    if itype != "disaster_recovery":
+        raise Refused(400, f"Integration type {itype!r} is not supported; pgcrdr supports disaster_recovery")
+    src_name, dst_name = body.get("source_service"), body.get("dest_service")
+    if not isinstance(src_name, str) or not isinstance(dst_name, str):
+        raise Refused(400, "source_service and dest_service are required")
+    if src_name == dst_name:
+        raise Refused(400, "source_service and dest_service must be two different services")
+    for key in ("source_project", "dest_project"):
+        if body.get(key) not in (None, project):
+            raise Refused(400, f"{key} must be {project}: both services of a pair live in one project")
+    with store.transaction() as tx:
+        src, dst = tx.service(project, src_name), tx.service(project, dst_name)
+        for name, s in ((src_name, src), (dst_name, dst)):
+            if s is None or s.deleting:
+                raise not_found_service(name)
+        assert src is not None and dst is not None
+        existing = [i for i in tx.integrations(project) if {i.source, i.dest} == {src_name, dst_name}]
+        if src.dr_peer == dst_name and dst.dr_peer == src_name:
+            # Already a pair: same direction is a duplicate; the reverse direction is a role change.
+            if src.dr_role == "active":
+                if existing:
+                    raise Refused(409, f"Integration disaster_recovery {src_name} -> {dst_name} already exists")
+                integ = _integration(project, src_name, dst_name)
+                tx.put_integration(integ)
+                return integ, None
+            change = plan_role_change(src, dst, "active", tx.running_operation(project, _pair_name(src, dst)),
+                                      last_kind=_last_kind(store, project, _pair_name(src, dst)))
+            assert isinstance(change, RoleChange)
+            op = _start_role_change(tx, src, dst, "active", change)
+            for old in existing:
+                tx.delete_integration(old.integration_id)
+            integ = _integration(project, src_name, dst_name)
+            tx.put_integration(integ)
+            return integ, op
+        for s in (src, dst):
+            if s.dr_peer is not None:
+                raise Refused(409, f"Service {s.name} already has a disaster recovery peer ({s.dr_peer})")
+        if src.cloud == dst.cloud:
+            raise Refused(400, f"{src_name} and {dst_name} are both in {src.cloud}; a DR pair spans two clouds")
+        if not src.powered or not dst.powered:
+            raise Refused(409, "Both services must be powered on to pair them")
+        # dst is rebuilt as a copy of src; its previous data is kept aside by the runner first.
+        rec = _bump(_as_recovery_of(dst, src), endpoint_direct_port=src.endpoint_direct_port,
+                    endpoint_pooled_port=src.endpoint_pooled_port)
+        tx.put_service(rec)
+        tx.put_service(_as_primary_of(src, rec))
+        integ = _integration(project, src_name, dst_name)
+        tx.put_integration(integ)
+        op = new_operation(project, src_name, "setup", dst_name, "passive", src_name, src_name)
+        op.data["recreate"] = True  # the existing cluster must be replaced by a copy
+        tx.put_operation(op)
+        return integ, op
+
+
+def delete_integration(store: Store, project: str, integration_id: str) -> None:
+    """Remove the integration object. Roles do not change (the pair keeps replicating)."""
+    with store.transaction() as tx:
+        if not any(i.integration_id == integration_id for i in tx.integrations(project)):
+            raise Refused(404, f"Service integration {integration_id} does not exist")
+        tx.delete_integration(integration_id)
+
+
+def _last_kind(store: Store, project: str, pair: str) -> str | None:
+    ops = [o for o in store.list_operations(project, pair) if o.state == "done" and o.kind != "setup"]
+    return ops[-1].kind if ops else None
+
+
+def _start_role_change(tx, svc: ServiceRecord, peer: ServiceRecord, role: str, change: RoleChange) -> OperationRecord:
+    op = new_operation(svc.project, _pair_name(svc, peer), change.kind, svc.name, role, change.source, change.target)
+    # In-progress values, as the docs show them during the transition.
+    if change.kind == "failover":
+        tx.put_service(svc.model_copy(update={"state": "REBALANCING", "update_time": now_rfc3339()}))
+        tx.put_service(peer.model_copy(update={"state": "REBALANCING", "update_time": now_rfc3339()}))
+    elif change.kind == "failback_restore":
+        tx.put_service(svc.model_copy(update={"dr_role": "passive", "state": "REBUILDING", "ever_ready": False,
+                                              "update_time": now_rfc3339()}))
+    else:
+        for s in (svc, peer):
+            tx.put_service(s.model_copy(update={"state": "REBALANCING", "update_time": now_rfc3339()}))
+    tx.put_operation(op)
+    return op
+
+
+def request_role(store: Store, project: str, name: str, role: str) -> tuple[OperationRecord | None, str]:
+    """PUT service {"disaster_recovery_role": role}. Returns the operation started (or None) and why."""
+    last = None
+    svc0 = store.get_service(project, name)
+    if svc0 is None or svc0.deleting:
+        raise not_found_service(name)
+    pair = svc0.name if svc0.dr_kind == "primary" else (svc0.dr_peer or svc0.name)
+    last = _last_kind(store, project, pair)
+    with store.transaction() as tx:
+        svc = tx.service(project, name)
+        if svc is None or svc.deleting:
+            raise not_found_service(name)
+        peer = tx.service(project, svc.dr_peer) if svc.dr_peer else None
+        running = tx.running_operation(project, pair)
+        change = plan_role_change(svc, peer, role, running, last_kind=last)
+        if isinstance(change, NoChange):
+            return None, change.why
+        assert peer is not None
+        return _start_role_change(tx, svc, peer, role, change), change.why
