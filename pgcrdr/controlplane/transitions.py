@@ -66,12 +66,28 @@ def plan_role_change(
             f"Service {name} has no disaster recovery peer; create a recovery service first "
             f"(avn service create NAME --disaster-recovery-copy-for {name} ...)",
         )
+    busy = None
     if running is not None:
-        raise Refused(
+        busy = Refused(
             409,
             f"A {running.kind} operation is already running on the pair {running.pair}; "
             "wait for it to finish (see GET .../disaster-recovery) and retry",
         )
+    try:
+        change = _plan(svc, peer, requested, last_kind)
+    except Refused as exc:
+        # A request that is wrong anyway (400) says why; one that only conflicts with the state
+        # an operation is moving (409) is told about that operation.
+        if busy is not None and exc.status == 409:
+            raise busy from None
+        raise
+    if busy is not None and isinstance(change, RoleChange):
+        raise busy
+    return change
+
+
+def _plan(svc: ServiceRecord, peer: ServiceRecord, requested: str, last_kind: str | None) -> RoleChange | NoChange:
+    name = svc.name
     if requested == svc.dr_role:
         return NoChange(f"{name} is already {requested}")
 
