@@ -101,9 +101,9 @@ def test_refusals_change_nothing(api):
     r = role(api, "pg-primary-dr", "failed")
     assert r.status_code == 400 and "Only the primary service can be marked failed" in r.json()["message"]
     r = role(api, "pg-primary", "failed")  # the recovery copy is still being built
-    assert r.status_code == 409 and "still being built" in r.json()["message"]
+    assert r.status_code == 409 and "A setup operation is already running" in r.json()["message"]
     r = role(api, "pg-primary-dr", "active")
-    assert r.status_code == 409 and "still rebuilding" in r.json()["message"]
+    assert r.status_code == 409 and "A setup operation is already running" in r.json()["message"]
     r = role(api, "pg-primary", "boss")
     assert r.status_code == 400 and "Invalid disaster_recovery_role" in r.json()["message"]
     assert snapshot(api) == before
