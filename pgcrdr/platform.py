@@ -254,11 +254,15 @@ class Platform:
 
     def shutdown(self) -> None:
         self.reconciler.stop()
-        for name, proc in self.agents.items():
+        for proc in self.agents.values():
             if proc.poll() is None:
                 stop_pid(proc.pid, timeout=60)
             proc.wait(timeout=5)
-            pid_path(self.settings, f"agent-{name}").unlink(missing_ok=True)
+        for region in self.settings.regions:  # agents restarted by `pgcrdr region up` too
+            pid = read_pid(pid_path(self.settings, f"agent-{region.cloud_name}"))
+            if pid:
+                stop_pid(pid, timeout=60)
+            pid_path(self.settings, f"agent-{region.cloud_name}").unlink(missing_ok=True)
         from pgcrdr.agent.processes import stop_region_processes
 
         for region in self.settings.regions:

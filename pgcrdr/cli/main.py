@@ -209,6 +209,65 @@ def token_create(home: str | None, port_offset: int | None, description: str) ->
 
 
 @main.group()
+def region() -> None:
+    """Region outage drills: take a whole region down and bring it back."""
+
+
+def _region(settings: Settings, name: str):  # type: ignore[no-untyped-def]
+    r = settings.region(name)
+    if r is None:
+        raise click.ClickException(
+            f"Unknown region {name}; regions: {', '.join(x.cloud_name for x in settings.regions)}")
+    return r
+
+
+@region.command("down")
+@home_opt
+@offset_opt
+@click.argument("name")
+def region_down(home: str | None, port_offset: int | None, name: str) -> None:
+    """Kill every process of a region at once (SIGKILL, agent included), keeping its disk."""
+    from pgcrdr.agent.processes import stop_region_processes
+
+    settings = _settings(home, port_offset)
+    r = _region(settings, name)
+    client = AgentClient(settings.agent_url(r), agent_token_file(settings).read_text().strip(), timeout=5)
+    try:
+        client.region_outage()
+    except AgentError as exc:
+        click.echo(f"agent did not take the drill ({exc}); killing by PID", err=True)
+    finally:
+        client.close()
+    pid = read_pid(pid_path(settings, f"agent-{name}"))
+    if pid:
+        os.kill(pid, 9)
+    killed = stop_region_processes(settings, r, graceful=False)
+    click.echo(f"region {name} is down (disk kept){'; also killed ' + str(killed) if killed else ''}")
+
+
+@region.command("up")
+@home_opt
+@offset_opt
+@click.argument("name")
+def region_up(home: str | None, port_offset: int | None, name: str) -> None:
+    """Start a region's agent again, as a region that recovered. Its clusters stay held until the
+    control plane confirms what each must run (a fenced primary never restarts as a writer)."""
+    from pgcrdr.platform import start_agent, wait_agent
+
+    settings = _settings(home, port_offset)
+    r = _region(settings, name)
+    pid = read_pid(pid_path(settings, f"agent-{name}"))
+    if pid:
+        raise click.ClickException(f"region {name} is already up (agent pid {pid})")
+    proc = start_agent(settings, r)
+    try:
+        wait_agent(settings, r, proc)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"region {name} is up (agent pid {proc.pid})")
+
+
+@main.group()
 def drill() -> None:
     """Fault drills for rehearsing runbooks (they really break things)."""
 
