@@ -108,6 +108,7 @@ class EndpointManager:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.RLock] = {}
         self._popens: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._admins: dict[str, tuple[tuple[Any, ...], PgBouncerAdmin]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -133,7 +134,21 @@ class EndpointManager:
         tmp.replace(lay.state)
 
     def _admin(self, lay: EndpointLayout, state: dict[str, Any]) -> PgBouncerAdmin:
-        return PgBouncerAdmin(lay.socket_dir, state["spec"]["pooled_port"], ADMIN_USER, state["admin_password"])
+        """The kept admin connection of this endpoint's PgBouncer (per PgBouncer process)."""
+        key = (proc.read_pid(lay.pgbouncer_pid), state["spec"]["pooled_port"], state["admin_password"])
+        cached = self._admins.get(lay.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        admin = PgBouncerAdmin(lay.socket_dir, state["spec"]["pooled_port"], ADMIN_USER, state["admin_password"])
+        self._admins[lay.name] = (key, admin)
+        return admin
+
+    def _drop_admin(self, name: str) -> None:
+        cached = self._admins.pop(name, None)
+        if cached is not None:
+            cached[1].close()
 
     def _pid(self, pid_file: Path, lay: EndpointLayout) -> int | None:
         pid = proc.read_pid(pid_file)
@@ -162,6 +177,7 @@ class EndpointManager:
         return popen.pid
 
     def _wait_started(self, what: str, pid: int, log_file: Path, ready) -> None:  # noqa: ANN001
+        """Wait until ``ready()`` holds; a process that never gets there is stopped."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if not proc.is_running(pid):
@@ -172,6 +188,7 @@ class EndpointManager:
             except Exception:  # not up yet
                 pass
             if time.monotonic() > deadline:
+                _stop_pid(pid, str(log_file.parent))
                 raise EndpointError(f"{what} did not come up within {START_TIMEOUT_S:g}s: {_last_lines(log_file)}")
             time.sleep(0.05)
 
@@ -187,6 +204,8 @@ class EndpointManager:
 
     def _stop(self, lay: EndpointLayout, which: str) -> list[int]:
         pid_file = lay.haproxy_pid if which == "haproxy" else lay.pgbouncer_pid
+        if which == "pgbouncer":
+            self._drop_admin(lay.name)
         pids = _stop_pid(proc.read_pid(pid_file), str(lay.dir))
         pid_file.unlink(missing_ok=True)
         return pids
@@ -355,6 +374,7 @@ class EndpointManager:
         """Stop both processes and delete every file of the endpoint. Returns the pids stopped."""
         with self._lock(name):
             lay = self.layout(name)
+            self._drop_admin(name)
             pids = _stop_layout_processes(lay)
             for p in self._popens.pop(name, []):
                 p.poll()
@@ -364,6 +384,9 @@ class EndpointManager:
             return pids
 
     def stop_all(self) -> list[int]:
+        """Stop every endpoint's processes (files stay; ``ensure`` starts them again)."""
+        for name in list(self._admins):
+            self._drop_admin(name)
         pids = stop_all_endpoints(self.settings)
         for popens in self._popens.values():
             for p in popens:
