@@ -244,6 +244,7 @@ class EndpointManager:
                 state = {"admin_password": secrets.token_urlsafe(24), "paused": False}
             old_spec = EndpointSpec.model_validate(state["spec"]) if "spec" in state else None
             state["spec"] = spec.model_dump()
+            self._save(lay, state)  # first: a failed start still leaves an endpoint remove() can clean
             tls_changed = any([
                 proc.write_node_file(s, lay.server_crt, spec.tls.cert_pem, 0o644),
                 proc.write_node_file(s, lay.server_key, spec.tls.key_pem, 0o600),
@@ -271,7 +272,6 @@ class EndpointManager:
             # PgBouncer
             ini = self._pgbouncer_ini(lay, spec)
             ini_changed = proc.write_node_file(s, lay.pgbouncer_ini, ini, 0o600)
-            self._save(lay, state)
             bpid = self._pid(lay.pgbouncer_pid, lay)
             if bpid and old_spec is not None and old_spec.pooled_port != spec.pooled_port:
                 self._stop(lay, "pgbouncer")  # listen_port needs a restart

@@ -541,3 +541,18 @@ def test_remove_leaves_no_process_and_no_file(env: Env) -> None:
             m.status(name)
     assert proc.processes_under(env.settings.home) == []
     assert m.names() == []
+
+
+def test_a_failed_start_says_why_and_can_be_removed(env: Env) -> None:
+    """The direct port is taken: ensure fails naming HAProxy's complaint; nothing keeps running."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", env.ports[4]))
+    busy.listen(1)
+    try:
+        with pytest.raises(EndpointError, match="HAProxy exited at once: .*cannot bind"):
+            env.manager.ensure(env.spec("pg-broken", env.ports[4], env.ports[5], env.pg1))
+    finally:
+        busy.close()
+    assert env.manager.status("pg-broken").running is False
+    env.manager.remove("pg-broken")
+    assert proc.processes_under(env.settings.home) == []
