@@ -194,10 +194,15 @@ def stop_everything(settings: Settings) -> list[str]:
     from pgcrdr.agent.processes import stop_region_processes
 
     said = []
+    from pgcrdr.endpoint.manager import stop_all_endpoints
+
     up = read_pid(pid_path(settings, "pgcrdr"))
     if up and up != os.getpid():
         stop_pid(up, timeout=90)
         said.append(f"stopped pgcrdr (pid {up})")
+    killed_endpoints = stop_all_endpoints(settings)
+    if killed_endpoints:
+        said.append(f"stopped Service URI endpoints: {killed_endpoints}")
     for region in settings.regions:
         pid = read_pid(pid_path(settings, f"agent-{region.cloud_name}"))
         if pid:
@@ -220,7 +225,11 @@ class Platform:
         self.store = Store(settings.db_path)
         self.agents: dict[str, subprocess.Popen] = {}
         agent_token = agent_token_file(settings).read_text().strip()
-        self.reconciler = Reconciler(self.store, settings, agent_token)
+        from pgcrdr.endpoint.manager import EndpointManager
+
+        # Service URIs live in the control plane, outside every region (they survive a region loss).
+        self.endpoints = EndpointManager(settings)
+        self.reconciler = Reconciler(self.store, settings, agent_token, endpoints=self.endpoints)
         self.server: uvicorn.Server | None = None
 
     def start_agents(self) -> None:
@@ -233,7 +242,7 @@ class Platform:
         from pgcrdr.api.app import create_app
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
-                         reconcile_now=self.reconciler.reconcile_now)
+                         reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",
@@ -254,6 +263,7 @@ class Platform:
 
     def shutdown(self) -> None:
         self.reconciler.stop()
+        self.endpoints.stop_all()
         for proc in self.agents.values():
             if proc.poll() is None:
                 stop_pid(proc.pid, timeout=60)

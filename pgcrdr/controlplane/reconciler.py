@@ -90,7 +90,7 @@ class Reconciler:
 
     def ensure_endpoints(self, busy: set[tuple[str, str]]) -> None:
         """Point every Service URI at the writer of its pair (not while an operation moves it)."""
-        from pgcrdr.endpoint.manager import EndpointSpec
+        from pgcrdr.endpoint.models import EndpointSpec
 
         assert self.endpoints is not None
         services = [s for s in self.store.list_services() if not s.deleting]

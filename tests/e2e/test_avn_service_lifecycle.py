@@ -71,11 +71,20 @@ def _uri(platform: RunningPlatform, *extra: str) -> str:
 def test_connect_over_tls_and_write(platform: RunningPlatform):
     uri = _uri(platform)
     assert uri.startswith("postgres://avnadmin:") and uri.endswith("sslmode=require")
+    svc = platform.service(PROJECT, SVC)
+    api_port = int(platform.api_url.rsplit(":", 1)[1])
+    # the Service URI is served by the control plane, outside every region
+    assert api_port + 100 <= int(svc["service_uri_params"]["port"]) < api_port + 1000
+    pooled = svc["connection_info"]["pgbouncer"][0]
     with psycopg.connect(uri, connect_timeout=10) as conn:
         assert conn.info.pgconn.ssl_in_use
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 100) g")
         conn.commit()
+        assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 100
+    # the pooled URI (PgBouncer, transaction mode) reaches the same writer
+    with psycopg.connect(pooled, connect_timeout=10, prepare_threshold=None) as conn:
+        assert conn.info.pgconn.ssl_in_use
         assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 100
     # TLS is required: the same credentials without TLS are refused by the server
     with pytest.raises(psycopg.OperationalError):
