@@ -11,9 +11,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
-from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime
-from pgcrdr.agent.validation import spec_problems
+from pgcrdr.agent.models import (
+    ClusterSpec,
+    ClusterStatus,
+    DemoteRequest,
+    DemoteResult,
+    FenceRequest,
+    FenceResult,
+    KillResult,
+    LsnInfo,
+    PreserveRequest,
+    PreserveResult,
+    PromoteRequest,
+    PromoteResult,
+    RegionHealth,
+)
+from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
+from pgcrdr.agent.validation import source_problems, spec_problems
 
 
 class ApiError(Exception):
@@ -29,6 +43,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "invalid request: " + "; ".join(parts)
+
+
+def spec_problems_of_source(req: DemoteRequest | FenceRequest) -> list[str]:
+    return source_problems(req.standby_of) if req.standby_of is not None else []
 
 
 def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
@@ -97,5 +115,56 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
             return runtime.kill_node(cluster, node, restart_after)
         except NotFound:
             raise ApiError(404, f"node {node!r} of cluster {cluster!r} not found") from None
+
+    # --- CRDR primitives: 404 unknown cluster, 409 refused as things are now (nothing changed),
+    # 504 a bounded wait gave up (the message says what was left as it is), 400 bad input.
+    def crdr_call(cluster: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(cluster, *args)
+        except NotFound:
+            raise ApiError(404, f"cluster {cluster!r} not found in region {runtime.region.cloud_name}") from None
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
+        except Timeout as exc:
+            raise ApiError(504, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    @app.get("/clusters/{cluster}/lsn")
+    def get_lsn(cluster: str) -> LsnInfo:
+        return crdr_call(cluster, runtime.lsn)
+
+    @app.post("/clusters/{cluster}/checkpoint")
+    def checkpoint(cluster: str) -> LsnInfo:
+        return crdr_call(cluster, runtime.checkpoint)
+
+    @app.post("/clusters/{cluster}/demote")
+    def demote(cluster: str, req: DemoteRequest) -> DemoteResult:
+        problems = [p for p in spec_problems_of_source(req) if p]
+        if problems:
+            raise ApiError(400, "; ".join(problems))
+        return crdr_call(cluster, runtime.demote, req)
+
+    @app.post("/clusters/{cluster}/promote")
+    def promote(cluster: str, req: PromoteRequest) -> PromoteResult:
+        return crdr_call(cluster, runtime.promote, req)
+
+    @app.post("/clusters/{cluster}/fence")
+    def fence(cluster: str, req: FenceRequest) -> FenceResult:
+        if req.standby_of is not None:
+            problems = spec_problems_of_source(req)
+            if problems:
+                raise ApiError(400, "; ".join(problems))
+        return crdr_call(cluster, runtime.fence, req)
+
+    @app.post("/clusters/{cluster}/preserve")
+    def preserve(cluster: str, req: PreserveRequest) -> PreserveResult:
+        return crdr_call(cluster, runtime.preserve, req)
+
+    @app.post("/region/outage")
+    def region_outage() -> dict[str, Any]:
+        runtime.region_outage()
+        return {"message": f"region {runtime.region.cloud_name}: every process is being killed, the agent included; "
+                           "the disk is kept"}
 
     return app

@@ -16,6 +16,7 @@ from pgcrdr.agent.models import (
     ClusterSpec,
     ClusterStatus,
     Endpoint,
+    LsnInfo,
     NodeRole,
     NodeRunState,
     NodeStatus,
@@ -75,6 +76,10 @@ class ClusterObs:
     action_error: str | None = None  # the last action that failed, as a sentence
     basebackups: tuple[tuple[int, int | None], ...] = ()  # (streamed, total) on the leader
     endpoint_verified: str | None = None  # the leader a probe through the primary endpoint reached
+    # CRDR
+    held: bool = False  # resumed after an agent restart with nothing running: start nothing until a PUT
+    dcs_synced: bool = True  # the DCS config (standby_cluster, slots) matches the spec
+    dcs_error: str | None = None
 
     def node(self, index: int) -> NodeObs:
         for n in self.nodes:
@@ -157,6 +162,15 @@ def decide(obs: ClusterObs) -> Decision:
     spec, now = obs.spec, obs.now
     actions: list[Action] = []
     why: list[str] = []
+    if obs.held:
+        # A region back from an outage must not start a writer the control plane may have
+        # fenced meanwhile: nothing starts until the spec is PUT again. A postmaster left
+        # without its Patroni would be an unsupervised writer: stop it.
+        for n in obs.nodes:
+            if n.postmaster_running and not n.patroni_running:
+                actions.append(StopNode(n.name, n.index))
+                why.append(f"stop {n.name} (postmaster without Patroni while held)")
+        return Decision(actions, "; ".join(why) or "held until the control plane PUTs the spec again")
     if not spec.powered:
         # Standbys first, the leader last: a leader stopping first would hand its role over.
         running = [n for n in obs.nodes if n.patroni_running or n.postmaster_running]
@@ -175,12 +189,16 @@ def decide(obs: ClusterObs) -> Decision:
             why.append(f"remove {n.name} (node_count={spec.node_count})")
     if not obs.etcd_healthy:
         why.append("waiting for etcd before starting anything")
+    elif not obs.dcs_synced:
+        # The line that keeps a standby cluster from ever starting as a writer: no Patroni is
+        # started before the DCS says standby_cluster (bootstrap.dcs only applies to new scopes).
+        why.append("waiting for the DCS config to match the spec before starting Patroni")
     for n in obs.wanted:
         if n.held(now):
             why.append(f"{n.name} held down by a kill drill")
             continue
         if not n.patroni_running:
-            if not obs.etcd_healthy:
+            if not obs.etcd_healthy or not obs.dcs_synced:
                 continue
             wait = restart_backoff(n.failures)
             if n.last_start is not None and now - n.last_start < wait:
@@ -198,7 +216,9 @@ def decide(obs: ClusterObs) -> Decision:
         actions.append(RestartProxy())
         why.append("restart proxy (configuration changed)")
     leader = obs.leader
-    if leader is not None and obs.ensured != (spec.generation, leader.name):
+    # Users and databases come from the source's data on a standby cluster (it is read-only).
+    if leader is not None and _is_writer(leader) and spec.standby_of is None \
+            and obs.ensured != (spec.generation, leader.name):
         actions.append(EnsureRoles(leader.name, leader.index))
         why.append(f"ensure users and databases on {leader.name} (generation {spec.generation})")
     return Decision(actions, "; ".join(why) or "converged")
@@ -227,6 +247,30 @@ def node_lsn(n: NodeObs) -> int | None:
     return None
 
 
+def _is_writer(n: NodeObs) -> bool:
+    return n.rest_role in ("primary", "master")
+
+
+def _lsn_text(v: Any) -> str | None:
+    return format_lsn(v) if isinstance(v, int) else None
+
+
+def lsn_info_from_rest(n: NodeObs) -> LsnInfo | None:
+    """WAL positions of a node as its Patroni REST reports them (no SQL). Pure."""
+    if not n.rest or n.rest_state != "running":
+        return None
+    x = _xlog(n)
+    tl = n.rest.get("timeline")
+    timeline = tl if isinstance(tl, int) else None
+    if _is_writer(n):
+        return LsnInfo(node=n.name, in_recovery=False, timeline=timeline, current_lsn=_lsn_text(x.get("location")))
+    ts = x.get("replayed_timestamp")
+    return LsnInfo(node=n.name, in_recovery=True, timeline=timeline,
+                   receive_lsn=_lsn_text(x.get("received_location")),
+                   replay_lsn=_lsn_text(x.get("replayed_location")),
+                   replay_time=str(ts) if ts else None)
+
+
 def _role(n: NodeObs) -> NodeRole:
     role = n.rest_role if n.patroni_running else None
     if role in ("primary", "master"):
@@ -249,7 +293,7 @@ def node_failing(n: NodeObs) -> str | None:
 
 
 def _state(obs: ClusterObs, n: NodeObs) -> NodeRunState:
-    if not obs.spec.powered or n.held(obs.now):
+    if not obs.spec.powered or obs.held or n.held(obs.now):
         return "stopped" if not (n.patroni_running or n.postmaster_running) else "starting"
     if node_failing(n):
         return "failed"
@@ -261,8 +305,9 @@ def _state(obs: ClusterObs, n: NodeObs) -> NodeRunState:
 def _streaming(n: NodeObs) -> bool:
     if not n.rest:
         return False
-    if n.rest_role in ("primary", "master", "standby_leader"):
+    if n.rest_role in ("primary", "master"):
         return True
+    # replicas stream from their leader, a standby leader from the source cluster
     return n.rest.get("replication_state") == "streaming"
 
 
@@ -324,26 +369,36 @@ def summarize(
         messages.append(obs.action_error)
     if obs.ensure_error:
         messages.append(f"could not create users/databases: {obs.ensure_error}")
-    if spec.powered:
+    if obs.dcs_error:
+        messages.append(f"cannot bring the DCS config in line with the spec: {obs.dcs_error}")
+    if obs.held:
+        messages.append("held: the agent restarted while this cluster was down; nothing starts until "
+                        "the control plane PUTs its spec again")
+    if spec.powered and not obs.held:
         for n in obs.wanted:
             if n.held(now):
                 messages.append(f"{n.name} was killed by a drill; it restarts in {n.held_until - now:.0f} s")
         if leader is None and ever_ready and not any(n.held(now) for n in obs.wanted):
             messages.append("no writer at the moment: waiting for Patroni to elect a leader")
 
+    standby = spec.standby_of is not None
     ready = bool(
         spec.powered
+        and not obs.held
         and leader is not None
-        and leader.rest_role in ("primary", "master")
+        and (leader.rest_role == "standby_leader" if standby else _is_writer(leader))
         and obs.proxy_running
         and not obs.proxy_config_changed
         and all(s.state == "running" for s in nodes)
         and all(_streaming(n) for n in obs.wanted)
-        and obs.ensured == (spec.generation, leader.name)
+        and (standby or obs.ensured == (spec.generation, leader.name))
         and obs.endpoint_verified == leader.name
     )
     phase: ClusterPhase
-    if not spec.powered:
+    if obs.held:
+        busy = any(n.patroni_running or n.postmaster_running for n in obs.nodes)
+        phase = "stopping" if busy else "stopped"
+    elif not spec.powered:
         busy = any(n.patroni_running or n.postmaster_running for n in obs.nodes) or obs.proxy_running
         phase = "stopping" if busy else "stopped"
     elif ready or ever_ready:
@@ -362,4 +417,7 @@ def summarize(
         primary=Endpoint(host=host, port=ports.primary),
         replica=Endpoint(host=host, port=ports.replica),
         nodes=nodes,
+        standby=standby,
+        held=obs.held,
+        lsn=lsn_info_from_rest(leader) if leader is not None else None,
     )

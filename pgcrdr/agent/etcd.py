@@ -6,6 +6,8 @@ import base64
 
 import httpx
 
+from pgcrdr.agent.localhttp import LOCAL
+
 from pgcrdr.config import RegionConfig
 
 # Patroni keys live under <NAMESPACE><scope>/ ; one scope per cluster.
@@ -33,7 +35,7 @@ def etcd_argv(region: RegionConfig, data_dir: str, host: str = "127.0.0.1") -> l
 
 def etcd_healthy(region: RegionConfig, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
     try:
-        r = httpx.get(f"http://{host}:{region.etcd_client_port}/health", timeout=timeout)
+        r = LOCAL.get(f"http://{host}:{region.etcd_client_port}/health", timeout=timeout)
         return r.status_code == 200 and r.json().get("health") in ("true", True)
     except (httpx.HTTPError, ValueError):
         return False
@@ -49,7 +51,7 @@ def delete_scope(region: RegionConfig, scope: str, host: str = "127.0.0.1") -> i
     never comes). Returns the number of keys deleted."""
     prefix = f"{NAMESPACE}{scope}/"
     range_end = prefix[:-1] + chr(ord("/") + 1)
-    r = httpx.post(
+    r = LOCAL.post(
         f"http://{host}:{region.etcd_client_port}/v3/kv/deleterange",
         json={"key": _b64(prefix), "range_end": _b64(range_end)},
         timeout=5.0,

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from pgcrdr.agent.localhttp import LOCAL
 import yaml
 
+from pgcrdr.agent.dcs import crdr_dcs
 from pgcrdr.agent.etcd import NAMESPACE
 from pgcrdr.agent.models import ClusterSpec
 
@@ -100,6 +103,9 @@ def render_patroni_config(
                     "use_slots": True,
                     "parameters": dict(DCS_PARAMETERS),
                 },
+                # standby_cluster / slots: only used when the scope is first created; the agent
+                # keeps the DCS itself in line with the spec afterwards (pgcrdr.agent.dcs).
+                **crdr_dcs(spec),
             },
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
@@ -137,7 +143,7 @@ def patroni_argv(node_venv: Path, yml: Path) -> list[str]:
 def get_patroni(rest_port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> dict[str, Any] | None:
     """GET /patroni of a node: its role, state and WAL positions; None if unreachable."""
     try:
-        r = httpx.get(f"http://{host}:{rest_port}/patroni", timeout=timeout)
+        r = LOCAL.get(f"http://{host}:{rest_port}/patroni", timeout=timeout)
         data = r.json()
         return data if isinstance(data, dict) else None
     except (httpx.HTTPError, ValueError):

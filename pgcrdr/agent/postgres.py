@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgcrdr.agent.models import ClusterSpec
+from pgcrdr.agent.models import ClusterSpec, LsnInfo
 from pgcrdr.agent.patroni import SUPERUSER
 
 
@@ -89,3 +89,56 @@ def endpoint_target(spec: ClusterSpec, port: int, host: str = "127.0.0.1") -> tu
     if row is None:
         raise RuntimeError("no answer")
     return int(row[0]), bool(row[1])
+
+
+# --- CRDR: WAL positions and promotion ---------------------------------------------------------
+
+_LSN_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       pg_last_xact_replay_timestamp(),
+       CASE WHEN pg_is_in_recovery() THEN
+         CASE WHEN pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
+              THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 ELSE 0.0 END
+       END,
+       CASE WHEN pg_is_in_recovery()
+            THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END
+"""
+
+
+def connect_superuser(spec: ClusterSpec, port: int, host: str = "127.0.0.1",
+                      connect_timeout: int = 3) -> psycopg.Connection:
+    return psycopg.connect(
+        host=host, port=port, user=SUPERUSER, password=spec.superuser_password, dbname="postgres",
+        sslmode="require", connect_timeout=connect_timeout, autocommit=True,
+    )
+
+
+def lsn_info(conn: psycopg.Connection, node: str) -> LsnInfo:
+    row = conn.execute(_LSN_SQL).fetchone()
+    if row is None:
+        raise RuntimeError("no answer")
+    in_recovery, current, receive, replay, replay_ts, lag, timeline = row
+    return LsnInfo(
+        node=node, in_recovery=bool(in_recovery), timeline=int(timeline) if timeline is not None else None,
+        current_lsn=current, receive_lsn=receive if in_recovery else None, replay_lsn=replay if in_recovery else None,
+        replay_time=replay_ts.isoformat() if in_recovery and replay_ts is not None else None,
+        lag_seconds=max(0.0, float(lag)) if lag is not None else None,
+    )
+
+
+def timeline_switch_point(conn: psycopg.Connection, timeline: int) -> str | None:
+    """Where ``timeline`` forked from its parent, from its history file (None for timeline 1)."""
+    if timeline <= 1:
+        return None
+    try:
+        text = conn.execute("SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",)).fetchone()[0]
+    except psycopg.Error:
+        return None
+    lines = [ln.split() for ln in str(text).splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines[-1][1] if lines and len(lines[-1]) >= 2 else None

@@ -300,3 +300,26 @@ def stop_region_processes(settings: Settings, region: RegionConfig, graceful: bo
     if signalled:
         log.info("stopped processes of region %s: %s (marker %s)", region.cloud_name, signalled, marker)
     return signalled
+
+
+def kill_region_now(settings: Settings, region: RegionConfig) -> list[int]:
+    """SIGKILL every process of ``region`` at once (an outage drill): first collect them all
+    (children by pid file, postmasters and their backends, anything running in the region
+    directory), then signal them in one pass. The disk is left as it is, pid files included."""
+    layout = RegionLayout(settings.region_dir(region))
+    marker = str(layout.region_dir)
+    pids: list[int] = []
+    if layout.run_dir.is_dir():
+        pids += [p for p in (read_pid(f) for f in layout.run_dir.glob("*.pid")) if pid_matches(p, marker)]
+    if layout.clusters_dir.is_dir():
+        for f in layout.clusters_dir.glob("*/nodes/*/data/postmaster.pid"):
+            pm = postmaster_pid(f.parent)
+            if pm:
+                pids += [pm, *children_of(pm)]
+    if layout.region_dir.is_dir():
+        pids += processes_under(layout.region_dir)
+    me = os.getpid()
+    targets = sorted({p for p in pids if p and p != me})
+    for p in targets:
+        signal_pid(p, signal.SIGKILL)
+    return targets

@@ -35,7 +35,8 @@ from pgcrdr.agent.decide import (
     summarize,
 )
 from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, KillResult, RegionHealth
+from pgcrdr.agent.crdr import CrdrOps
+from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DemoteResult, KillResult, PromoteResult, RegionHealth
 from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
 from pgcrdr.agent.postgres import (
     basebackup_progress,
@@ -58,7 +59,11 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    pass
+    """Refused as the cluster is now (409); nothing was changed."""
+
+
+class Timeout(Exception):
+    """A bounded wait gave up (504); the message says what it waited for."""
 
 
 @dataclass
@@ -91,9 +96,15 @@ class ClusterRuntime:
     deleted: bool = False
     thread: threading.Thread | None = None
     last_reason: str = ""
+    # CRDR
+    held: bool = False  # resumed with nothing running: start nothing until the spec is PUT again
+    dcs_synced: bool = True
+    dcs_error: str | None = None
+    last_demote: DemoteResult | None = None
+    last_promote: PromoteResult | None = None
 
 
-class RegionRuntime:
+class RegionRuntime(CrdrOps):
     def __init__(self, settings: Settings, region: RegionConfig):
         self.settings = settings
         self.region = region
@@ -123,8 +134,9 @@ class RegionRuntime:
             except (OSError, ValueError) as exc:
                 log.error("ignoring unreadable %s: %s", spec_file, exc)
                 continue
-            self._register(spec)
-            log.info("resumed cluster %s (generation %s)", spec.cluster, spec.generation)
+            c = self._register(spec, resumed=True)
+            log.info("resumed cluster %s (generation %s)%s", spec.cluster, spec.generation,
+                     ": held until the control plane PUTs its spec again" if c.held else "")
         self._supervisor = threading.Thread(target=self._supervise_etcd, name="etcd-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -210,17 +222,15 @@ class RegionRuntime:
                     # Patroni would reload with passwords its roles do not have yet and lose its
                     # own connections; refuse rather than half-apply.
                     raise Conflict(f"{', '.join(changed)} of an existing cluster cannot be changed")
-            layout.dir.mkdir(parents=True, exist_ok=True)
-            layout.dir.chmod(0o755)
-            tmp = layout.spec_file.with_suffix(".tmp")
-            tmp.write_text(spec.model_dump_json())
-            tmp.chmod(0o600)
-            tmp.replace(layout.spec_file)
+            self._persist_spec(layout, spec)
             if c is None:
                 c = self._register(spec)
             else:
                 c.spec = spec
-            status = c.status
+                if c.held:
+                    log.info("%s: spec PUT again (generation %s): no longer held", spec.cluster, spec.generation)
+                c.held = False
+            status = c.status.model_copy(update={"held": False}) if c.status is not None else None
         if status is None:
             status = summarize(
                 ClusterObs(spec=spec, now=time.monotonic(), nodes=()),
@@ -228,13 +238,26 @@ class RegionRuntime:
             )
         return status
 
-    def _register(self, spec: ClusterSpec) -> ClusterRuntime:
+    @staticmethod
+    def _persist_spec(layout: ClusterLayout, spec: ClusterSpec) -> None:
+        layout.dir.mkdir(parents=True, exist_ok=True)
+        layout.dir.chmod(0o755)
+        tmp = layout.spec_file.with_suffix(".tmp")
+        tmp.write_text(spec.model_dump_json())
+        tmp.chmod(0o600)
+        tmp.replace(layout.spec_file)
+
+    def _register(self, spec: ClusterSpec, resumed: bool = False) -> ClusterRuntime:
         layout = self.layout.cluster(spec.cluster)
         layout.dir.mkdir(parents=True, exist_ok=True)
         with self._ports_lock:
             ports = ports_mod.allocate(self.layout.clusters_dir, spec.cluster, self.region.service_port_range)
         c = ClusterRuntime(spec=spec, layout=layout, ports=ports)
         self._adopt(c)
+        self._load_crdr_results(c)
+        # Resumed from disk with none of its Patroni processes alive (the agent and the region
+        # were down): the control plane may have fenced it meanwhile, so start nothing yet.
+        c.held = resumed and not any(n.pid for n in c.nodes.values())
         with self._lock:
             self._clusters[spec.cluster] = c
         c.thread = threading.Thread(target=self._loop, args=(c,), name=f"cluster-{spec.cluster}", daemon=True)
@@ -258,7 +281,7 @@ class RegionRuntime:
         if c is None:
             raise NotFound(cluster)
         if c.status is None:
-            return summarize(ClusterObs(spec=c.spec, now=time.monotonic(), nodes=()),
+            return summarize(ClusterObs(spec=c.spec, now=time.monotonic(), nodes=(), held=c.held),
                              region=self.region.cloud_name, ports=c.ports, ever_ready=False,
                              host=self.settings.host)
         return c.status
@@ -342,6 +365,8 @@ class RegionRuntime:
     def _tick(self, c: ClusterRuntime) -> None:
         spec = c.spec
         self._write_tls(c)
+        if not c.held and self._etcd_healthy:
+            self._sync_dcs(c)
         obs = self._observe(c)
         decision = decide(obs)
         if decision.reason != c.last_reason:
@@ -430,6 +455,7 @@ class RegionRuntime:
             spec=c.spec, now=now, nodes=tuple(nodes), etcd_healthy=self._etcd_healthy,
             proxy_running=proxy_running, proxy_config_changed=proxy_changed, ensured=c.ensured,
             ensure_error=c.ensure_error, action_error=c.action_error,
+            held=c.held, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
         )
         leader = obs.leader
         verified_leader = None
@@ -441,7 +467,8 @@ class RegionRuntime:
             key = (leader.name, tuple(n.name for n in obs.wanted
                                       if n.index != leader.index and n.rest_state == "running"
                                       and n.rest and n.rest.get("replication_state") == "streaming"))
-            if c.endpoint_verified != key and obs.ensured == (c.spec.generation, leader.name):
+            roles_done = c.spec.standby_of is not None or obs.ensured == (c.spec.generation, leader.name)
+            if c.endpoint_verified != key and roles_done:
                 try:
                     if self._endpoints_route(c, leader.index, bool(key[1])):
                         c.endpoint_verified = key
@@ -463,6 +490,11 @@ class RegionRuntime:
         """The primary endpoint reaches the writer; the replica endpoint reaches a standby (or
         the writer when there is none)."""
         host = self.settings.host
+        if c.spec.standby_of is not None:
+            # A standby cluster has no writer: its primary endpoint routes nowhere on purpose;
+            # its replica endpoint reaches the standby leader or a replica.
+            port, in_recovery = endpoint_target(c.spec, c.ports.replica, host)
+            return in_recovery
         port, in_recovery = endpoint_target(c.spec, c.ports.primary, host)
         if port != c.ports.pg(leader_index) or in_recovery:
             return False
@@ -516,6 +548,10 @@ class RegionRuntime:
     def _start_node(self, c: ClusterRuntime, index: int) -> None:
         s, lay = self.settings, c.layout
         name = node_name(c.spec.cluster, index)
+        if c.held or not c.spec.powered or not c.dcs_synced:
+            # the spec changed (fence, outage hold) since this tick decided: start nothing
+            log.info("%s: not started (held, powered off or DCS not in line with the spec)", name)
+            return
         (lay.dir / "nodes").mkdir(parents=True, exist_ok=True)
         (lay.dir / "nodes").chmod(0o755)
         node_dir = proc.make_node_dir(s, lay.node_dir(name), 0o700)

@@ -7,11 +7,13 @@ import re
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pgcrdr.agent.models import ClusterSpec
+from pgcrdr.agent.models import ClusterSpec, StandbySource
 from pgcrdr.agent.patroni import MANAGED_PARAMETERS, RESERVED_ROLES
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _PARAM = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
+_SLOT = re.compile(r"^[a-z0-9_]{1,63}$")  # PostgreSQL's rule for replication slot names
+_HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 
 
 def spec_problems(spec: ClusterSpec, cluster_in_path: str) -> list[str]:
@@ -52,7 +54,32 @@ def spec_problems(spec: ClusterSpec, cluster_in_path: str) -> list[str]:
             problems.append(f"parameter {key!r} is managed by pgcrdr and cannot be set")
         if "\n" in value or "\0" in value:
             problems.append(f"parameter {key!r} must be a single line")
+    problems += _crdr_problems(spec)
     problems += _tls_problems(spec)
+    return problems
+
+
+def _crdr_problems(spec: ClusterSpec) -> list[str]:
+    problems: list[str] = []
+    for slot in spec.permanent_slots:
+        if not _SLOT.match(slot):
+            problems.append(f"invalid slot name {slot!r} (lower-case letters, digits and _ only)")
+    if len(set(spec.permanent_slots)) != len(spec.permanent_slots):
+        problems.append("a permanent slot is listed twice")
+    if spec.standby_of is not None:
+        problems += source_problems(spec.standby_of)
+    return problems
+
+
+def source_problems(src: StandbySource) -> list[str]:
+    """What is wrong with a standby source address (empty when it can be used). Pure."""
+    problems: list[str] = []
+    if not _HOST.match(src.host):
+        problems.append(f"invalid standby_of.host {src.host!r}")
+    if not 1 <= src.port <= 65535:
+        problems.append(f"invalid standby_of.port {src.port}")
+    if src.primary_slot_name is not None and not _SLOT.match(src.primary_slot_name):
+        problems.append(f"invalid standby_of.primary_slot_name {src.primary_slot_name!r}")
     return problems
 
 

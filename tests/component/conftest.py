@@ -7,6 +7,7 @@ the agent (SIGTERM, then SIGKILL), then every process of the region by PID
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -70,11 +71,13 @@ class Agent:
     log_path: Path
     env: dict[str, str]
     token_file: Path
+    region_name: str = REGION
 
     def start(self) -> None:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pgcrdr.agent", "--region", REGION, "--token-file", str(self.token_file)],
+                [sys.executable, "-m", "pgcrdr.agent", "--region", self.region_name,
+                 "--token-file", str(self.token_file)],
                 cwd=REPO, env=self.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -99,7 +102,7 @@ class Agent:
 
     @property
     def region(self):  # noqa: ANN201 - RegionConfig
-        region = self.settings.region(REGION)
+        region = self.settings.region(self.region_name)
         assert region is not None
         return region
 
@@ -156,6 +159,51 @@ def agent() -> Iterator[Agent]:
         if a.proc is not None:
             a.stop()
         stop_region_processes(settings, a.region, graceful=False)
+        if os.environ.get("PGCRDR_KEEP_TEST_HOME"):
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def region_agents(regions: list[str], first_offset: int = 8000) -> Iterator[list[Agent]]:
+    """One agent per region in one fresh home (as ``pgcrdr up`` runs them), on a port offset
+    whose every region block is free. Teardown stops each agent, then every process of each
+    region by PID, then removes the home, even when a test failed."""
+    if os.geteuid() == 0:
+        subprocess.run(["id", "pgcrdr"], check=True, capture_output=True)
+    span = 1000 * (len(regions) + 1) + 40
+    offset = None
+    for candidate in range(first_offset, 38000, span):
+        base = 25000 + candidate
+        if all(_port_free(base + 1000 * (i + 1) + k) for i in range(len(regions)) for k in (0, 1, 2, *range(10, 42))):
+            offset = candidate
+            break
+    assert offset is not None, "no free port blocks for the component tests"
+    home = Path(tempfile.mkdtemp(prefix="pgcrdr-ct2-", dir="/tmp"))
+    home.chmod(0o755)
+    env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(offset),
+           "PGCRDR_REGIONS": ",".join(regions)}
+    env.pop("PGCRDR_PORT_BASE", None)
+    settings = _settings(env)
+    token = secrets.token_hex(16)
+    token_file = home / "control" / "agent-token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    agents = [Agent(settings=settings, home=home, token=token, proc=None,  # type: ignore[arg-type]
+                    log_path=home / f"agent-{r}.log", env=env, token_file=token_file, region_name=r)
+              for r in regions]
+    try:
+        for a in agents:
+            a.start()
+        yield agents
+    finally:
+        for a in agents:
+            if a.proc is not None:
+                a.stop()
+        for a in agents:
+            stop_region_processes(settings, a.region, graceful=False)
         if os.environ.get("PGCRDR_KEEP_TEST_HOME"):
             print(f"kept {home}")
         else:

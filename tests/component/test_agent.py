@@ -284,6 +284,14 @@ def test_agent_restart_stops_children_and_resumes_with_the_data(agent: Agent, cl
     left = processes_under(agent.region_dir)
     assert not left, f"agent exited leaving processes {left}"
     agent.start()
+    # Resumed with nothing running: held (nothing starts) until the control plane PUTs the spec
+    # again, as its reconciler does for a held cluster; here, the spec the agent persisted.
+    for name in ("solo", "duo"):
+        assert agent.status(name).held, agent.status(name)
+        spec = RegionLayout(agent.region_dir).cluster(name).spec_file.read_text()
+        with agent.http() as c:
+            r = c.put(f"/clusters/{name}", content=spec, headers={"content-type": "application/json"})
+            assert r.status_code == 200 and not r.json()["held"], r.text
     wait_ready(agent, "solo")
     wait_ready(agent, "duo")
     with psycopg.connect(dsn(st.primary.port)) as conn:

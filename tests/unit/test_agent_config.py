@@ -60,7 +60,11 @@ def test_haproxy_config_routes_by_patroni_health() -> None:
     assert "bind 127.0.0.1:100" in text and "bind 127.0.0.1:101" in text
     assert "http-check send meth GET uri /primary" in text and "http-check send meth GET uri /replica" in text
     assert "server pg1-2 127.0.0.1:104 check port 105" in text
-    assert "inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions" in text
+    assert "inter 500ms fall 2 rise 1" in text and "retries 0" in text
+    # replica-side sessions are cut when their server goes down; primary-side ones are not
+    # (a demoted writer's last WAL reaches the other region through them)
+    assert "server pg1-2 127.0.0.1:104 check port 105 on-marked-down shutdown-sessions" in text
+    assert "server pg1-2 127.0.0.1:104 check port 105\n" in text
     # a 1-node cluster still answers on the replica port: falls back to the primary backend
     assert "use_backend replica_nodes if { nbsrv(replica_nodes) gt 0 }" in text
     assert "mode tcp" in text

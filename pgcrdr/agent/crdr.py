@@ -1,0 +1,492 @@
+"""CRDR primitives of the region agent: keep the DCS in line with the spec, read WAL positions,
+demote a writer into a standby cluster, promote a standby cluster, fence, preserve an old writer's
+data, and the region outage drill (architecture.md, "The safe sequences").
+
+Each primitive is idempotent and persists what it changes in the cluster's spec.json *before*
+acting, so an agent killed half-way comes back with the intent the control plane asked for
+(a demoted cluster never comes back as a writer). ``RegionRuntime`` mixes these in; they use its
+per-cluster ``act_lock`` so the converge loop never acts on a half-changed cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgcrdr.agent import dcs
+from pgcrdr.agent import processes as proc
+from pgcrdr.agent.layout import node_name
+from pgcrdr.agent.models import (
+    DemoteRequest,
+    DemoteResult,
+    FenceRequest,
+    FenceResult,
+    LsnInfo,
+    PreserveRequest,
+    PreserveResult,
+    PromoteRequest,
+    PromoteResult,
+)
+from pgcrdr.agent.patroni import get_patroni, render_patroni_config
+from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
+from pgcrdr.agent.wal import ControlData, commits_after, controldata, end_of_wal, max_lsn, parse_lsn
+
+if TYPE_CHECKING:
+    from pgcrdr.agent.layout import ClusterLayout, RegionLayout
+    from pgcrdr.agent.models import ClusterSpec
+    from pgcrdr.agent.runtime import ClusterRuntime
+    from pgcrdr.config import RegionConfig, Settings
+
+log = logging.getLogger(__name__)
+
+POLL_DOWN_S = 0.005  # demote: how often to look for the old writer's postmaster.pid
+POLL_PROMOTE_S = 0.02  # promote: how often to ask pg_is_in_recovery()
+LOCK_WAIT_S = 10.0
+
+
+def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    from pgcrdr.agent.runtime import Conflict, NotFound, Timeout
+
+    return NotFound, Conflict, Timeout
+
+
+class CrdrOps:
+    settings: Settings
+    region: RegionConfig
+    layout: RegionLayout
+
+    # provided by RegionRuntime
+    def _cluster(self, cluster: str) -> ClusterRuntime:
+        with self._lock:  # type: ignore[attr-defined]
+            c = self._clusters.get(cluster)  # type: ignore[attr-defined]
+        if c is None or c.deleted:
+            raise _errors()[0](cluster)
+        return c
+
+    @staticmethod
+    def _persist_spec(layout: ClusterLayout, spec: ClusterSpec) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # --- DCS in line with the spec -----------------------------------------------------------
+
+    def _running_rest_ports(self, c: ClusterRuntime) -> list[int]:
+        return [c.ports.rest(i) for i in (1, 2, 3) if proc.is_running(c.nodes[i].pid)]
+
+    def _apply_dcs(self, c: ClusterRuntime, patch: dict[str, Any], current: dict[str, Any],
+                   prefer_rest: int | None = None) -> str:
+        """Apply ``patch``: PATCH /config on a running node (wakes its HA loop), else straight into
+        etcd. Returns how it was done."""
+        ports = self._running_rest_ports(c)
+        if prefer_rest is not None:
+            ports = [prefer_rest] + [p for p in ports if p != prefer_rest]
+        for port in ports:
+            try:
+                dcs.patch_via_rest(port, patch, self.settings.host)
+                return f"PATCH /config on port {port}"
+            except Exception as exc:
+                log.info("%s: PATCH /config on %s failed (%s); trying the next way", c.spec.cluster, port, exc)
+        dcs.write_config(self.region, c.spec.cluster, dcs.apply_patch(current, patch), self.settings.host)
+        return "written to etcd"
+
+    def _sync_dcs(self, c: ClusterRuntime) -> None:
+        """Make the DCS config say what the spec says (standby_cluster, slots). Called by each tick
+        before deciding; a cluster whose DCS is not in line is not started (decide)."""
+        spec = c.spec
+        try:
+            current, initialized = dcs.read_config(self.region, spec.cluster, self.settings.host)
+            if current is None:
+                if initialized and not self._running_rest_ports(c):
+                    # The scope exists but lost its config: write the whole dynamic config, else
+                    # Patroni would fall back on the copy cached in its data directory.
+                    full = render_patroni_config(
+                        spec, node_name(spec.cluster, 1), pg_port=c.ports.pg(1), rest_port=c.ports.rest(1),
+                        etcd_port=self.region.etcd_client_port,
+                        paths=self._node_paths(c, node_name(spec.cluster, 1)),  # type: ignore[attr-defined]
+                        pg_bin_dir=self.settings.pg_bin_dir, host=self.settings.host,
+                    )["bootstrap"]["dcs"]
+                    dcs.write_config(self.region, spec.cluster, full, self.settings.host)
+                    log.info("%s: DCS config was missing; wrote it from the spec", spec.cluster)
+                # else: a new scope (or one bootstrapping now): bootstrap.dcs, rendered from the
+                # spec, applies
+            else:
+                patch = dcs.dcs_patch(spec, current)
+                if patch:
+                    how = self._apply_dcs(c, patch, current)
+                    log.info("%s: DCS config brought in line with the spec (%s): %s", spec.cluster, how,
+                             json.dumps(patch))
+            c.dcs_synced, c.dcs_error = True, None
+        except Exception as exc:
+            c.dcs_synced, c.dcs_error = False, str(exc).splitlines()[0] if str(exc) else repr(exc)
+            log.warning("%s: DCS sync failed: %s", spec.cluster, exc)
+
+    # --- observation helpers -------------------------------------------------------------------
+
+    def _roles(self, c: ClusterRuntime) -> dict[int, str]:
+        """{node index: Patroni role} of the nodes whose Patroni runs and answers as running."""
+        out = {}
+        for i in range(1, c.spec.node_count + 1):
+            if not proc.is_running(c.nodes[i].pid):
+                continue
+            rest = get_patroni(c.ports.rest(i), self.settings.host)
+            if rest and rest.get("state") == "running":
+                out[i] = str(rest.get("role"))
+        return out
+
+    def _leader_index(self, c: ClusterRuntime) -> int | None:
+        roles = self._roles(c)
+        for i, role in sorted(roles.items()):
+            if role in ("primary", "master", "standby_leader"):
+                return i
+        return None
+
+    def _lock_cluster(self, c: ClusterRuntime, timeout: float) -> None:
+        if not c.act_lock.acquire(timeout=timeout):
+            raise _errors()[2](f"cluster {c.spec.cluster} is busy (another operation or a slow converge step); "
+                               f"gave up after {timeout:.0f} s")
+
+    def _save_result(self, c: ClusterRuntime, kind: str, result: Any) -> None:
+        path = c.layout.dir / f"{kind}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(result.model_dump_json())
+        tmp.replace(path)
+
+    def _load_crdr_results(self, c: ClusterRuntime) -> None:
+        for kind, model in (("demote", DemoteResult), ("promote", PromoteResult)):
+            try:
+                setattr(c, f"last_{kind}", model.model_validate_json((c.layout.dir / f"{kind}.json").read_text()))
+            except (OSError, ValueError):
+                pass
+
+    def _controldata(self, data_dir: Path) -> ControlData | None:
+        if not (data_dir / "global" / "pg_control").exists():
+            return None
+        return controldata(self.settings.pg_bin_dir, data_dir)
+
+    def _disk_lsn(self, data_dir: Path) -> tuple[ControlData | None, str | None]:
+        """(control data, most advanced position on disk: latest checkpoint or end of WAL)."""
+        cd = self._controldata(data_dir)
+        if cd is None:
+            return None, None
+        end = None
+        try:
+            end = end_of_wal(self.settings.pg_bin_dir, data_dir, cd)
+        except Exception as exc:  # best effort
+            log.info("end of WAL of %s unknown: %s", data_dir, exc)
+        return cd, max_lsn(cd.checkpoint_lsn, end, cd.min_recovery_lsn)
+
+    # --- LSN, checkpoint ---------------------------------------------------------------------
+
+    def lsn(self, cluster: str) -> LsnInfo:
+        c = self._cluster(cluster)
+        idx = self._leader_index(c)
+        if idx is None:
+            raise _errors()[1](f"cluster {cluster} has no leader answering (phase "
+                               f"{c.status.phase if c.status else 'unknown'}); nothing to read the LSN from")
+        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
+            return lsn_info(conn, node_name(cluster, idx))
+
+    def checkpoint(self, cluster: str) -> LsnInfo:
+        c = self._cluster(cluster)
+        idx = self._leader_index(c)
+        if idx is None:
+            raise _errors()[1](f"cluster {cluster} has no leader answering; cannot CHECKPOINT")
+        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
+            conn.execute("CHECKPOINT")  # a restartpoint on a standby leader: harmless
+            return lsn_info(conn, node_name(cluster, idx))
+
+    # --- demote --------------------------------------------------------------------------------
+
+    def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
+        """Make the cluster a standby cluster of ``req.standby_of``; return once its writer's
+        postmaster is gone (not when Patroni has restarted it as a standby, ~2 s later)."""
+        _, Conflict, Timeout = _errors()
+        t0 = time.monotonic()
+        deadline = t0 + req.timeout
+        c = self._cluster(cluster)
+        self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
+        steps = {"locked": time.monotonic() - t0}
+        try:
+            roles = self._roles(c)
+            steps["roles"] = time.monotonic() - t0
+            writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
+            if not writers:
+                if c.spec.standby_of == req.standby_of:
+                    # Already done (a retry): the last result, or what the disk says now.
+                    if c.last_demote is not None:
+                        return c.last_demote
+                    idx = next((i for i, r in roles.items() if r == "standby_leader"), 1)
+                    name = node_name(cluster, idx)
+                    _, lsn = self._disk_lsn(c.layout.data_dir(name))
+                    return DemoteResult(node=name, final_lsn=lsn or "0/0", writer_down_s=0.0)
+                if c.spec.standby_of is not None and roles:
+                    # A standby cluster pointed at another source: re-point it.
+                    return self._repoint(c, req, roles, t0)
+                if any(proc.is_running(c.nodes[i].pid) for i in (1, 2, 3)):
+                    raise Conflict(f"cluster {cluster} has no running writer right now "
+                                   f"(roles {roles or 'unknown'}); retry once Patroni has elected one")
+                raise Conflict(f"cluster {cluster} is not running; use fence to make a stopped cluster "
+                               "a standby of another")
+            idx = writers[0]
+            name = node_name(cluster, idx)
+            data_dir = c.layout.data_dir(name)
+            pm = proc.postmaster_pid(data_dir)
+            current, _ = dcs.read_config(self.region, cluster, self.settings.host)
+            new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
+            # Persist first: whatever happens next, this cluster only ever comes back as a standby.
+            self._persist_spec(c.layout, new_spec)
+            c.spec = new_spec
+            patch = dcs.dcs_patch(new_spec, current or {}) or {}
+            patch.setdefault("standby_cluster", dcs.standby_cluster_config(req.standby_of))
+            steps["persisted"] = time.monotonic() - t0
+            how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
+            steps["patched"] = time.monotonic() - t0
+            log.info("%s: demoting writer %s to a standby cluster of %s:%s (%s)", cluster, name,
+                     req.standby_of.host, req.standby_of.port, how)
+            pid_file = data_dir / "postmaster.pid"
+            while pid_file.exists() and proc.is_running(pm):
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"writer {name} of {cluster} still running {req.timeout:.0f} s after it was told "
+                                  "to become a standby; the cluster is left as it is (standby_of set)")
+                time.sleep(POLL_DOWN_S)
+            down_s = time.monotonic() - t0
+            cd = self._controldata(data_dir)
+            final = cd.checkpoint_lsn if cd else None
+            if cd is None or cd.state != "shut down":
+                # not a clean shutdown (killed?): the end of WAL is the honest final position
+                _, final = self._disk_lsn(data_dir)
+            result = DemoteResult(node=name, final_lsn=final or "0/0", writer_down_s=round(down_s, 4))
+            c.last_demote = result
+            self._save_result(c, "demote", result)
+            log.info("%s: writer %s down after %.3f s, final LSN %s (%s); steps %s", cluster, name, down_s,
+                     result.final_lsn, cd.state if cd else "no control data",
+                     " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
+            return result
+        finally:
+            c.act_lock.release()
+
+    def _repoint(self, c: ClusterRuntime, req: DemoteRequest, roles: dict[int, str], t0: float) -> DemoteResult:
+        current, _ = dcs.read_config(self.region, c.spec.cluster, self.settings.host)
+        new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
+        self._persist_spec(c.layout, new_spec)
+        c.spec = new_spec
+        patch = dcs.dcs_patch(new_spec, current or {})
+        if patch:
+            self._apply_dcs(c, patch, current or {})
+        idx = next((i for i, r in roles.items() if r == "standby_leader"), min(roles))
+        name = node_name(c.spec.cluster, idx)
+        _, lsn = self._disk_lsn(c.layout.data_dir(name))
+        return DemoteResult(node=name, final_lsn=lsn or "0/0", writer_down_s=round(time.monotonic() - t0, 4))
+
+    # --- promote -------------------------------------------------------------------------------
+
+    def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
+        """Turn a standby cluster into the writer: remove its standby_cluster and poll
+        pg_is_in_recovery() every 20 ms (pg_promote(wait) would poll every 100 ms)."""
+        _, Conflict, Timeout = _errors()
+        t0 = time.monotonic()
+        deadline = t0 + req.timeout
+        c = self._cluster(cluster)
+        self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
+        steps = {"locked": time.monotonic() - t0}
+        try:
+            roles = self._roles(c)
+            steps["roles"] = time.monotonic() - t0
+            writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
+            if writers and c.spec.standby_of is None:
+                if c.last_promote is not None and c.last_promote.node == node_name(cluster, writers[0]):
+                    return c.last_promote
+                name = node_name(cluster, writers[0])
+                with connect_superuser(c.spec, c.ports.pg(writers[0]), self.settings.host) as conn:
+                    info = lsn_info(conn, name)
+                    switch = timeline_switch_point(conn, info.timeline or 1)
+                return PromoteResult(node=name, promoted_s=0.0, switch_lsn=switch, timeline=info.timeline)
+            leaders = [i for i, r in sorted(roles.items()) if r == "standby_leader"]
+            if not leaders:
+                raise Conflict(f"cluster {cluster} has no running standby leader to promote "
+                               f"(roles {roles or 'none running'}); power it on and wait until it streams")
+            idx = leaders[0]
+            name = node_name(cluster, idx)
+            port = c.ports.pg(idx)
+            conn = connect_superuser(c.spec, port, self.settings.host)
+            steps["connected"] = time.monotonic() - t0
+            try:
+                before = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+                current, _ = dcs.read_config(self.region, cluster, self.settings.host)
+                steps["config read"] = time.monotonic() - t0
+                old_spec = c.spec
+                new_spec = c.spec.model_copy(update={"standby_of": None})
+                # Persist first: an agent restarted after the PATCH must not demote it again.
+                self._persist_spec(c.layout, new_spec)
+                c.spec = new_spec
+                patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
+                try:
+                    how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
+                except Exception:
+                    self._persist_spec(c.layout, old_spec)
+                    c.spec = old_spec
+                    raise
+                steps["patched"] = time.monotonic() - t0
+                log.info("%s: promoting standby leader %s (%s)", cluster, name, how)
+                while True:
+                    try:
+                        if conn.closed:
+                            conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
+                        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                            break
+                    except psycopg.Error:
+                        conn.close()
+                    if time.monotonic() >= deadline:
+                        raise Timeout(f"{name} of {cluster} still in recovery {req.timeout:.0f} s after its "
+                                      "standby_cluster was removed; left as it is (standby_of cleared)")
+                    time.sleep(POLL_PROMOTE_S)
+                promoted_s = time.monotonic() - t0
+                info = lsn_info(conn, name)
+                switch = timeline_switch_point(conn, info.timeline or 1) or before
+            finally:
+                conn.close()
+            result = PromoteResult(node=name, promoted_s=round(promoted_s, 4), switch_lsn=switch,
+                                   timeline=info.timeline)
+            c.last_promote = result
+            self._save_result(c, "promote", result)
+            log.info("%s: %s promoted in %.3f s, timeline %s forks at %s; steps %s", cluster, name, promoted_s,
+                     info.timeline, switch, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
+            return result
+        finally:
+            c.act_lock.release()
+
+    # --- fence ---------------------------------------------------------------------------------
+
+    def _kill_nodes(self, c: ClusterRuntime) -> list[int]:
+        killed: list[int] = []
+        for i in (1, 2, 3):
+            name = node_name(c.spec.cluster, i)
+            n = c.nodes[i]
+            n.expected_running = False
+            pid = n.pid or proc.read_pid(c.layout.patroni_pid(name))
+            if pid and proc.pid_matches(pid, str(c.layout.patroni_yml(name))):
+                proc.signal_pid(pid, signal.SIGKILL)
+                killed.append(pid)
+            pm = proc.postmaster_pid(c.layout.data_dir(name))
+            if pm:
+                killed += proc.kill_postmaster_tree(pm)[:1]
+            n.pid, n.popen = None, None
+        if c.proxy_pid and proc.is_running(c.proxy_pid):
+            proc.signal_pid(c.proxy_pid, signal.SIGKILL)
+            killed.append(c.proxy_pid)
+        proc.wait_gone(killed, 10)
+        return killed
+
+    def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
+        """Stop every process of the cluster now (SIGKILL), power it off and, when ``standby_of``
+        is given, make sure it can only come back as a standby of that source."""
+        c = self._cluster(cluster)
+        update: dict[str, Any] = {"powered": False}
+        if req.standby_of is not None:
+            update["standby_of"] = req.standby_of
+        with self._lock:  # type: ignore[attr-defined]
+            new_spec = c.spec.model_copy(update=update)
+            self._persist_spec(c.layout, new_spec)
+            c.spec = new_spec
+        # Kill at once, without waiting for a converge step in progress...
+        killed = self._kill_nodes(c)
+        # ...then once it is over, again: it may have started a node from the old spec.
+        got = c.act_lock.acquire(timeout=60)
+        try:
+            killed += [p for p in self._kill_nodes(c) if p not in killed]
+            c.proxy_pid = None
+            c.endpoint_verified = None
+            if self._etcd_healthy:  # type: ignore[attr-defined]
+                self._sync_dcs(c)  # no Patroni runs: straight into etcd
+            else:
+                c.dcs_synced = False  # synced before anything starts again (decide)
+            last = None
+            for i in (1, 2, 3):
+                try:
+                    _, lsn = self._disk_lsn(c.layout.data_dir(node_name(cluster, i)))
+                except Exception as exc:
+                    log.info("%s: no LSN from node %s: %s", cluster, i, exc)
+                    lsn = None
+                last = max_lsn(last, lsn)
+        finally:
+            if got:
+                c.act_lock.release()
+        log.info("%s: fenced (killed %s), last LSN on disk %s, standby_of %s", cluster, killed, last,
+                 c.spec.standby_of)
+        return FenceResult(killed_pids=killed, last_lsn=last)
+
+    # --- preserve ------------------------------------------------------------------------------
+
+    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveResult:
+        """Copy the old writer's data directory aside and list its commits after ``fork_lsn``.
+        The cluster must be stopped (fenced)."""
+        _, Conflict, _ = _errors()
+        parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
+        c = self._cluster(cluster)
+        self._lock_cluster(c, 60)
+        try:
+            best: tuple[tuple[int, int], str, ControlData, str | None] | None = None
+            for i in (1, 2, 3):
+                name = node_name(cluster, i)
+                data_dir = c.layout.data_dir(name)
+                if proc.postmaster_pid(data_dir) or proc.is_running(c.nodes[i].pid):
+                    raise Conflict(f"{name} of {cluster} is running; fence the cluster before preserving its data")
+                cd, end = self._disk_lsn(data_dir)
+                if cd is None:
+                    continue
+                key = (cd.timeline, parse_lsn(end or cd.checkpoint_lsn))
+                if best is None or key > best[0]:
+                    best = (key, name, cd, end)
+            if best is None:
+                raise Conflict(f"cluster {cluster} has no data directory to preserve")
+            _, name, cd, end = best
+            root = c.layout.dir / "preserved"
+            for meta in sorted(root.glob("*/preserve.json"), reverse=True):
+                try:
+                    old = json.loads(meta.read_text())
+                except (OSError, ValueError):
+                    continue
+                if old.get("fork_lsn") == req.fork_lsn and old.get("node") == name and old.get("source_end") == end:
+                    return PreserveResult.model_validate(old["result"])  # already kept: idempotent
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            dest = root / stamp
+            dest.mkdir(parents=True)
+            root.chmod(0o700)
+            shutil.copytree(c.layout.data_dir(name), dest / "data", symlinks=True)
+            (dest / "data" / "postmaster.pid").unlink(missing_ok=True)
+            size = sum(f.stat().st_size for f in (dest / "data").rglob("*") if f.is_file() and not f.is_symlink())
+            commits, wal_end = commits_after(self.settings.pg_bin_dir, dest / "data" / "pg_wal", cd.timeline,
+                                             req.fork_lsn)
+            result = PreserveResult(path=str(dest / "data"), bytes=size, end_lsn=max_lsn(end, wal_end),
+                                    commits=commits)
+            (dest / "preserve.json").write_text(json.dumps({
+                "fork_lsn": req.fork_lsn, "node": name, "source_end": end, "timeline": cd.timeline,
+                "result": result.model_dump(mode="json"),
+            }))
+            log.info("%s: preserved %s of %s at %s (%d bytes); %d commits after %s", cluster, c.layout.data_dir(name),
+                     name, dest, size, len(commits), req.fork_lsn)
+            return result
+        finally:
+            c.act_lock.release()
+
+    # --- region outage drill -------------------------------------------------------------------
+
+    def region_outage(self, delay: float = 0.2) -> None:
+        """SIGKILL every process of the region and then the agent itself, keeping the disk."""
+
+        def _die() -> None:
+            time.sleep(delay)  # let the HTTP answer leave
+            killed = proc.kill_region_now(self.settings, self.region)
+            log.warning("region outage drill: SIGKILLed %s; the agent dies now", killed)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=_die, name="region-outage", daemon=True).start()

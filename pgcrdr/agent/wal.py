@@ -1,0 +1,141 @@
+"""WAL positions read from disk: ``pg_controldata`` and ``pg_waldump`` of a (stopped) data directory.
+
+These work without a running server, so the agent can say what a fenced or crashed writer held.
+The parsing is pure (tests/unit/test_agent_crdr.py); the runners only call the binaries.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgcrdr.agent.models import DivergentCommit
+
+_ENV = {"LANG": "C", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+
+def parse_lsn(text: str) -> int:
+    """``"0/3000148"`` -> 50331976. Raises ValueError on anything else."""
+    m = _LSN.match(text.strip())
+    if not m:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def max_lsn(*values: str | None) -> str | None:
+    """The most advanced of some LSNs (None ignored)."""
+    known = [v for v in values if v]
+    return format_lsn(max(parse_lsn(v) for v in known)) if known else None
+
+
+def parse_controldata(text: str) -> dict[str, str]:
+    """``pg_controldata`` output as {label: value}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        label, sep, value = line.partition(":")
+        if sep:
+            out[label.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class ControlData:
+    state: str  # "in production", "shut down", "shut down in recovery", "in archive recovery", ...
+    checkpoint_lsn: str  # "Latest checkpoint location"
+    redo_lsn: str  # "Latest checkpoint's REDO location"
+    timeline: int  # "Latest checkpoint's TimeLineID"
+    min_recovery_lsn: str | None = None  # "Minimum recovery ending location" (standbys)
+
+    @classmethod
+    def from_fields(cls, f: dict[str, str]) -> ControlData:
+        mr = f.get("Minimum recovery ending location")
+        return cls(
+            state=f.get("Database cluster state", "unknown"),
+            checkpoint_lsn=f["Latest checkpoint location"],
+            redo_lsn=f["Latest checkpoint's REDO location"],
+            timeline=int(f["Latest checkpoint's TimeLineID"]),
+            min_recovery_lsn=mr if mr and parse_lsn(mr) else None,
+        )
+
+
+def controldata(pg_bin: Path, data_dir: Path) -> ControlData:
+    r = subprocess.run([str(pg_bin / "pg_controldata"), "-D", str(data_dir)], capture_output=True, text=True,
+                       env=_ENV, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError(f"pg_controldata {data_dir} failed: {r.stderr.strip() or r.stdout.strip()}")
+    return ControlData.from_fields(parse_controldata(r.stdout))
+
+
+# "pg_waldump: error: error in WAL record at 0/15165D0: invalid record length at 0/1516768: wanted 24, got 0"
+_ANY_LSN = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
+_RECORD_LSN = re.compile(r"\blsn: ([0-9A-F]+/[0-9A-F]+)")
+
+
+def parse_waldump_end(stdout: str, stderr: str) -> str | None:
+    """Where the readable WAL ends: the last position named by pg_waldump's closing error (the
+    record it could not decode), else the start of the last record it printed."""
+    for line in reversed(stderr.splitlines()):
+        if "error in WAL record at" in line:
+            found = _ANY_LSN.findall(line)
+            if found:
+                return format_lsn(parse_lsn(found[-1]))
+    last = None
+    for m in _RECORD_LSN.finditer(stdout):
+        last = m.group(1)
+    return format_lsn(parse_lsn(last)) if last else None
+
+
+# rmgr: Transaction len (rec/tot):     34/    34, tx:        739, lsn: 0/03000148, prev 0/03000110,
+#   desc: COMMIT 2024-05-01 10:00:00.123456 UTC
+_COMMIT = re.compile(
+    r"rmgr: Transaction .*?tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), .*?desc: COMMIT(?:_PREPARED)? "
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? ?[A-Z+\-0-9]*)?"
+)
+
+
+def parse_waldump_commits(stdout: str) -> list[DivergentCommit]:
+    """COMMIT records of a ``pg_waldump --rmgr=Transaction`` listing."""
+    out = []
+    for line in stdout.splitlines():
+        m = _COMMIT.search(line)
+        if m:
+            when = m.group(3).strip().rstrip(";") if m.group(3) else None
+            out.append(DivergentCommit(lsn=format_lsn(parse_lsn(m.group(2))), xid=int(m.group(1)),
+                                       commit_time=when or None))
+    return out
+
+
+def _waldump(pg_bin: Path, wal_dir: Path, timeline: int, start: str, *extra: str,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(pg_bin / "pg_waldump"), "--path", str(wal_dir), "--timeline", str(timeline), "--start", start,
+         *extra],
+        capture_output=True, text=True, env=_ENV, timeout=timeout,
+    )
+
+
+def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> str | None:
+    """The end of the WAL a data directory holds on its latest timeline, read from the latest
+    checkpoint on; None if pg_waldump cannot tell."""
+    cd = cd or controldata(pg_bin, data_dir)
+    r = _waldump(pg_bin, data_dir / "pg_wal", cd.timeline, cd.checkpoint_lsn, "--quiet")
+    return parse_waldump_end(r.stdout, r.stderr)
+
+
+def commits_after(pg_bin: Path, wal_dir: Path, timeline: int, start: str) -> tuple[list[DivergentCommit], str | None]:
+    """COMMIT records of ``wal_dir`` from ``start`` on (pg_waldump finds the first record at or
+    after it), and where the WAL ends."""
+    r = _waldump(pg_bin, wal_dir, timeline, start, "--rmgr=Transaction")
+    if r.returncode != 0 and not r.stdout and "could not find a valid record" in r.stderr:
+        return [], None
+    if r.returncode != 0 and not r.stdout and "error in WAL record" not in r.stderr:
+        raise RuntimeError(f"pg_waldump failed: {r.stderr.strip()}")
+    end = _waldump(pg_bin, wal_dir, timeline, start, "--quiet")
+    return parse_waldump_commits(r.stdout), parse_waldump_end("", end.stderr)
