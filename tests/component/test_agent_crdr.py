@@ -34,6 +34,7 @@ pytestmark = pytest.mark.component
 READY_TIMEOUT = 90
 SHARED = {"superuser_password": "su-pair", "replication_password": "repl-pair", "rewind_password": "rw-pair"}
 TIMINGS: dict[str, float] = {}
+PGB_NODES = 2  # the recovery copy has a replica of its own: it follows the standby leader
 
 
 def dsn(port: int, dbname: str = "defaultdb", timeout: int = 3) -> str:
@@ -167,11 +168,12 @@ def test_standby_cluster_in_another_region_streams_and_refuses_writes(pair: Pair
         wait_for("the permanent slot for the other region on the writer", lambda: conn.execute(
             "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'crdr_b'").fetchone() == ("physical",), 10)
     t0 = time.monotonic()
-    pair.put(pair.b, make_spec("pgb", 1, pair.tls, standby_of=source(pair.a, "pga", "crdr_b"),
+    pair.put(pair.b, make_spec("pgb", PGB_NODES, pair.tls, standby_of=source(pair.a, "pga", "crdr_b"),
                                permanent_slots=["crdr_a"], **SHARED))
     b = wait_ready(pair.b, "pgb", standby=True, timeout=120)
     TIMINGS["standby_bootstrap_s"] = time.monotonic() - t0
-    assert b.standby and b.nodes[0].role == "standby_leader" and b.message is None, b
+    assert b.standby and b.message is None, b
+    assert sorted(n.role for n in b.nodes) == ["replica", "standby_leader"], b
     assert b.lsn is not None and b.lsn.in_recovery
     with psycopg.connect(dsn(a.primary.port), autocommit=True) as conn:
         conn.execute("INSERT INTO notes VALUES (51, 'after the copy')")
@@ -181,10 +183,13 @@ def test_standby_cluster_in_another_region_streams_and_refuses_writes(pair: Pair
     with psycopg.connect(dsn(b.replica.port)) as conn:
         assert conn.execute("SELECT count(*), max(note) FROM notes").fetchone() == (51, "from a")
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
-    # refuses writes: on the node itself, and its primary endpoint reaches no server at all
-    with psycopg.connect(dsn(b.nodes[0].pg_port), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            conn.execute("INSERT INTO notes VALUES (99, 'must fail')")
+    # refuses writes: on every node, and its primary endpoint reaches no server at all
+    for n in b.nodes:
+        with psycopg.connect(dsn(n.pg_port), autocommit=True) as conn:
+            wait_for(f"{n.name} to replay the last write", lambda c=conn: c.execute(
+                "SELECT count(*) FROM notes").fetchone() == (51,), 10)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO notes VALUES (99, 'must fail')")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn(b.primary.port, timeout=2)).close()
     # what a DCS-less restart would need: the standby's role in its own DCS is visible in status
@@ -261,7 +266,7 @@ def test_fence_promote_preserve_and_rewind_the_old_writer(pair: Pair) -> None:
     fenced = pair.post(pair.b, "/clusters/pgb/fence", {"standby_of": source(pair.a, "pga", "crdr_b")})
     assert fenced["killed_pids"] and parse_lsn(fenced["last_lsn"]) >= parse_lsn(tail_end), fenced
     lay_b = RegionLayout(pair.b.region_dir).cluster("pgb")
-    assert postmaster_pid(lay_b.data_dir("pgb-1")) is None
+    assert all(postmaster_pid(lay_b.data_dir(f"pgb-{i}")) is None for i in range(1, PGB_NODES + 1))
     st = wait_for("pgb to show as stopped", lambda: (s := pair.b.status("pgb")).phase == "stopped" and s, 20)
     assert st.standby and not st.ready
     # fencing again is harmless
@@ -280,12 +285,13 @@ def test_fence_promote_preserve_and_rewind_the_old_writer(pair: Pair) -> None:
           f"{len(kept['commits'])} divergent commits")
     # pgb powered again as a standby of pga: Patroni pg_rewinds it and it streams from pga
     t0 = time.monotonic()
-    pair.put(pair.b, make_spec("pgb", 1, pair.tls, standby_of=source(pair.a, "pga", "crdr_b"),
+    pair.put(pair.b, make_spec("pgb", PGB_NODES, pair.tls, standby_of=source(pair.a, "pga", "crdr_b"),
                                permanent_slots=["crdr_a"], generation=2, **SHARED))
     st = wait_ready(pair.b, "pgb", standby=True, generation=2, timeout=90)
     TIMINGS["rewind_s"] = time.monotonic() - t0
-    log = (lay_b.node_dir("pgb-1") / "patroni.log").read_text(errors="replace")
-    assert "rewind" in log.lower(), "Patroni should have run pg_rewind on the diverged old writer"
+    logs = "".join((lay_b.node_dir(f"pgb-{i}") / "patroni.log").read_text(errors="replace")
+                   for i in range(1, PGB_NODES + 1))
+    assert "pg_rewind exit code=0" in logs, "Patroni should have run pg_rewind on the diverged old writer"
     with psycopg.connect(dsn(pair.a.status("pga").primary.port), autocommit=True) as conn:
         conn.execute("INSERT INTO notes VALUES (300, 'after the failover')")
         want = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
@@ -314,7 +320,8 @@ def test_region_outage_then_agent_restart_holds_clusters_until_put(pair: Pair) -
     while time.monotonic() < deadline:
         st = pair.b.status("pgb")
         assert st.held and st.phase == "stopped", st
-        assert postmaster_pid(lay.data_dir("pgb-1")) is None, "a held cluster must not start PostgreSQL"
+        assert all(postmaster_pid(lay.data_dir(f"pgb-{i}")) is None for i in range(1, PGB_NODES + 1)), \
+            "a held cluster must not start PostgreSQL"
         time.sleep(0.5)
     assert "held" in (st.message or "")
     with pair.b.http() as c:
