@@ -283,6 +283,13 @@ class OperationRunner:
                          _bump=True)
             self._update(op.project, dst.name, dr_role="active", state="RUNNING", standby_of=None, _bump=True)
         self._flip_integration(op.project, active=dst.name, passive=src.name)
+        # Send both regions the specs that match what demote/promote/fence already did, so that
+        # nothing later (a restart of their agents) undoes the move.
+        for name in (dst.name, src.name):
+            try:
+                self._put(self._svc(op, name))
+            except (AgentError, Wait) as exc:  # e.g. the failed region is down: pushed when it returns
+                log.info("%s: spec of %s not pushed yet: %s", op.kind, name, exc)
         return f"{dst.name} is active, {src.name} is {'failed' if op.kind == 'failover' else 'passive'}"
 
     def _flip_integration(self, project: str, active: str, passive: str) -> None:

@@ -18,10 +18,25 @@ from pgcrdr.config import Settings
 from pgcrdr.controlplane.crdr import standby_source_for
 from pgcrdr.controlplane.decide import Observation, cluster_spec, service_view
 from pgcrdr.controlplane.operations import OperationRunner
-from pgcrdr.controlplane.records import ServiceRecord
+from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.store import Store
 
 log = logging.getLogger("pgcrdr.reconciler")
+
+
+def owned_by_operations(ops: list[OperationRecord]) -> set[tuple[str, str]]:
+    """Services whose spec and state a running operation controls right now (the reconciler
+    leaves them alone). Setup and restore only own the passive side until it has been rebuilt;
+    then the reconciler builds it like any other service."""
+    owned: set[tuple[str, str]] = set()
+    for op in ops:
+        if op.kind in ("setup", "failback_restore"):
+            rebuilt = op.step("rebuild_passive").state == "done"
+            if not rebuilt:
+                owned.add((op.project, op.service))
+        else:
+            owned.update({(op.project, op.source), (op.project, op.target)})
+    return owned
 
 
 class Reconciler:
@@ -73,8 +88,7 @@ class Reconciler:
 
     def tick(self) -> None:
         self.runner.advance_all()
-        busy = {(op.project, n) for op in self.store.running_operations()
-                for n in (op.source, op.target, op.service)}
+        busy = owned_by_operations(self.store.running_operations())
         for svc in self.store.list_services():
             self.reconcile(svc, in_operation=(svc.project, svc.name) in busy)
         if self.endpoints is not None:
