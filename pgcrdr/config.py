@@ -102,9 +102,10 @@ class Settings:
     regions: list[RegionConfig] = field(default_factory=list)
 
     @classmethod
-    def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None) -> Settings:
+    def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None,
+                 port_base: int | None = None) -> Settings:
         home_path = Path(home or os.environ.get("PGCRDR_HOME") or DEFAULT_HOME).resolve()
-        base = int(os.environ.get("PGCRDR_PORT_BASE", DEFAULT_PORT_BASE))
+        base = port_base if port_base is not None else int(os.environ.get("PGCRDR_PORT_BASE", DEFAULT_PORT_BASE))
         offset = port_offset if port_offset is not None else int(os.environ.get("PGCRDR_PORT_OFFSET", 0))
         return cls(
             home=home_path,

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from pgcrdr.config import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 
@@ -77,6 +79,9 @@ class RunningPlatform:
             r.raise_for_status()
             return r.json()["service"]
 
+    def settings(self) -> Settings:
+        return Settings.from_env(home=self.home, port_offset=self.port_offset, port_base=TEST_PORT_BASE)
+
     def agent_token(self) -> str:
         return (self.home / "control" / "agent-token").read_text().strip()
 
@@ -91,11 +96,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Test platforms live below the kernel's ephemeral port range (32768+), where outgoing
+# connections could take a port a server is about to bind.
+TEST_PORT_BASE = 11000
+
+
 def free_port_offset(start: int) -> int:
     """The first offset from ``start`` (in steps of one instance's 3000-port span) whose ports
     are all free, so test platforms never collide with each other or with anything else."""
-    for offset in range(start, 37000, 3000):
-        base = 25000 + offset
+    for offset in range(start, 21000, 3000):
+        base = TEST_PORT_BASE + offset
         ports = [base, *range(base + 100, base + 140)]
         for region_base in (base + 1000, base + 2000):
             ports += [region_base, region_base + 1, region_base + 2, *range(region_base + 10, region_base + 60)]
@@ -108,7 +118,8 @@ def start_platform(port_offset: int) -> RunningPlatform:
     port_offset = free_port_offset(port_offset)
     home = Path(tempfile.mkdtemp(prefix="pgcrdr-test-", dir="/tmp"))
     os.chmod(home, 0o755)
-    env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(port_offset)}
+    env = {**os.environ, "PGCRDR_HOME": str(home), "PGCRDR_PORT_OFFSET": str(port_offset),
+           "PGCRDR_PORT_BASE": str(TEST_PORT_BASE)}
     env.pop("AIVEN_AUTH_TOKEN", None)
     proc = subprocess.run([str(VENV_BIN / "pgcrdr"), "up", "--detach", "--timeout", "120"], env=env,
                           capture_output=True, text=True, timeout=180)
@@ -155,9 +166,10 @@ class WriteLog:
 class Writer(threading.Thread):
     """Writes unique ids through a URI in a loop, logging each attempt's outcome."""
 
-    def __init__(self, uri: str, table: str = "acked_writes", interval: float = 0.02):
+    def __init__(self, uri: str, table: str = "acked_writes", interval: float = 0.02, **connect_kw: Any):
         super().__init__(daemon=True)
         self.uri, self.table, self.interval = uri, table, interval
+        self.connect_kw = connect_kw  # e.g. prepare_threshold=None behind a transaction pooler
         self.log = WriteLog()
         self._halt = threading.Event()
 
@@ -172,7 +184,7 @@ class Writer(threading.Thread):
             wid = uuid.uuid4().hex
             if conn is None or conn.closed:
                 try:
-                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True)
+                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True, **self.connect_kw)
                 except psycopg.Error:
                     self.log.failed.append(wid)
                     time.sleep(0.2)
@@ -194,3 +206,51 @@ class Writer(threading.Thread):
             time.sleep(self.interval)
         if conn is not None:
             conn.close()
+
+
+class WriterProbe(threading.Thread):
+    """Samples every node every ~100 ms: is it writable? Records any moment with two writers."""
+
+    def __init__(self, dsns: Callable[[], dict[str, str]], interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.dsns, self.interval = dsns, interval
+        self.samples = 0
+        self.two_writers: list[tuple[float, list[str]]] = []
+        self.writers_seen: set[str] = set()
+        self._halt = threading.Event()
+        self._conns: dict[str, psycopg.Connection] = {}
+
+    def stop(self) -> WriterProbe:
+        self._halt.set()
+        self.join(timeout=30)
+        for c in self._conns.values():
+            try:
+                c.close()
+            except psycopg.Error:
+                pass
+        return self
+
+    def _writable(self, name: str, dsn: str) -> bool:
+        try:
+            conn = self._conns.get(name)
+            if conn is None or conn.closed:
+                conn = psycopg.connect(dsn, connect_timeout=1, autocommit=True)
+                self._conns[name] = conn
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is False
+        except psycopg.Error:
+            self._conns.pop(name, None)
+            return False
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                targets = self.dsns()
+            except Exception:  # noqa: BLE001 - the topology may be moving; sample next time
+                targets = {}
+            writers = [n for n, dsn in targets.items() if self._writable(n, dsn)]
+            self.samples += 1
+            self.writers_seen.update(writers)
+            if len(writers) > 1:
+                self.two_writers.append((time.monotonic(), writers))
+            time.sleep(self.interval)

@@ -105,7 +105,9 @@ def attach_recovery(store: Store, rec: ServiceRecord, primary_name: str) -> Serv
         tx.put_service(_as_primary_of(primary, rec))
         tx.put_integration(_integration(rec.project, primary.name, rec.name))
         op = new_operation(rec.project, primary.name, "setup", rec.name, "passive", primary.name, primary.name)
-        op.step("rebuild_passive").state = "done"  # a new service is built as a copy from the start
+        step = op.step("rebuild_passive")  # a new service is built as a copy from the start
+        step.state, step.started, step.finished, step.duration_s = "done", op.create_time, op.create_time, 0.0
+        step.detail = f"{rec.name} is created as a standby of {primary_name}"
         tx.put_operation(op)
     return rec
 

@@ -81,8 +81,12 @@ def plan_role_change(
         if busy is not None and exc.status == 409:
             raise busy from None
         raise
-    if busy is not None and isinstance(change, RoleChange):
-        raise busy
+    if busy is not None and running is not None:
+        if running.service == svc.name and running.requested_role == requested:
+            return NoChange(f"{running.kind} to make {svc.name} {requested} is already in progress")
+        if running.kind == "setup" and isinstance(change, NoChange):
+            return change  # building the copy changes no role: asking for the current one is harmless
+        raise busy  # the roles are moving: any other request conflicts with the running operation
     return change
 
 

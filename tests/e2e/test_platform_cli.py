@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.helpers import start_platform, stop_platform, wait_for
+from tests.helpers import TEST_PORT_BASE, start_platform, stop_platform, wait_for
 
 PORT_OFFSET = 9000  # clear of the shared e2e platform (3000): each instance spans 3000 ports
 
@@ -35,7 +35,7 @@ def test_up_status_token_down_and_restart():
     p = start_platform(PORT_OFFSET)
     try:
         status = json.loads(p.pgcrdr("status", "--json").stdout)
-        assert status["api_up"] and status["api_url"].endswith(str(25000 + p.port_offset))
+        assert status["api_up"] and status["api_url"].endswith(str(TEST_PORT_BASE + p.port_offset))
         assert [r["cloud_name"] for r in status["regions"]] == ["local-europe-west1", "local-us-east1"]
         assert all(r["up"] and r["etcd_healthy"] for r in status["regions"])
 

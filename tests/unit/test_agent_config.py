@@ -83,13 +83,13 @@ def test_port_blocks() -> None:
 
 
 def test_allocation_is_persisted_and_first_free(tmp_path: Path) -> None:
-    a = allocate(tmp_path, "a", (41010, 42000))
-    b = allocate(tmp_path, "b", (41010, 42000))
+    a = allocate(tmp_path, "a", (20010, 21000))
+    b = allocate(tmp_path, "b", (20010, 21000))
     assert b.base == a.base + BLOCK_SIZE
-    assert allocate(tmp_path, "a", (41010, 42000)) == a
+    assert allocate(tmp_path, "a", (20010, 21000)) == a
     assert load_ports(tmp_path / "b" / "ports.json") == b
     (tmp_path / "a" / "ports.json").unlink()
-    c = allocate(tmp_path, "c", (41010, 42000))
+    c = allocate(tmp_path, "c", (20010, 21000))
     assert c.base == a.base  # freed block is reused
 
 

@@ -1,0 +1,239 @@
+"""The whole CRDR cycle on real clusters, as the seed page and crdr.md tell it, driven by the
+real `avn` (the seed's CLI tab) and by plain HTTP (its API tab), under continuous writes through
+the Service URI with the acknowledged-writes checker, while a probe makes sure no two nodes
+ever accept writes at once.
+
+The tests in this module run in order and share one pair of services.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from pgcrdr.agent.client import AgentClient
+from pgcrdr.controlplane.services import cluster_id
+from tests.helpers import RunningPlatform, Writer, WriterProbe, wait_for
+
+PROJECT = "pgcrdr"
+PRI, REC = "pg-primary", "pg-primary-dr"
+PRI_CLOUD, REC_CLOUD = "local-europe-west1", "local-us-east1"
+
+state: dict = {}  # carried from one step to the next
+
+
+def state_role(p: RunningPlatform, name: str) -> dict:
+    """`avn service get NAME --project P --json | jq '{state: .state, disaster_recovery_role: ...}'`"""
+    svc = json.loads(p.avn("service", "get", name, "--project", PROJECT, "--json").stdout)
+    return {"state": svc["state"], "disaster_recovery_role": svc["disaster_recovery_role"]}
+
+
+def dr(p: RunningPlatform, name: str) -> dict:
+    with p.api() as c:
+        return c.get(f"/v1/project/{PROJECT}/service/{name}/disaster-recovery").json()
+
+
+def wait_operation(p: RunningPlatform, name: str, kind: str, timeout: float = 180) -> dict:
+    """Wait until the pair's latest operation of ``kind`` has finished; return it."""
+    def finished() -> dict | None:
+        d = dr(p, name)
+        if d["operation"] is not None:
+            return None
+        done = [o for o in d["history"] if o["kind"] == kind]
+        return done[-1] if done else None
+
+    op = wait_for(f"the {kind} operation to finish", finished, timeout=timeout)
+    assert op["state"] == "done", json.dumps(op, indent=1)
+    return op
+
+
+def node_dsns(p: RunningPlatform) -> dict[str, str]:
+    """Every PostgreSQL node of both services, addressed directly (not through any proxy)."""
+    settings = p.settings()
+    pw = p.service(PROJECT, PRI)["service_uri_params"]["password"]
+    out = {}
+    for name, cloud in ((PRI, PRI_CLOUD), (REC, REC_CLOUD)):
+        region = settings.region(cloud)
+        assert region is not None
+        client = AgentClient(settings.agent_url(region), p.agent_token(), timeout=2)
+        try:
+            st = client.get_cluster(cluster_id(PROJECT, name))
+        except Exception:  # noqa: BLE001 - a region that is down has no reachable nodes
+            st = None
+        finally:
+            client.close()
+        for n in st.nodes if st else []:
+            out[n.name] = (f"host={n.host} port={n.pg_port} user=avnadmin password={pw} dbname=defaultdb "
+                           "sslmode=require")
+    return out
+
+
+def all_ids(uri: str) -> set[str]:
+    with psycopg.connect(uri, connect_timeout=10) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM acked_writes")}
+
+
+def start_load(p: RunningPlatform) -> tuple[Writer, Writer, WriterProbe]:
+    svc = p.service(PROJECT, PRI)
+    pooled = svc["connection_info"]["pgbouncer"][0]
+    direct = Writer(svc["service_uri"])
+    pool = Writer(pooled, prepare_threshold=None)
+    probe = WriterProbe(lambda: node_dsns(p))
+    for t in (direct, pool, probe):
+        t.start()
+    wait_for("acknowledged writes through both URIs", lambda: len(direct.log.ok) > 20 and len(pool.log.ok) > 20,
+             timeout=60)
+    return direct, pool, probe
+
+
+def stop_load(direct: Writer, pool: Writer, probe: WriterProbe) -> None:
+    direct.stop()
+    pool.stop()
+    probe.stop()
+    assert probe.two_writers == [], f"two writable nodes at once: {probe.two_writers[:3]}"
+    state.setdefault("ok", set()).update(direct.log.ok, pool.log.ok)
+    state.setdefault("failed", set()).update(direct.log.failed, pool.log.failed)
+
+
+def assert_nothing_lost(p: RunningPlatform, allowed_lost: set[str] | None = None) -> None:
+    stored = all_ids(p.service(PROJECT, PRI)["service_uri"])
+    lost = state["ok"] - stored - (allowed_lost or set())
+    assert not lost, f"{len(lost)} acknowledged writes lost"
+    assert not (state["failed"] & stored), "a write reported as failed is present"
+
+
+def test_setup_with_the_cli(platform: RunningPlatform):
+    p = platform
+    p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "startup-4", "--cloud", PRI_CLOUD,
+          "--project", PROJECT)
+    p.avn("service", "wait", PRI, "--project", PROJECT, "--timeout", "180")
+    with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], connect_timeout=10) as conn:
+        conn.execute("CREATE TABLE acked_writes (id text PRIMARY KEY, at timestamptz DEFAULT now())")
+    p.avn("service", "create", REC, "--service-type", "pg", "--plan", "startup-4", "--cloud", REC_CLOUD,
+          "--disaster-recovery-copy-for", PRI, "--project", PROJECT)
+    assert state_role(p, REC)["disaster_recovery_role"] == "passive"
+    p.avn("service", "wait", REC, "--project", PROJECT, "--timeout", "240")
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+    pri, rec = p.service(PROJECT, PRI), p.service(PROJECT, REC)
+    assert rec["service_uri"] == pri["service_uri"], "one Service URI for the pair"
+    standby = next(c for c in rec["components"] if c["usage"] == "disaster_recovery")
+    pw = pri["service_uri_params"]["password"]
+    standby_uri = f"postgres://avnadmin:{pw}@{standby['host']}:{standby['port']}/defaultdb?sslmode=require"
+
+    def replicated() -> bool:
+        with psycopg.connect(standby_uri, connect_timeout=5) as conn:
+            return conn.execute("SELECT to_regclass('acked_writes') IS NOT NULL").fetchone()[0]
+
+    wait_for("the table to reach the recovery region", replicated, timeout=60)
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), psycopg.connect(standby_uri) as conn:
+        conn.execute("INSERT INTO acked_writes(id) VALUES ('nope')")
+    integ = json.loads(p.avn("service", "integration-list", PRI, "--project", PROJECT, "--json").stdout)
+    assert [(i["source_service"], i["dest_service"]) for i in integ] == [(PRI, REC)]
+
+
+def test_switchover_and_switchback_lose_nothing(platform: RunningPlatform):
+    p = platform
+    load = start_load(p)
+    p.avn("service", "update", REC, "--disaster-recovery-role", "active", "--project", PROJECT)
+    over = wait_operation(p, REC, "switchover")
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    n = len(load[0].log.ok)
+    wait_for("writes to continue after the switchover", lambda: len(load[0].log.ok) > n + 20, timeout=60)
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+    back = wait_operation(p, PRI, "switchback")
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+    n = len(load[1].log.ok)
+    wait_for("writes to continue after the switchback", lambda: len(load[1].log.ok) > n + 20, timeout=60)
+    pooled_errors = len(load[1].log.failed) + len(load[1].log.unknown)
+    stop_load(*load)
+    assert_nothing_lost(p)
+    print(f"switchover pause {over['write_pause_s']}s, switchback pause {back['write_pause_s']}s, "
+          f"pooled-URI client errors {pooled_errors}")
+    assert pooled_errors == 0, "the pooled URI must carry planned moves without a client error"
+
+
+def test_api_tab_switchover_with_bearer_token(platform: RunningPlatform):
+    """The seed's API tab: PUT .../service/NAME {"disaster_recovery_role": ...} with a Bearer token."""
+    p = platform
+    headers = {"Authorization": f"Bearer {p.token}", "content-type": "application/json"}
+    url = f"{p.api_url}/v1/project/{PROJECT}/service"
+    r = httpx.put(f"{url}/{REC}", headers=headers, content='{"disaster_recovery_role": "active"}')
+    assert r.status_code == 200, r.text
+    assert r.json()["service"]["state"] == "REBALANCING"
+    conflict = httpx.put(f"{url}/{PRI}", headers=headers, content='{"disaster_recovery_role": "active"}')
+    assert conflict.status_code == 409 and "already running" in conflict.json()["message"]
+    wait_operation(p, REC, "switchover")
+    r = httpx.put(f"{url}/{PRI}", headers=headers, content='{"disaster_recovery_promote_to_master": true}')
+    assert r.status_code == 200, r.text
+    wait_operation(p, PRI, "switchback")
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+
+
+def test_region_outage_then_failover(platform: RunningPlatform):
+    p = platform
+    load = start_load(p)
+    p.pgcrdr("region", "down", PRI_CLOUD)
+    t_down = time.monotonic()
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "failed", "--project", PROJECT)
+    op = wait_operation(p, PRI, "failover", timeout=120)
+    assert state_role(p, PRI) == {"state": "POWEROFF", "disaster_recovery_role": "failed"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    n = len(load[0].log.ok)
+    wait_for("writes through the Service URI after the failover", lambda: len(load[0].log.ok) > n + 20,
+             timeout=60)
+    print(f"failover: writes resumed {time.monotonic() - t_down:.1f}s after the outage; "
+          f"data given up: {op['data_loss']}")
+    assert op["data_loss"] is not None and "bytes" in op["data_loss"]
+    # Writes acknowledged by the old writer after its last replicated LSN are the reported tail.
+    stop_load(*load)
+    stored = all_ids(p.service(PROJECT, REC)["service_uri"])
+    state["lost_in_failover"] = state["ok"] - stored
+    if state["lost_in_failover"]:
+        assert op["data_loss"]["bytes"], "writes were lost but the failover reported no data given up"
+
+
+def test_failed_region_returns_but_never_accepts_writes(platform: RunningPlatform):
+    p = platform
+    p.pgcrdr("region", "up", PRI_CLOUD)
+    probe = WriterProbe(lambda: node_dsns(p))
+    probe.start()
+    time.sleep(15)  # "Consistently": the old writer must stay read-only or down the whole time
+    probe.stop()
+    old_nodes = {n for n in node_dsns(p) if n.startswith(cluster_id(PROJECT, PRI))}
+    assert not (probe.writers_seen & old_nodes), f"the failed primary accepted writes: {probe.writers_seen}"
+    assert probe.two_writers == []
+    assert state_role(p, PRI) == {"state": "POWEROFF", "disaster_recovery_role": "failed"}
+
+
+def test_failback_as_the_seed_cli_tab(platform: RunningPlatform):
+    p = platform
+    load = start_load(p)
+    # 1. Restore the primary service
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
+    assert state_role(p, PRI) == {"state": "REBUILDING", "disaster_recovery_role": "passive"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    restore = wait_operation(p, PRI, "failback_restore", timeout=240)
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+    assert restore["details"].get("preserved", {}).get("path"), "the failed primary's data must be kept aside"
+    # 2. Promote the primary service to active
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+    promote = wait_operation(p, PRI, "failback_promote")
+    assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+    n = len(load[0].log.ok)
+    wait_for("writes after the failback", lambda: len(load[0].log.ok) > n + 20, timeout=60)
+    stop_load(*load)
+    assert_nothing_lost(p, allowed_lost=state.get("lost_in_failover", set()))
+    print(f"failback takeover pause {promote['write_pause_s']}s")
+    history = dr(p, PRI)["history"]
+    kinds = [o["kind"] for o in history]
+    for kind in ("setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote"):
+        assert kind in kinds
+    assert all(s["duration_s"] is not None for o in history for s in o["steps"] if s["state"] == "done")
