@@ -135,6 +135,11 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def running_agent(settings: Settings, region: RegionConfig) -> int | None:
+    """PID of this home's agent of ``region`` if it is alive."""
+    return read_pid(pid_path(settings, f"agent-{region.cloud_name}"))
+
+
 def start_agent(settings: Settings, region: RegionConfig) -> subprocess.Popen:
     logf = open(settings.run_dir / f"agent-{region.cloud_name}.log", "ab")
     env = {**os.environ, "PGCRDR_HOME": str(settings.home), "PGCRDR_PORT_BASE": str(settings.port_base),
@@ -148,14 +153,15 @@ def start_agent(settings: Settings, region: RegionConfig) -> subprocess.Popen:
     return proc
 
 
-def wait_agent(settings: Settings, region: RegionConfig, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_agent(settings: Settings, region: RegionConfig, proc: subprocess.Popen | None,
+               timeout: float = 60.0) -> None:
     token = agent_token_file(settings).read_text().strip()
     client = AgentClient(settings.agent_url(region), token, timeout=2.0)
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     try:
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
                     f"agent of region {region.cloud_name} exited with code {proc.returncode}; "
                     f"see {settings.run_dir}/agent-{region.cloud_name}.log"
@@ -233,10 +239,15 @@ class Platform:
         self.server: uvicorn.Server | None = None
 
     def start_agents(self) -> None:
+        """Start every region's agent, or adopt it when it still runs: a control plane that was
+        killed restarts without touching the regions (they never depended on it to keep running)."""
         for region in self.settings.regions:
-            self.agents[region.cloud_name] = start_agent(self.settings, region)
+            if running_agent(self.settings, region) is None:
+                self.agents[region.cloud_name] = start_agent(self.settings, region)
+            else:
+                log.info("adopting the running agent of %s", region.cloud_name)
         for region in self.settings.regions:
-            wait_agent(self.settings, region, self.agents[region.cloud_name])
+            wait_agent(self.settings, region, self.agents.get(region.cloud_name))
 
     def serve(self, on_ready: object = None) -> None:
         from pgcrdr.api.app import create_app

@@ -123,9 +123,12 @@ def _ports_in_use(settings: Settings) -> list[int]:
     """The fixed ports pgcrdr binds at start (API, agents, etcd) that something else holds."""
     import socket
 
+    from pgcrdr.platform import running_agent
+
     ports = [settings.api_port]
     for r in settings.regions:
-        ports += [r.agent_port, r.etcd_client_port, r.etcd_peer_port]
+        if running_agent(settings, r) is None:  # a running agent of ours is adopted, not restarted
+            ports += [r.agent_port, r.etcd_client_port, r.etcd_peer_port]
     busy = []
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

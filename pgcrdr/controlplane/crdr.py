@@ -19,7 +19,9 @@ from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_chan
 # The steps of each operation, in order. Each is idempotent (see operations.py).
 STEPS: dict[str, list[str]] = {
     "setup": ["rebuild_passive", "wait_passive_in_sync"],
-    "switchover": ["precheck", "pause", "checkpoint", "demote", "confirm_lsn", "promote", "repoint", "resume",
+    # CHECKPOINT before holding writes: the writer's shutdown checkpoint then has little left to
+    # flush, and the checkpoint itself is not part of the write pause.
+    "switchover": ["precheck", "checkpoint", "pause", "demote", "confirm_lsn", "promote", "repoint", "resume",
                    "records", "wait_passive_in_sync"],
     "failover": ["record_lsn", "fence", "promote", "repoint", "records"],
     "failback_restore": ["preserve", "rebuild_passive", "wait_passive_in_sync"],
