@@ -343,10 +343,35 @@ class ServiceManager:
                 "disable termination protection first",
             )
 
-        def mark(cur: ServiceRecord) -> ServiceRecord:
-            return cur.model_copy(update={"deleting": True, "update_time": now_rfc3339()})
-
-        self.store.update_service(project, name, mark)
+        if svc.dr_peer is None:
+            self.store.update_service(
+                project, name, lambda cur: cur.model_copy(update={"deleting": True, "update_time": now_rfc3339()}))
+            return
+        # A pair member: only the passive side can go; the pair's Service URI and the writer stay.
+        if svc.dr_role != "passive" or svc.dr_kind != "recovery":
+            raise Refused(
+                409,
+                f"Service {name} is the {svc.dr_role} {svc.dr_kind} service of a disaster recovery pair with "
+                f"{svc.dr_peer}; terminate the passive recovery service first"
+                + (", or restore and promote this primary" if svc.dr_role == "failed" else ""),
+            )
+        with self.store.transaction() as tx:
+            if tx.running_operation(project, svc.dr_peer) is not None:
+                raise Refused(409, f"An operation is running on the pair {svc.dr_peer}; retry once it finished")
+            peer = tx.service(project, svc.dr_peer)
+            if peer is not None:
+                tx.put_service(peer.model_copy(update={
+                    "dr_role": None, "dr_kind": None, "dr_peer": None, "permanent_slots": [],
+                    "generation": peer.generation + 1, "update_time": now_rfc3339()}))
+            for integ in tx.integrations(project):
+                if name in (integ.source, integ.dest):
+                    tx.delete_integration(integ.integration_id)
+            cur = tx.service(project, name)
+            assert cur is not None
+            # The endpoint ports belong to the primary: the passive copy leaves them behind.
+            tx.put_service(cur.model_copy(update={
+                "deleting": True, "dr_peer": None, "endpoint_direct_port": None, "endpoint_pooled_port": None,
+                "update_time": now_rfc3339()}))
 
     # databases and users ----------------------------------------------------------------
     def _change(self, project: str, name: str, fn: Any) -> ServiceRecord:

@@ -162,3 +162,33 @@ def test_passive_is_read_only_for_users_and_databases(api):
     assert "app" in users
     r = api.put(f"{P}/service/pg-primary", json={"powered": False})
     assert r.status_code == 409 and "disaster recovery pair" in r.json()["message"]
+
+
+def test_terminating_pair_members(api):
+    create(api, "pg-primary")
+    create(api, "pg-primary-dr", cloud="local-us-east1", dr_for="pg-primary")
+    for op in api.store.running_operations():
+        api.store.put_operation(op.model_copy(update={"state": "done"}))
+    r = api.delete(f"{P}/service/pg-primary")
+    assert r.status_code == 409 and "terminate the passive recovery service first" in r.json()["message"]
+    assert api.delete(f"{P}/service/pg-primary-dr").status_code == 200
+    pri = api.get(f"{P}/service/pg-primary").json()["service"]
+    assert pri["disaster_recovery_role"] is None and pri["service_integrations"] == []
+    assert api.get(f"{P}/service/pg-primary-dr").status_code == 404
+
+
+def test_reversed_integration_is_a_switchover(api):
+    create(api, "pg-primary")
+    create(api, "pg-primary-dr", cloud="local-us-east1", dr_for="pg-primary")
+    for op in api.store.running_operations():
+        api.store.put_operation(op.model_copy(update={"state": "done"}))
+    set_running(api, "pg-primary")
+    set_running(api, "pg-primary-dr", standby=True)
+    old = api.get(f"{P}/service/pg-primary/integration").json()["service_integrations"][0]
+    assert api.delete(f"{P}/integration/{old['service_integration_id']}").status_code == 200
+    r = api.post(f"{P}/integration", json={"integration_type": "disaster_recovery",
+                                           "source_service": "pg-primary-dr", "dest_service": "pg-primary"})
+    assert r.status_code == 200, r.text
+    assert r.json()["service_integration"]["source_service"] == "pg-primary-dr"
+    ops = api.store.running_operations()
+    assert [(o.kind, o.source, o.target) for o in ops] == [("switchover", "pg-primary", "pg-primary-dr")]
