@@ -4,27 +4,12 @@ that change nothing, and the conflict rule. The real clusters are exercised in t
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from pgcrdr.agent.models import ClusterStatus, Endpoint
-from pgcrdr.api.app import create_app
-from pgcrdr.config import Settings
-from pgcrdr.controlplane.store import Store
-from pgcrdr.platform import initialize
 
 P = "/v1/project/pgcrdr"
 
 
-@pytest.fixture()
-def api(tmp_path):
-    settings = Settings.from_env(home=tmp_path / "home")
-    creds = initialize(settings)
-    store = Store(settings.db_path)
-    client = TestClient(create_app(settings, store), raise_server_exceptions=False)
-    client.headers["Authorization"] = f"Bearer {creds.token}"
-    client.store = store  # type: ignore[attr-defined]
-    yield client
-    store.close()
 
 
 def create(api, name, cloud="local-europe-west1", dr_for=None):
