@@ -157,6 +157,7 @@ class WriteLog:
     failed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     ok_times: list[float] = field(default_factory=list)
+    last_error: str | None = None
 
     def longest_gap(self) -> float:
         t = sorted(self.ok_times)
@@ -185,24 +186,27 @@ class Writer(threading.Thread):
             if conn is None or conn.closed:
                 try:
                     conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True, **self.connect_kw)
-                except psycopg.Error:
+                except psycopg.Error as exc:
                     self.log.failed.append(wid)
+                    self.log.last_error = f"connect: {exc}"
                     time.sleep(0.2)
                     continue
             try:
                 conn.execute(f"INSERT INTO {self.table}(id) VALUES (%s)", (wid,))
                 self.log.ok.append(wid)
                 self.log.ok_times.append(time.monotonic())
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
                 # the connection broke while the commit may have been in flight
                 self.log.unknown.append(wid)
+                self.log.last_error = f"in flight: {exc}"
                 try:
                     conn.close()
                 except psycopg.Error:
                     pass
                 conn = None
-            except psycopg.Error:
+            except psycopg.Error as exc:
                 self.log.failed.append(wid)
+                self.log.last_error = f"refused: {exc}"
             time.sleep(self.interval)
         if conn is not None:
             conn.close()

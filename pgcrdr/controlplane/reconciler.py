@@ -91,6 +91,8 @@ class Reconciler:
         busy = owned_by_operations(self.store.running_operations())
         for svc in self.store.list_services():
             self.reconcile(svc, in_operation=(svc.project, svc.name) in busy)
+        if busy or self.store.running_operations():
+            self.runner.advance_all()  # steps waiting on what this tick observed finish now
         if self.endpoints is not None:
             self.ensure_endpoints(busy)
 
@@ -108,6 +110,13 @@ class Reconciler:
 
         assert self.endpoints is not None
         services = [s for s in self.store.list_services() if not s.deleting]
+        # An endpoint no service owns any more (terminated, or a service that became the passive
+        # copy of another and now answers on its primary's URI) is removed: it would hold its ports.
+        wanted = {s.cluster for s in services if s.dr_kind != "recovery" and s.endpoint_direct_port}
+        for name in self.endpoints.names():
+            if name not in wanted:
+                log.info("removing endpoint %s: no service owns it", name)
+                self.endpoints.remove(name)
         for svc in services:
             if svc.dr_kind == "recovery" or svc.endpoint_direct_port is None:
                 continue  # a recovery service shares its primary's endpoint

@@ -356,8 +356,14 @@ class ServiceManager:
                 + (", or restore and promote this primary" if svc.dr_role == "failed" else ""),
             )
         with self.store.transaction() as tx:
-            if tx.running_operation(project, svc.dr_peer) is not None:
-                raise Refused(409, f"An operation is running on the pair {svc.dr_peer}; retry once it finished")
+            running = tx.running_operation(project, svc.dr_peer)
+            if running is not None and running.kind != "setup":
+                raise Refused(409, f"A {running.kind} operation is running on the pair {svc.dr_peer}; "
+                                   "retry once it finished")
+            if running is not None:  # terminating a copy still being built cancels its setup
+                tx.put_operation(running.model_copy(update={
+                    "state": "failed", "finish_time": now_rfc3339(),
+                    "message": f"cancelled: {name} was terminated"}))
             peer = tx.service(project, svc.dr_peer)
             if peer is not None:
                 tx.put_service(peer.model_copy(update={

@@ -85,8 +85,14 @@ def start_load(p: RunningPlatform) -> tuple[Writer, Writer, WriterProbe]:
     probe = WriterProbe(lambda: node_dsns(p))
     for t in (direct, pool, probe):
         t.start()
-    wait_for("acknowledged writes through both URIs", lambda: len(direct.log.ok) > 20 and len(pool.log.ok) > 20,
-             timeout=60)
+    try:
+        wait_for("acknowledged writes through both URIs",
+                 lambda: len(direct.log.ok) > 20 and len(pool.log.ok) > 20, timeout=60)
+    except AssertionError as exc:
+        for t in (direct, pool, probe):
+            t.stop()
+        raise AssertionError(f"{exc}; direct: ok={len(direct.log.ok)} last error {direct.log.last_error}; "
+                             f"pooled: ok={len(pool.log.ok)} last error {pool.log.last_error}") from None
     return direct, pool, probe
 
 

@@ -177,3 +177,13 @@ def test_reversed_integration_is_a_switchover(api):
     assert r.json()["service_integration"]["source_service"] == "pg-primary-dr"
     ops = api.store.running_operations()
     assert [(o.kind, o.source, o.target) for o in ops] == [("switchover", "pg-primary", "pg-primary-dr")]
+
+
+def test_terminating_a_copy_still_being_built_cancels_its_setup(api):
+    create(api, "pg-primary")
+    create(api, "pg-primary-dr", cloud="local-us-east1", dr_for="pg-primary")
+    assert [o.kind for o in api.store.running_operations()] == ["setup"]
+    assert api.delete(f"{P}/service/pg-primary-dr").status_code == 200
+    assert api.store.running_operations() == []
+    ops = api.store.list_operations("pgcrdr", "pg-primary")
+    assert ops[-1].state == "failed" and "cancelled" in (ops[-1].message or "")
