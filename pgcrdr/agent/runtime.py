@@ -537,10 +537,13 @@ class RegionRuntime(CrdrOps):
             self._stop_proxy(c)
         elif isinstance(action, EnsureRoles):
             try:
-                done = ensure_users_and_databases(c.spec, c.ports.pg(action.index), self.settings.host)
-                c.ensured, c.ensure_error = (c.spec.generation, action.leader), None
-                log.info("%s: users and databases ensured on %s (generation %s): %s", c.spec.cluster,
-                         action.leader, c.spec.generation, "; ".join(done) or "no change")
+                # The spec may be replaced by a PUT while this runs: only the generation that was
+                # actually applied counts as ensured.
+                spec = c.spec
+                done = ensure_users_and_databases(spec, c.ports.pg(action.index), self.settings.host)
+                c.ensured, c.ensure_error = (spec.generation, action.leader), None
+                log.info("%s: users and databases ensured on %s (generation %s): %s", spec.cluster,
+                         action.leader, spec.generation, "; ".join(done) or "no change")
             except Exception as exc:
                 c.ensure_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 log.warning("%s: ensuring users failed: %s", c.spec.cluster, exc)
