@@ -85,6 +85,30 @@ class RunningPlatform:
     def agent_token(self) -> str:
         return (self.home / "control" / "agent-token").read_text().strip()
 
+    def node_dsns(self, project: str, services: list[tuple[str, str]]) -> dict[str, str]:
+        """Every PostgreSQL node of these (service, cloud) pairs, addressed directly (no proxy),
+        as the services' admin user. A region that is down contributes no node."""
+        from pgcrdr.agent.client import AgentClient
+        from pgcrdr.controlplane.services import cluster_id
+
+        settings = self.settings()
+        pw = self.service(project, services[0][0])["service_uri_params"]["password"]
+        out = {}
+        for name, cloud in services:
+            region = settings.region(cloud)
+            assert region is not None
+            client = AgentClient(settings.agent_url(region), self.agent_token(), timeout=2)
+            try:
+                st = client.get_cluster(cluster_id(project, name))
+            except Exception:  # noqa: BLE001 - a region that is down has no reachable nodes
+                st = None
+            finally:
+                client.close()
+            for n in st.nodes if st else []:
+                out[n.name] = (f"host={n.host} port={n.pg_port} user=avnadmin password={pw} dbname=defaultdb "
+                               "sslmode=require")
+        return out
+
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

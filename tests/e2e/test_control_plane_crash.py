@@ -82,22 +82,7 @@ def restart_control_plane(p: RunningPlatform, crash_after: str | None) -> None:
 
 
 def node_dsns(p: RunningPlatform) -> dict[str, str]:
-    from pgcrdr.agent.client import AgentClient
-
-    settings = p.settings()
-    pw = p.service(PROJECT, PRI)["service_uri_params"]["password"]
-    out = {}
-    for name, cloud in ((PRI, "local-europe-west1"), (REC, "local-us-east1")):
-        region = settings.region(cloud)
-        assert region is not None
-        client = AgentClient(settings.agent_url(region), p.agent_token(), timeout=2)
-        try:
-            st = client.get_cluster(cluster_id(PROJECT, name))
-        finally:
-            client.close()
-        for n in st.nodes if st else []:
-            out[n.name] = f"host={n.host} port={n.pg_port} user=avnadmin password={pw} dbname=defaultdb sslmode=require"
-    return out
+    return p.node_dsns(PROJECT, [(PRI, "local-europe-west1"), (REC, "local-us-east1")])
 
 
 def crash_during(p: RunningPlatform, service: str, role: str, kind: str, step: str) -> dict:

@@ -15,7 +15,6 @@ import httpx
 import psycopg
 import pytest
 
-from pgcrdr.agent.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
 from tests.helpers import RunningPlatform, Writer, WriterProbe, wait_for
 
@@ -53,23 +52,7 @@ def wait_operation(p: RunningPlatform, name: str, kind: str, timeout: float = 18
 
 def node_dsns(p: RunningPlatform) -> dict[str, str]:
     """Every PostgreSQL node of both services, addressed directly (not through any proxy)."""
-    settings = p.settings()
-    pw = p.service(PROJECT, PRI)["service_uri_params"]["password"]
-    out = {}
-    for name, cloud in ((PRI, PRI_CLOUD), (REC, REC_CLOUD)):
-        region = settings.region(cloud)
-        assert region is not None
-        client = AgentClient(settings.agent_url(region), p.agent_token(), timeout=2)
-        try:
-            st = client.get_cluster(cluster_id(PROJECT, name))
-        except Exception:  # noqa: BLE001 - a region that is down has no reachable nodes
-            st = None
-        finally:
-            client.close()
-        for n in st.nodes if st else []:
-            out[n.name] = (f"host={n.host} port={n.pg_port} user=avnadmin password={pw} dbname=defaultdb "
-                           "sslmode=require")
-    return out
+    return p.node_dsns(PROJECT, [(PRI, PRI_CLOUD), (REC, REC_CLOUD)])
 
 
 def all_ids(uri: str) -> set[str]:
