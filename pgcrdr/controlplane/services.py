@@ -17,6 +17,7 @@ from pgcrdr.controlplane.catalog import DEFAULT_PG_VERSION, PG_VERSIONS, PLANS, 
 from pgcrdr.controlplane.errors import Refused, not_found_project, not_found_service
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUser
 from pgcrdr.controlplane.store import Store
+from pgcrdr.endpoint.render import allocate_ports
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
@@ -257,11 +258,10 @@ class ServiceManager:
         used: set[int] = set()
         for s in self.store.list_services():
             used.update(p for p in (s.endpoint_direct_port, s.endpoint_pooled_port) if p)
-        first, last = self.settings.endpoint_port_range
-        free = [p for p in range(first, last) if p not in used]
-        if len(free) < 2:
-            raise Refused(409, "No free ports left for a new Service URI; terminate unused services")
-        return free[0], free[1]
+        try:
+            return allocate_ports(used, *self.settings.endpoint_port_range)
+        except ValueError:
+            raise Refused(409, "No free ports left for a new Service URI; terminate unused services") from None
 
     def _server_cert(self, proj: ProjectRecord, name: str) -> CertPair:
         ca = CertPair(proj.ca_cert_pem, proj.ca_key_pem)
