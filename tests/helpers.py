@@ -282,3 +282,28 @@ class WriterProbe(threading.Thread):
             if len(writers) > 1:
                 self.two_writers.append((time.monotonic(), writers))
             time.sleep(self.interval)
+
+
+def dr_status(p: RunningPlatform, project: str, name: str) -> dict:
+    """GET .../service/NAME/disaster-recovery: role, peer, running operation, history."""
+    with p.api() as c:
+        r = c.get(f"/v1/project/{project}/service/{name}/disaster-recovery")
+        r.raise_for_status()
+        return r.json()
+
+
+def wait_operation(p: RunningPlatform, project: str, name: str, kind: str, timeout: float = 180) -> dict:
+    """Wait until the pair's latest operation of ``kind`` has finished, and return it."""
+    def finished() -> dict | None:
+        d = dr_status(p, project, name)
+        if d["operation"] is not None:
+            return None
+        done = [o for o in d["history"] if o["kind"] == kind]
+        return done[-1] if done else None
+
+    return wait_for(f"the {kind} operation to finish", finished, timeout=timeout)
+
+
+def role_of(p: RunningPlatform, project: str, name: str) -> dict:
+    svc = p.service(project, name)
+    return {"state": svc["state"], "disaster_recovery_role": svc["disaster_recovery_role"]}

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pgcrdr.agent.models import (
+    BackupStatus,
     ClusterSpec,
     ClusterStatus,
     DemoteRequest,
@@ -24,6 +25,8 @@ from pgcrdr.agent.models import (
     PreserveResult,
     PromoteRequest,
     PromoteResult,
+    RebuildRequest,
+    RebuildState,
     RegionHealth,
 )
 from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
@@ -160,6 +163,28 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
     @app.post("/clusters/{cluster}/preserve")
     def preserve(cluster: str, req: PreserveRequest) -> PreserveResult:
         return crdr_call(cluster, runtime.preserve, req)
+
+    @app.post("/clusters/{cluster}/rebuild")
+    def rebuild(cluster: str, req: RebuildRequest) -> RebuildState:
+        problems = source_problems(req.source) if req.source is not None else []
+        if problems:
+            raise ApiError(400, "; ".join(problems))
+        return crdr_call(cluster, runtime.rebuild, req)
+
+    @app.get("/clusters/{cluster}/rebuild")
+    def get_rebuild(cluster: str) -> RebuildState:
+        st = crdr_call(cluster, runtime.get_rebuild)
+        if st is None:
+            raise ApiError(404, f"cluster {cluster!r} has never been rebuilt")
+        return st
+
+    @app.get("/clusters/{cluster}/backups")
+    def get_backups(cluster: str) -> BackupStatus:
+        return crdr_call(cluster, runtime.backup_status)
+
+    @app.post("/clusters/{cluster}/backups")
+    def request_backup(cluster: str, type: str = Query("full", pattern="^(full|diff|incr)$")) -> BackupStatus:  # noqa: A002
+        return crdr_call(cluster, runtime.request_backup, type)
 
     @app.post("/region/outage")
     def region_outage() -> dict[str, Any]:

@@ -42,8 +42,11 @@ from pgcrdr.agent.models import (
     PreserveResult,
     PromoteRequest,
     PromoteResult,
+    RebuildRequest,
+    RebuildState,
     RegionHealth,
 )
+from pgcrdr.agent.models import BackupStatus
 
 
 class AgentError(Exception):
@@ -134,6 +137,20 @@ class AgentClient:
         resp = self._request("POST", f"/clusters/{cluster}/preserve", json=req.model_dump(mode="json"),
                              timeout=300)
         return PreserveResult.model_validate(resp.json())
+
+    def rebuild(self, cluster: str, req: RebuildRequest) -> RebuildState:
+        resp = self._request("POST", f"/clusters/{cluster}/rebuild", json=req.model_dump(mode="json"), timeout=60)
+        return RebuildState.model_validate(resp.json())
+
+    def get_rebuild(self, cluster: str) -> RebuildState:
+        return RebuildState.model_validate(self._request("GET", f"/clusters/{cluster}/rebuild").json())
+
+    def backups(self, cluster: str) -> BackupStatus:
+        return BackupStatus.model_validate(self._request("GET", f"/clusters/{cluster}/backups", timeout=60).json())
+
+    def request_backup(self, cluster: str, kind: str = "full") -> BackupStatus:
+        resp = self._request("POST", f"/clusters/{cluster}/backups", params={"type": kind})
+        return BackupStatus.model_validate(resp.json())
 
     def region_outage(self) -> None:
         try:

@@ -447,7 +447,10 @@ class CrdrOps:
                 if best is None or key > best[0]:
                     best = (key, name, cd, end)
             if best is None:
-                raise Conflict(f"cluster {cluster} has no data directory to preserve")
+                # The disk of the old writer is gone: nothing to keep; the rebuild that follows
+                # restores from the region's backups or copies the active service.
+                log.info("%s: no data directory left to preserve", cluster)
+                return PreserveResult(path="", bytes=0, end_lsn=None, commits=[])
             _, name, cd, end = best
             root = c.layout.dir / "preserved"
             for meta in sorted(root.glob("*/preserve.json"), reverse=True):

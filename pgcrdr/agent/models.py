@@ -39,6 +39,20 @@ class StandbySource(BaseModel):
     primary_slot_name: str | None = None
 
 
+class BackupPolicy(BaseModel):
+    """When the writer of a cluster is backed up into its region's pgBackRest repository.
+
+    The first backup on each timeline is a full one (a new writer, after a failover or a
+    failback, starts its own chain); then a full every ``full_interval_s`` and an incremental
+    every ``incr_interval_s`` between them; ``retention_full`` full backups are kept."""
+
+    enabled: bool = True
+    full_interval_s: int = Field(default=86400, ge=60)
+    incr_interval_s: int = Field(default=3600, ge=60)
+    retention_full: int = Field(default=2, ge=1, le=100)
+    archive_timeout_s: int = Field(default=60, ge=5, le=3600)
+
+
 class ClusterSpec(BaseModel):
     """What one PostgreSQL service should look like in one region."""
 
@@ -60,6 +74,7 @@ class ClusterSpec(BaseModel):
     # slots the writer keeps for the other region.
     standby_of: StandbySource | None = None
     permanent_slots: list[str] = Field(default_factory=list)
+    backup: BackupPolicy = Field(default_factory=BackupPolicy)
 
 
 class ProgressUpdate(BaseModel):
@@ -107,6 +122,97 @@ class ClusterStatus(BaseModel):
     # control plane has since fenced.
     held: bool = False
     lsn: LsnInfo | None = None  # of the cluster's leader, when it answers
+    backup: BackupStatus | None = None
+    rebuild: RebuildState | None = None
+
+
+class BackupInfo(BaseModel):
+    """One backup in a region's pgBackRest repository (``pgbackrest info``)."""
+
+    label: str
+    type: Literal["full", "diff", "incr"]
+    start_time: str  # RFC 3339
+    stop_time: str
+    size: int  # database size restored from it (bytes)
+    delta: int  # bytes copied by this backup
+    repo_size: int  # bytes it takes in the repository (compressed)
+    repo_delta: int
+    lsn_start: str | None = None
+    lsn_stop: str | None = None
+    wal_start: str | None = None
+    wal_stop: str | None = None
+    timeline: int | None = None
+    error: bool = False  # pgBackRest found page checksum errors while copying
+
+
+class BackupRun(BaseModel):
+    type: Literal["full", "diff", "incr"]
+    started: str
+    size: int | None = None  # bytes to copy, when pgBackRest reports it
+    done: int | None = None
+
+
+class WalArchiveStatus(BaseModel):
+    archived_count: int = 0
+    last_archived_wal: str | None = None
+    last_archived_time: str | None = None
+    failed_count: int = 0
+    last_failed_wal: str | None = None
+    last_failed_time: str | None = None
+    archive_min: str | None = None  # oldest and newest WAL segment in the repository
+    archive_max: str | None = None
+
+
+class BackupStatus(BaseModel):
+    """The cluster's backups and the health of its region's repository."""
+
+    repository: str  # where: a path (posix) or a bucket URL
+    stanza: str
+    ok: bool = True
+    message: str | None = None  # what is wrong with the repository or the last backup, for the user
+    backups: list[BackupInfo] = Field(default_factory=list)
+    running: BackupRun | None = None
+    last_error: str | None = None
+    last_error_time: str | None = None
+    archive: WalArchiveStatus | None = None
+
+
+class RebuildRequest(BaseModel):
+    """Rebuild a fenced cluster as a standby of ``source`` (failback restore): the cheapest
+    correct source first. The cluster must be powered off in its spec and stopped."""
+
+    source: StandbySource
+    fork_lsn: str  # where the active side's timeline forked from this cluster's history
+    fork_timeline: int  # the active side's timeline that starts at fork_lsn
+    sources: list[Literal["rewind", "restore", "basebackup"]] = Field(
+        default_factory=lambda: ["rewind", "restore", "basebackup"])
+    request_id: str = Field(min_length=1, max_length=64)
+
+
+class RebuildAttempt(BaseModel):
+    source: Literal["rewind", "restore", "basebackup"]
+    ok: bool = False
+    skipped: bool = False
+    reason: str | None = None  # why it was skipped or failed, or what it did
+    cross_region_bytes: int | None = None  # bytes read from the active service's region
+    local_bytes: int | None = None  # bytes read from this region (its pgBackRest repository)
+    duration_s: float | None = None
+    backup_label: str | None = None
+    stream_start_lsn: str | None = None  # from here on the WAL comes from the active service
+
+
+class RebuildState(BaseModel):
+    request_id: str
+    node: str  # the node rebuilt first (the others are cloned from it inside the region)
+    state: Literal["running", "done", "failed"] = "running"
+    phase: Literal["prepare", "basebackup", "stream", "finalize"] = "prepare"
+    progress_current: int | None = None
+    progress_max: int | None = None
+    attempts: list[RebuildAttempt] = Field(default_factory=list)
+    chosen: Literal["rewind", "restore", "basebackup"] | None = None
+    message: str | None = None
+    started: str
+    finished: str | None = None
 
 
 class LsnInfo(BaseModel):

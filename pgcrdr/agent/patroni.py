@@ -36,7 +36,7 @@ MANAGED_PARAMETERS = frozenset(
     | {"listen_addresses", "port", "data_directory", "hba_file", "ident_file", "config_file",
        "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "unix_socket_directories",
        "password_encryption", "logging_collector", "log_directory", "log_filename", "cluster_name",
-       "archive_command", "restore_command", "primary_conninfo", "primary_slot_name"}
+       "archive_command", "archive_mode", "archive_timeout", "restore_command", "primary_conninfo", "primary_slot_name"}
 )
 
 PG_HBA = [
@@ -68,8 +68,10 @@ def render_patroni_config(
     paths: NodePaths,
     pg_bin_dir: Path,
     host: str = "127.0.0.1",
+    archive_command: str | None = None,
 ) -> dict[str, Any]:
-    """The patroni.yml of one node, as a dict. Pure."""
+    """The patroni.yml of one node, as a dict. Pure. ``archive_command``: push WAL to the
+    region's pgBackRest repository (only the writer archives; ``archive_mode=on``)."""
     local_params: dict[str, Any] = {
         "unix_socket_directories": str(paths.socket_dir),
         "password_encryption": "scram-sha-256",
@@ -83,7 +85,16 @@ def render_patroni_config(
         "log_filename": "postgresql.log",
         "log_file_mode": "0600",
         "log_line_prefix": "%m [%p] ",
+        # Recent WAL stays on the writer so that a standby restored from a backup in another
+        # region can stream the WAL its region's archive does not have yet.
+        "wal_keep_size": "256MB",
     }
+    if archive_command:
+        local_params.update({
+            "archive_mode": "on",
+            "archive_command": archive_command,
+            "archive_timeout": f"{spec.backup.archive_timeout_s}s",
+        })
     local_params.update(spec.pg_parameters)
     return {
         "scope": spec.cluster,

@@ -35,8 +35,20 @@ from pgcrdr.agent.decide import (
     summarize,
 )
 from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
+from pgcrdr.agent.backups import BackupOps
 from pgcrdr.agent.crdr import CrdrOps
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DemoteResult, KillResult, PromoteResult, RegionHealth
+from pgcrdr.agent.models import (
+    BackupStatus,
+    ClusterSpec,
+    ClusterStatus,
+    DemoteResult,
+    KillResult,
+    ProgressUpdate,
+    PromoteResult,
+    RebuildState,
+    RegionHealth,
+)
+from pgcrdr.agent.rebuild import RebuildOps
 from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
 from pgcrdr.agent.postgres import (
     basebackup_progress,
@@ -102,9 +114,19 @@ class ClusterRuntime:
     dcs_error: str | None = None
     last_demote: DemoteResult | None = None
     last_promote: PromoteResult | None = None
+    # backups (pgcrdr.agent.backups) and failback rebuilds (pgcrdr.agent.rebuild)
+    backup_status: BackupStatus | None = None
+    backup_thread: threading.Thread | None = None
+    stanza_ok: bool = False
+    backup_info_at: float = 0.0
+    backup_requested: str | None = None
+    backup_failed_at: float | None = None
+    backup_pid: int | None = None
+    rebuild: RebuildState | None = None
+    rebuild_active: bool = False
 
 
-class RegionRuntime(CrdrOps):
+class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
     def __init__(self, settings: Settings, region: RegionConfig):
         self.settings = settings
         self.region = region
@@ -215,6 +237,8 @@ class RegionRuntime(CrdrOps):
             c = self._clusters.get(spec.cluster)
             if c is not None and c.deleted:
                 raise Conflict(f"cluster {spec.cluster} is being deleted; retry once the DELETE has returned")
+            if c is not None and c.rebuild_active and spec.powered:
+                raise Conflict(f"cluster {spec.cluster} is being rebuilt; power it on once the rebuild is done")
             if c is not None:
                 changed = [f for f in ("superuser_password", "replication_password", "rewind_password")
                            if getattr(c.spec, f) != getattr(spec, f)]
@@ -255,6 +279,7 @@ class RegionRuntime(CrdrOps):
         c = ClusterRuntime(spec=spec, layout=layout, ports=ports)
         self._adopt(c)
         self._load_crdr_results(c)
+        self._load_rebuild(c)
         # Resumed from disk with none of its Patroni processes alive (the agent and the region
         # were down): the control plane may have fenced it meanwhile, so start nothing yet.
         c.held = resumed and not any(n.pid for n in c.nodes.values())
@@ -262,6 +287,8 @@ class RegionRuntime(CrdrOps):
             self._clusters[spec.cluster] = c
         c.thread = threading.Thread(target=self._loop, args=(c,), name=f"cluster-{spec.cluster}", daemon=True)
         c.thread.start()
+        self._write_backrest_conf()
+        self._start_backup_worker(c)
         return c
 
     def _adopt(self, c: ClusterRuntime) -> None:
@@ -304,6 +331,8 @@ class RegionRuntime(CrdrOps):
         if c is None:
             raise NotFound(cluster)
         c.deleted = True
+        if c.backup_pid and proc.is_running(c.backup_pid):
+            proc.signal_pid(c.backup_pid, signal.SIGTERM)
         with c.act_lock:  # waits for a running tick to finish
             killed = self._kill_cluster_processes(c)
             with self._lock:
@@ -319,6 +348,7 @@ class RegionRuntime(CrdrOps):
                     shutil.rmtree(c.layout.socket_dir(name), ignore_errors=True)
             c.layout.proxy_pid.unlink(missing_ok=True)
             shutil.rmtree(c.layout.dir, ignore_errors=True)
+            self._delete_stanza(cluster)
         log.info("deleted cluster %s (killed %s)", cluster, killed)
         return killed
 
@@ -387,7 +417,23 @@ class RegionRuntime(CrdrOps):
             c.ever_ready = True
         if not spec.powered:
             c.ever_ready = False
-        c.status = status
+        c.status = self._with_backup_and_rebuild(c, status)
+
+    def _with_backup_and_rebuild(self, c: ClusterRuntime, status: ClusterStatus) -> ClusterStatus:
+        """The status plus the cluster's backups and, while a rebuild runs, its progress on the
+        node being rebuilt (phases prepare, basebackup, stream, finalize)."""
+        update: dict = {"backup": c.backup_status, "rebuild": c.rebuild}
+        rb = c.rebuild
+        if rb is not None and rb.state == "running":
+            phases = ["prepare", "basebackup", "stream", "finalize"]
+            at = phases.index(rb.phase)
+            progress = [ProgressUpdate(phase=p, completed=True) for p in phases[:at]]  # type: ignore[arg-type]
+            unit = "bytes_uncompressed" if rb.phase == "basebackup" else "prepare_percent"
+            progress.append(ProgressUpdate(phase=rb.phase, min=0, max=rb.progress_max, current=rb.progress_current,
+                                           unit=unit))
+            update["nodes"] = [n.model_copy(update={"progress": progress, "state": "starting"}) if n.name == rb.node
+                               else n for n in status.nodes]
+        return status.model_copy(update=update)
 
     def _node_paths(self, c: ClusterRuntime, name: str) -> NodePaths:
         lay = c.layout
@@ -402,6 +448,8 @@ class RegionRuntime(CrdrOps):
             c.spec, name, pg_port=c.ports.pg(index), rest_port=c.ports.rest(index),
             etcd_port=self.region.etcd_client_port, paths=self._node_paths(c, name),
             pg_bin_dir=self.settings.pg_bin_dir, host=self.settings.host,
+            archive_command=(self.archive_command_for(c.spec.cluster, c.layout.data_dir(name))
+                             if c.spec.backup.enabled else None),
         )
         return render_patroni_yaml(cfg)
 
@@ -551,7 +599,7 @@ class RegionRuntime(CrdrOps):
     def _start_node(self, c: ClusterRuntime, index: int) -> None:
         s, lay = self.settings, c.layout
         name = node_name(c.spec.cluster, index)
-        if c.held or not c.spec.powered or not c.dcs_synced:
+        if c.held or not c.spec.powered or not c.dcs_synced or c.rebuild_active:
             # the spec changed (fence, outage hold) since this tick decided: start nothing
             log.info("%s: not started (held, powered off or DCS not in line with the spec)", name)
             return

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pgcrdr.api.serialize import dr_status_json, integration_json, project_json, service_json
+from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused
@@ -274,6 +274,14 @@ def create_app(
             role = role or "active"
         if role is not None and not isinstance(role, str):
             raise Refused(400, "disaster_recovery_role must be one of: active, passive, failed")
+        # pgcrdr extension, for rehearsals and benchmarks: force the failback restore's source
+        failback_source = body.pop("failback_source", None)
+        if failback_source is not None:
+            if failback_source not in crdr.FAILBACK_SOURCES:
+                raise Refused(400, f"failback_source must be one of: {', '.join(crdr.FAILBACK_SOURCES)}")
+            if role != "passive":
+                raise Refused(400, "failback_source goes with disaster_recovery_role passive "
+                                   "(restoring a failed primary)")
         svc = manager.service(project, service)
         if svc.dr_role is not None and "powered" in body:
             # Terraform sends powered=true on every update. A pair member's power follows its DR role
@@ -284,7 +292,7 @@ def create_app(
             body.pop("powered")
         svc = manager.update_service(project, service, body)
         if role is not None:
-            crdr.request_role(store, project, service, role)
+            crdr.request_role(store, project, service, role, failback_source=failback_source)
             svc = manager.service(project, service)
         ctx.wake()
         return {"service": out(svc)}
@@ -308,8 +316,7 @@ def create_app(
 
     @app.get("/v1/project/{project}/service/{service}/backups")
     def backups(project: str, service: str, _: str = Auth) -> dict:
-        manager.service(project, service)
-        return {"backups": []}
+        return backups_response(manager.service(project, service))
 
     @app.get("/v1/project/{project}/service/{service}/db")
     def list_databases(project: str, service: str, _: str = Auth) -> dict:

@@ -122,7 +122,7 @@ def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings,
         "users": [{"username": u.username, "password": u.password, "type": u.type} for u in svc.users],
         "databases": list(svc.databases),
         "connection_pools": [],
-        "backups": [],
+        "backups": backups_json(svc),
         "node_states": nodes,
         "maintenance": {
             "dow": svc.maintenance.get("dow", "sunday"),
@@ -170,6 +170,41 @@ def integration_json(i: IntegrationRecord) -> dict:
         "user_config": {},
         "create_time": i.create_time,
     }
+
+
+def backups_json(svc: ServiceRecord) -> list[dict]:
+    """The service's backups in its own region's repository, newest last (as Aiven lists them)."""
+    st = svc.status.backup if svc.status else None
+    if st is None:
+        return []
+    return [{"backup_name": b.label, "backup_time": b.stop_time, "data_size": b.size,
+             "storage_location": f"{svc.cloud}:{st.repository}", "backup_type": b.type}
+            for b in st.backups]
+
+
+def backups_response(svc: ServiceRecord) -> dict:
+    """GET .../backups: the list, the backup in progress and the WAL archive (ours, beyond Aiven's)."""
+    st = svc.status.backup if svc.status else None
+    out: dict = {"backups": backups_json(svc)}
+    if st is None:
+        return out
+    if st.running is not None:
+        out["backup_progress"] = {"type": st.running.type, "started": st.running.started,
+                                  "bytes_total": st.running.size, "bytes_done": st.running.done}
+    arch = st.archive
+    out["wal_archive"] = {
+        "region": svc.cloud, "repository": st.repository, "ok": st.ok, "message": st.message,
+        "last_backup_error": st.last_error, "last_backup_error_time": st.last_error_time,
+        **({"last_archived_wal": arch.last_archived_wal, "last_archived_time": arch.last_archived_time,
+            "archived_count": arch.archived_count, "failed_count": arch.failed_count,
+            "last_failed_wal": arch.last_failed_wal, "last_failed_time": arch.last_failed_time,
+            "oldest_wal": arch.archive_min, "newest_wal": arch.archive_max} if arch else {}),
+    }
+    if st.backups:
+        out["pitr"] = {"earliest_recovery_time": st.backups[0].stop_time,
+                       "latest_recovery_time": (arch.last_archived_time if arch and arch.last_archived_time
+                                                else st.backups[-1].stop_time)}
+    return out
 
 
 def operation_json(op: OperationRecord) -> dict:

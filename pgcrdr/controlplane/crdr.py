@@ -24,9 +24,13 @@ STEPS: dict[str, list[str]] = {
     "switchover": ["precheck", "checkpoint", "pause", "demote", "confirm_lsn", "promote", "repoint", "resume",
                    "records", "wait_passive_in_sync"],
     "failover": ["record_lsn", "fence", "promote", "repoint", "records"],
-    "failback_restore": ["preserve", "rebuild_passive", "wait_passive_in_sync"],
+    # restore: the failed side is rebuilt from the cheapest correct source (pg_rewind of its old
+    # data, its own region's backups, or a full copy) before it is started as a standby.
+    "failback_restore": ["preserve", "restore", "rebuild_passive", "wait_passive_in_sync"],
 }
 STEPS["switchback"] = STEPS["switchover"]
+# Where a failback restore may rebuild the failed primary from, cheapest first; "auto" tries each.
+FAILBACK_SOURCES = ("auto", "rewind", "restore", "basebackup")
 STEPS["failback_promote"] = STEPS["switchover"]
 
 
@@ -200,7 +204,8 @@ def _start_role_change(tx, svc: ServiceRecord, peer: ServiceRecord, role: str, c
     return op
 
 
-def request_role(store: Store, project: str, name: str, role: str) -> tuple[OperationRecord | None, str]:
+def request_role(store: Store, project: str, name: str, role: str,
+                 failback_source: str | None = None) -> tuple[OperationRecord | None, str]:
     """PUT service {"disaster_recovery_role": role}. Returns the operation started (or None) and why."""
     last = None
     svc0 = store.get_service(project, name)
@@ -218,4 +223,11 @@ def request_role(store: Store, project: str, name: str, role: str) -> tuple[Oper
         if isinstance(change, NoChange):
             return None, change.why
         assert peer is not None
-        return _start_role_change(tx, svc, peer, role, change), change.why
+        if failback_source not in (None, "auto") and change.kind != "failback_restore":
+            raise Refused(409, f"failback_source applies to restoring a failed primary; this request is a "
+                               f"{change.kind.replace('_', ' ')}")
+        op = _start_role_change(tx, svc, peer, role, change)
+        if change.kind == "failback_restore" and failback_source not in (None, "auto"):
+            op.data["sources"] = [failback_source]
+            tx.put_operation(op)
+        return op, change.why

@@ -5,11 +5,27 @@ Nothing here does I/O; the reconciler feeds it snapshots and carries out the res
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pgcrdr.agent.models import ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
+from pgcrdr.agent.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceState
+
+
+def backup_policy(plan: str, environ: Mapping[str, str] | None = None) -> BackupPolicy:
+    """Backups of a service's writer: retention by plan; intervals from the environment
+    (``PGCRDR_BACKUP_FULL_INTERVAL``, ``PGCRDR_BACKUP_INCR_INTERVAL``, ``PGCRDR_ARCHIVE_TIMEOUT``,
+    seconds; ``PGCRDR_BACKUPS=off`` disables them)."""
+    env = os.environ if environ is None else environ
+    return BackupPolicy(
+        enabled=env.get("PGCRDR_BACKUPS", "on").lower() not in ("off", "0", "false", "no"),
+        full_interval_s=int(env.get("PGCRDR_BACKUP_FULL_INTERVAL", 86400)),
+        incr_interval_s=int(env.get("PGCRDR_BACKUP_INCR_INTERVAL", 3600)),
+        retention_full=PLANS[plan].backup_max_count,
+        archive_timeout_s=int(env.get("PGCRDR_ARCHIVE_TIMEOUT", 60)),
+    )
 
 
 def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: StandbySource | None = None) -> ClusterSpec:
@@ -34,6 +50,7 @@ def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: Standby
         generation=svc.generation,
         standby_of=standby_of,
         permanent_slots=list(svc.permanent_slots),
+        backup=backup_policy(svc.plan),
     )
 
 
@@ -64,10 +81,27 @@ def service_view(svc: ServiceRecord, obs: Observation) -> ServiceView:
     if st is None or st.generation < svc.generation:
         state: ServiceState = "RUNNING" if svc.ever_ready else "REBUILDING"
         return ServiceView(state, svc.ever_ready, svc.message, "waiting for the region to apply the change")
+    if st.ready and needs_first_backup(svc, st):
+        # As Aiven does (and the Terraform provider waits for): a new writer reports RUNNING once
+        # it has a backup in its region's repository.
+        msg = st.backup.last_error if st.backup and st.backup.last_error else st.message
+        return ServiceView("REBUILDING", False, msg, "waiting for the first backup")
+    message = st.message
+    if st.backup is not None and st.backup.message:
+        # a repository problem is shown, and blocks nothing that does not need it
+        message = "; ".join(m for m in (st.message, f"backups: {st.backup.message}") if m)
     if st.ready:
-        return ServiceView("RUNNING", True, st.message, "cluster ready")
+        return ServiceView("RUNNING", True, message, "cluster ready")
     if svc.ever_ready:
         # Once built, a service stays RUNNING through node losses (HA handles them); the
         # message and node_states tell what is degraded.
-        return ServiceView("RUNNING", True, st.message, "cluster degraded")
+        return ServiceView("RUNNING", True, message, "cluster degraded")
     return ServiceView("REBUILDING", False, st.message, f"cluster {st.phase}")
+
+
+def needs_first_backup(svc: ServiceRecord, st: ClusterStatus) -> bool:
+    """A new service that will be a writer (not the passive copy of a pair) and has no backup yet."""
+    if svc.ever_ready or svc.dr_role == "passive" or st.standby or not st.backup:
+        return False
+    policy = backup_policy(svc.plan)
+    return policy.enabled and not st.backup.backups

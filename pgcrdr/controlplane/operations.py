@@ -17,7 +17,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.models import DemoteRequest, Endpoint, FenceRequest, PreserveRequest, PromoteRequest, StandbySource
+from pgcrdr.agent.models import (
+    DemoteRequest,
+    Endpoint,
+    FenceRequest,
+    PreserveRequest,
+    PromoteRequest,
+    RebuildRequest,
+    StandbySource,
+)
 from pgcrdr.controlplane.crdr import slot_for, standby_source_for
 from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
@@ -193,7 +201,24 @@ class OperationRunner:
             raise Wait(f"{passive.name} is catching up" + (f": {st.message}" if st and st.message else ""))
         for s in (pair, peer):
             self._update(op.project, s.name, state="RUNNING", ever_ready=True)
+        if op.kind == "failback_restore" and isinstance(op.data.get("restore"), dict):
+            return self._restore_caught_up(op, passive)
         return f"{passive.name} streams from the active service"
+
+    def _restore_caught_up(self, op: OperationRecord, passive: ServiceRecord) -> str:
+        """Complete the restore record: the WAL streamed from the active service since the
+        restored data ended is cross-region traffic too."""
+        rec = op.data["restore"]
+        lsn = passive.status.lsn if passive.status else None
+        caught_up = lsn_int(lsn.receive_lsn or lsn.replay_lsn) if lsn else None
+        start = lsn_int(rec.get("stream_start_lsn"))
+        if rec.get("source") == "restore" and caught_up is not None and start is not None:
+            rec["streamed_bytes"] = max(0, caught_up - start)
+            rec["cross_region_bytes"] = (rec.get("cross_region_bytes") or 0) + rec["streamed_bytes"]
+        rec["caught_up_lsn"] = lsn.receive_lsn if lsn else None
+        rec["total_s"] = round(time.time() - op.data.get("t_restore", time.time()), 3)
+        return (f"{passive.name} streams from the active service; rebuilt by {rec.get('source')}, "
+                f"{rec.get('cross_region_bytes')} bytes across regions in {rec['total_s']} s")
 
     def step_preserve(self, op: OperationRecord) -> str:
         failed = self._svc(op, op.service)
@@ -208,11 +233,64 @@ class OperationRunner:
                            f"(pgcrdr region up {failed.cloud}) and retry") from None
             raise
         op.data["preserved"] = res.model_dump(mode="json")
-        if failover is not None and failover.data_loss is not None:
+        if failover is not None and failover.data_loss is not None and res.path:
             failover.data_loss["divergent_commits"] = len(res.commits)
             failover.data_loss["commits"] = [c.model_dump(mode="json") for c in res.commits[:100]]
             self.store.put_operation(failover)
+        if not res.path:
+            return f"{failed.name} has no old data directory left: nothing to keep"
         return f"old data kept at {res.path}; {len(res.commits)} commits never reached the recovery region"
+
+    def step_restore(self, op: OperationRecord) -> str:
+        failed = self._svc(op, op.service)
+        active = self._svc(op, failed.dr_peer or "")
+        failover = next((o for o in reversed(self.store.list_operations(op.project, op.pair))
+                         if o.kind == "failover" and o.state == "done"), None)
+        fork = failover.data.get("switch_lsn") if failover else None
+        timeline = failover.data.get("timeline") if failover else None
+        if timeline is None and active.status and active.status.lsn:
+            timeline = active.status.lsn.timeline
+        sources = op.data.get("sources") or (["rewind", "restore", "basebackup"] if fork and timeline
+                                             else ["basebackup"])
+        source = self._source_for(active, failed)
+        tries = int(op.data.get("rebuild_try", 1))
+        req_id = f"{op.operation_id}-{tries}"
+        agent = self._agent(failed)
+        try:
+            st = agent.get_rebuild(failed.cluster)
+        except AgentError as exc:
+            if exc.status is None:
+                raise Wait(f"the region {failed.cloud} of {failed.name} is unreachable: {exc}") from None
+            st = None  # never rebuilt
+        if st is None or st.request_id != req_id:
+            if st is not None and st.state == "running":
+                raise Wait(f"an earlier rebuild of {failed.name} ({st.request_id}) is still running")
+            st = agent.rebuild(failed.cluster, RebuildRequest(
+                source=source, fork_lsn=fork or "0/0", fork_timeline=int(timeline or 2),
+                sources=sources, request_id=req_id))  # type: ignore[arg-type]
+        if st.state == "running":
+            tried = ", ".join(f"{a.source} {'skipped' if a.skipped else 'failed'}" for a in st.attempts)
+            pct = (f" {100 * st.progress_current // st.progress_max}%"
+                   if st.progress_current is not None and st.progress_max else "")
+            raise Wait(f"rebuilding {st.node}: {st.phase}{pct}" + (f" (after: {tried})" if tried else ""))
+        if st.state == "failed":
+            if "interrupted" in (st.message or "") and tries < 3:
+                op.data["rebuild_try"] = tries + 1
+                self.store.put_operation(op)
+                raise Wait(f"the rebuild of {failed.name} was interrupted by an agent restart; asking again")
+            raise Fail(st.message or "the rebuild failed")
+        chosen = next(a for a in st.attempts if a.ok)
+        op.data["restore"] = {
+            "source": st.chosen, "node": st.node, "reason": chosen.reason,
+            "cross_region_bytes": chosen.cross_region_bytes, "local_bytes": chosen.local_bytes,
+            "backup": chosen.backup_label, "stream_start_lsn": chosen.stream_start_lsn,
+            "rebuild_s": chosen.duration_s,
+            "attempts": [a.model_dump(mode="json", exclude_none=True) for a in st.attempts],
+        }
+        fell_back = [a for a in st.attempts if not a.ok]
+        said = "; ".join(f"{a.source}: {a.reason}" for a in fell_back)
+        return (f"{failed.name} rebuilt by {st.chosen} ({chosen.reason})"
+                + (f" after {said}" if said else ""))
 
     # --- planned switch -------------------------------------------------------------------
     def step_precheck(self, op: OperationRecord) -> str:
@@ -266,6 +344,7 @@ class OperationRunner:
         dst = self._svc(op, op.target)
         res = self._agent(dst).promote(dst.cluster, PromoteRequest())
         op.data["switch_lsn"] = res.switch_lsn
+        op.data["timeline"] = res.timeline
         op.data["promoted_s"] = res.promoted_s
         return f"{dst.name} writable after {res.promoted_s:.3f}s (timeline {res.timeline})"
 

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Benchmark: what a failback restore costs, per source, after a failover.
+
+Starts its own pgcrdr (control plane + two local regions, real PostgreSQL and pgBackRest) under a
+scratch home, creates a primary with a pgbench database (scale 70 is about 1 GB) and its recovery
+copy in the other region. Each run: the primary's region dies, the pair fails over, a share of
+the database is changed on the recovery service (a contiguous range of pgbench_accounts, so that
+"1%" is 1% of the table's pages), the region returns, and the failed primary is rebuilt by one
+source, forced with the ``failback_source`` extension:
+
+- ``rewind``: pg_rewind of the old data directory (kept);
+- ``restore``: the old data directory is deleted (a lost disk); restore from the primary region's
+  own pgBackRest repository, then stream the rest from the active service;
+- ``basebackup``: a full copy from the active service.
+
+Then the primary is promoted back (failback takeover) and backed up on its new timeline before
+the next run. Prints, per change and source, the median time of the restore (request to RUNNING
+passive) and the median bytes moved across regions, and their ratio to a full copy.
+
+    .venv/bin/python bench/failback.py [--runs 3] [--scale 70] [--changes 1,10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pgcrdr.agent.client import AgentClient  # noqa: E402
+from pgcrdr.controlplane.services import cluster_id  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    RunningPlatform,
+    dr_status,
+    start_platform,
+    stop_platform,
+    wait_for,
+    wait_operation,
+)
+
+PROJECT = "pgcrdr"
+PRI, REC = "bench-fb", "bench-fb-dr"
+PRI_CLOUD, REC_CLOUD = "local-europe-west1", "local-us-east1"
+PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+SOURCES = ("rewind", "restore", "basebackup")
+
+
+def api_put(p: RunningPlatform, name: str, body: dict) -> None:
+    with p.api() as c:
+        r = c.put(f"/v1/project/{PROJECT}/service/{name}", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"PUT {name} {body}: {r.status_code} {r.text}")
+
+
+def done(op: dict) -> dict:
+    if op["state"] != "done":
+        raise RuntimeError(f"{op['kind']} ended {op['state']}: {op['message']}")
+    return op
+
+
+def agent(p: RunningPlatform, cloud: str) -> AgentClient:
+    s = p.settings()
+    region = s.region(cloud)
+    assert region is not None
+    return AgentClient(s.agent_url(region), p.agent_token(), timeout=30)
+
+
+def wait_backup_on_current_timeline(p: RunningPlatform) -> None:
+    """The restore source needs a backup of the writer's timeline taken before the fork."""
+    a = agent(p, PRI_CLOUD)
+    try:
+        def ready() -> bool:
+            st = a.get_cluster(cluster_id(PROJECT, PRI))
+            if st is None or st.lsn is None or st.backup is None or st.backup.running is not None:
+                return False
+            return any(b.timeline == st.lsn.timeline for b in st.backup.backups)
+
+        wait_for("a backup of the primary on its timeline", ready, timeout=1800, interval=2)
+    finally:
+        a.close()
+
+
+def region_dir(p: RunningPlatform, cloud: str) -> Path:
+    s = p.settings()
+    region = s.region(cloud)
+    assert region is not None
+    return s.region_dir(region)
+
+
+def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -> dict:
+    wait_backup_on_current_timeline(p)
+    p.pgcrdr("region", "down", PRI_CLOUD)
+    api_put(p, PRI, {"disaster_recovery_role": "failed"})
+    done(wait_operation(p, PROJECT, PRI, "failover", timeout=300))
+    n = int(accounts * change_pct / 100)
+    with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
+        conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (n,))
+    p.pgcrdr("region", "up", PRI_CLOUD)
+    if source != "rewind":
+        nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
+        for d in nodes.glob("*/data"):
+            shutil.rmtree(d)
+    t0 = time.monotonic()
+    api_put(p, PRI, {"disaster_recovery_role": "passive", "failback_source": source})
+
+    def restored() -> dict | None:
+        d = dr_status(p, PROJECT, PRI)
+        if d["operation"] is not None:
+            return None
+        ops = [o for o in d["history"] if o["kind"] == "failback_restore"]
+        return ops[-1] if ops else None
+
+    op = done(wait_for("the failback restore", restored, timeout=3600, interval=0.5))
+    elapsed = time.monotonic() - t0
+    rec = op["details"]["restore"]
+    api_put(p, PRI, {"disaster_recovery_role": "active"})
+    done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
+    return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0,
+            "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=70)
+    ap.add_argument("--changes", default="1,10", help="percentages of pgbench_accounts changed after failover")
+    ap.add_argument("--sources", default=",".join(SOURCES))
+    ap.add_argument("--port-offset", type=int, default=18000)
+    args = ap.parse_args()
+    changes = [float(x) for x in args.changes.split(",")]
+    sources = [s for s in args.sources.split(",") if s]
+    os.environ.setdefault("PGCRDR_BACKUP_INCR_INTERVAL", "86400")  # only the full backups this bench needs
+
+    p = start_platform(args.port_offset)
+    results: dict[tuple[float, str], list[dict]] = {}
+    try:
+        p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "startup-4", "--cloud", PRI_CLOUD,
+              "--project", PROJECT)
+        p.avn("service", "wait", PRI, "--project", PROJECT, "--timeout", "300")
+        uri = p.service(PROJECT, PRI)["service_uri"]
+        t0 = time.monotonic()
+        subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), uri],
+                       check=True, capture_output=True, text=True)
+        with psycopg.connect(uri, connect_timeout=10) as conn:
+            size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+            accounts = int(conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()[0])
+        print(f"pgbench scale {args.scale}: {size / 2**20:.0f} MiB, {accounts} accounts, "
+              f"loaded in {time.monotonic() - t0:.0f} s", flush=True)
+        a = agent(p, PRI_CLOUD)
+        a.request_backup(cluster_id(PROJECT, PRI), "full")  # a backup that holds the loaded data
+        a.close()
+        p.avn("service", "create", REC, "--service-type", "pg", "--plan", "startup-4", "--cloud", REC_CLOUD,
+              "--disaster-recovery-copy-for", PRI, "--project", PROJECT)
+        p.avn("service", "wait", REC, "--project", PROJECT, "--timeout", "1800")
+        time.sleep(5)
+        for change in changes:
+            for source in sources:
+                for i in range(args.runs):
+                    r = one_run(p, source, change, accounts)
+                    results.setdefault((change, source), []).append(r)
+                    print(f"change {change:g}% source {source} run {i + 1}: {r['time_s']:.1f} s, "
+                          f"{r['cross_bytes'] / 2**20:.1f} MiB across regions, "
+                          f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository", flush=True)
+    finally:
+        stop_platform(p)
+
+    print()
+    print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs")
+    print(f"{'change':>7} {'source':>11} {'time s':>8} {'cross-region MiB':>17} {'vs full copy':>13} "
+          f"{'local MiB':>10}")
+    for change in changes:
+        full = results.get((change, "basebackup"))
+        full_bytes = statistics.median(r["cross_bytes"] for r in full) if full else None
+        for source in sources:
+            rs = results.get((change, source), [])
+            if not rs:
+                continue
+            t = statistics.median(r["time_s"] for r in rs)
+            b = statistics.median(r["cross_bytes"] for r in rs)
+            loc = statistics.median(r["local_bytes"] for r in rs)
+            ratio = f"{100 * b / full_bytes:.1f}%" if full_bytes else "-"
+            print(f"{change:>6g}% {source:>11} {t:>8.1f} {b / 2**20:>17.1f} {ratio:>13} {loc / 2**20:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
