@@ -262,7 +262,7 @@ class BackupOps:
         if kind is None:
             return
         c.backup_requested = None
-        if not self._run_backup(c, index, kind) and requested:
+        if not self._run_backup(c, index, kind) and requested and c.backup_requested is None:
             c.backup_requested = requested  # asked for: retried until it succeeds
 
     def request_backup(self, cluster: str, kind: BackupType = "full") -> BackupStatus:
@@ -325,7 +325,8 @@ class BackupOps:
             c.backup_status = c.backup_status.model_copy(update={"last_error": None})  # type: ignore[union-attr]
         else:
             c.backup_failed_at = time.time()
-            why = backrest.last_error_line(err or out)
+            why = (f"pgbackrest was killed by signal {-p.returncode}" if p.returncode < 0
+                   else backrest.last_error_line(err or out))
             log.warning("%s: %s backup failed (exit %s): %s", c.spec.cluster, kind, p.returncode, why)
             self._backup_error(c, f"{kind} backup failed: {why}")
         self._refresh_info(c, force=True)
