@@ -129,10 +129,35 @@ def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> s
     return parse_waldump_end(r.stdout, r.stderr)
 
 
+def first_segment_at_or_after(wal_dir: Path, timeline: int, lsn: int, seg_size: int = 16 * 1024 * 1024
+                              ) -> int | None:
+    """Start LSN of the first WAL segment file of ``timeline`` in ``wal_dir`` at or after ``lsn``."""
+    per_id = 0x100000000 // seg_size
+    want = lsn // seg_size
+    found = []
+    for f in wal_dir.iterdir() if wal_dir.is_dir() else []:
+        name = f.name
+        if len(name) != 24 or not all(ch in "0123456789ABCDEF" for ch in name) or int(name[:8], 16) != timeline:
+            continue
+        segno = int(name[8:16], 16) * per_id + int(name[16:24], 16)
+        if segno >= want:
+            found.append(segno)
+    return min(found) * seg_size if found else None
+
+
 def commits_after(pg_bin: Path, wal_dir: Path, timeline: int, start: str) -> tuple[list[DivergentCommit], str | None]:
     """COMMIT records of ``wal_dir`` from ``start`` on (pg_waldump finds the first record at or
     after it), and where the WAL ends."""
     r = _waldump(pg_bin, wal_dir, timeline, start, "--rmgr=Transaction")
+    if r.returncode != 0 and not r.stdout and "could not find file" in r.stderr:
+        # The segment of ``start`` is not there. Either the old writer never wrote past it (the
+        # fork is at a segment boundary, e.g. right after a WAL switch): nothing diverged; or it
+        # went on and recycled it: read from the first segment it still has.
+        later = first_segment_at_or_after(wal_dir, timeline, parse_lsn(start))
+        if later is None:
+            return [], None
+        start = format_lsn(later)
+        r = _waldump(pg_bin, wal_dir, timeline, start, "--rmgr=Transaction")
     if r.returncode != 0 and not r.stdout and "could not find a valid record" in r.stderr:
         return [], None
     if r.returncode != 0 and not r.stdout and "error in WAL record" not in r.stderr:

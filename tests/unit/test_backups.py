@@ -193,3 +193,16 @@ def test_failback_source_is_validated_and_changes_nothing(api):
     after = [(s["service_name"], s["state"], s["disaster_recovery_role"])
              for s in api.get(f"{crdr_api.P}/service").json()["services"]]
     assert [x[2] for x in after] == [x[2] for x in before]
+
+
+def test_first_wal_segment_at_or_after_a_fork(tmp_path):
+    from pgcrdr.agent.wal import first_segment_at_or_after
+
+    for name in ("000000010000000000000008", "00000001000000000000000B", "00000002000000000000000A",
+                 "00000001000000000000000C.partial", "archive_status"):
+        (tmp_path / name).write_text("")
+    seg = 16 * 1024 * 1024
+    assert first_segment_at_or_after(tmp_path, 1, 0xA * seg) == 0xB * seg
+    assert first_segment_at_or_after(tmp_path, 1, 0x8 * seg + 5) == 0x8 * seg  # its own segment is there
+    assert first_segment_at_or_after(tmp_path, 1, 0xD * seg) is None
+    assert first_segment_at_or_after(tmp_path / "missing", 1, 0) is None
