@@ -8,8 +8,12 @@ work while the agent is dead) and the tests agree on it::
       run/                           pid files of every child: etcd.pid, <cluster>.proxy.pid,
                                      <cluster>-<i>.patroni.pid; etcd.log; s-<hash>/ Unix socket
                                      dirs of nodes whose own directory path is too long
+      backrest/                      pgBackRest: pgbackrest.conf (one stanza per cluster), repo/
+                                     (the region's repository), log/, lock/, spool/
       clusters/<cluster>/
         spec.json                    the last accepted ClusterSpec
+        rebuild.json                 the last failback rebuild (source tried, bytes, state)
+        preserved/<stamp>/data       old writers' data directories kept aside before a failback
         ports.json                   the port block allocated to the cluster
         tls/                         ca.crt, server.crt, server.key (0600)
         haproxy.cfg, haproxy.log
