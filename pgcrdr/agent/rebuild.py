@@ -102,7 +102,9 @@ class RebuildOps:
             if c.rebuild_active:
                 running = c.rebuild.request_id if c.rebuild else "?"
                 raise Conflict(f"cluster {cluster} is being rebuilt already (request {running})")
-            if c.spec.powered and c.spec.standby_of is None:
+            # A held cluster (its region came back from an outage) starts nothing whatever its
+            # last spec says; the control plane sends the standby spec once the rebuild is done.
+            if c.spec.powered and c.spec.standby_of is None and not c.held:
                 raise Conflict(f"cluster {cluster} is a powered writer; fence it before rebuilding it")
             for i in (1, 2, 3):
                 name = node_name(cluster, i)
