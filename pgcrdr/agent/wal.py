@@ -129,11 +129,29 @@ def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> s
     return parse_waldump_end(r.stdout, r.stderr)
 
 
+_MISSING_SEGMENT = re.compile(r'could not find file "([0-9A-F]{24})": No such file')
+
+
+def nothing_written_from(waldump_stderr: str, segments: list[str]) -> bool:
+    """pg_waldump found no WAL at or after its start: no valid record there, or not even the
+    segment of the start while no later segment exists either (a failover of a live, idle primary
+    forks at the start of a segment the old writer never began). ``segments``: the WAL file names
+    present. A missing segment with later ones present is a gap, not the end: not "nothing"."""
+    if "could not find a valid record" in waldump_stderr:
+        return True
+    m = _MISSING_SEGMENT.search(waldump_stderr)
+    if m is None:
+        return False
+    missing = m.group(1)[8:]  # log and segment number, across timelines
+    return not any(len(f) == 24 and f[8:] > missing for f in segments)
+
+
 def commits_after(pg_bin: Path, wal_dir: Path, timeline: int, start: str) -> tuple[list[DivergentCommit], str | None]:
     """COMMIT records of ``wal_dir`` from ``start`` on (pg_waldump finds the first record at or
     after it), and where the WAL ends."""
     r = _waldump(pg_bin, wal_dir, timeline, start, "--rmgr=Transaction")
-    if r.returncode != 0 and not r.stdout and "could not find a valid record" in r.stderr:
+    segments = [f.name for f in wal_dir.iterdir()] if wal_dir.is_dir() else []
+    if r.returncode != 0 and not r.stdout and nothing_written_from(r.stderr, segments):
         return [], None
     if r.returncode != 0 and not r.stdout and "error in WAL record" not in r.stderr:
         raise RuntimeError(f"pg_waldump failed: {r.stderr.strip()}")
