@@ -31,7 +31,14 @@ from pgcrdr.controlplane.errors import Refused, not_found_service
 from pgcrdr.controlplane.lag import LagHistory, pair_lag
 from pgcrdr.controlplane.records import ServiceRecord
 from pgcrdr.controlplane.store import Store
-from pgcrdr.console.views import KIND_LABELS, offered_actions, offers_json, recovery_cycle, role_label
+from pgcrdr.console.views import (
+    KIND_LABELS,
+    last_problem,
+    offered_actions,
+    offers_json,
+    recovery_cycle,
+    role_label,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,6 +125,7 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
             "primary": _summary(p_json, "primary" if recovery is not None else None),
             "recovery": _summary(r_json, "recovery") if r_json is not None else None,
             "operation": running,
+            "problem": last_problem(history),
             "history": list(reversed(history)),
             "kind_labels": KIND_LABELS,
             "actions": offers_json(offers),

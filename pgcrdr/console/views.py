@@ -186,5 +186,17 @@ def recovery_cycle(primary: dict, recovery: dict, running: dict | None, last_kin
     return {"phase": phase, "steps": steps}
 
 
+def last_problem(history: list[dict]) -> dict | None:
+    """The latest finished operation when it did not succeed (failed, or undone because it was
+    unsafe): the console keeps saying so until another operation has run."""
+    finished = [o for o in history if o["state"] != "running"]
+    if not finished or finished[-1]["state"] == "done":
+        return None
+    op = finished[-1]
+    label = KIND_LABELS.get(op["kind"], op["kind"])
+    return {"operation_id": op["operation_id"], "kind": op["kind"], "state": op["state"],
+            "message": f"{label} {op['state']}: {op.get('message') or 'see the operation steps'}"}
+
+
 def offers_json(offers: dict[str, Offer]) -> dict[str, dict]:
     return {k: {**asdict(v), "label": LABELS[k]} for k, v in offers.items()}

@@ -278,7 +278,8 @@ function initService() {
     if (dr.replication) {
       const r = dr.replication;
       document.getElementById("svc-replication").textContent = r.to
-        ? `${r.from} replicates to ${r.to}; lag ${fmtBytes(r.lag_bytes)}, ${fmtSeconds(r.lag_seconds)} behind`
+        ? `${r.from} replicates to ${r.to}; lag ${fmtBytes(r.lag_bytes)}` +
+          (r.lag_seconds !== null && r.lag_seconds !== undefined ? `, ${fmtSeconds(r.lag_seconds)} behind` : "")
         : `${r.from || "No service"} is active; nothing replicates from it right now`;
     }
     renderIfChanged(document.getElementById("svc-backups"), svc.backups, (backups) => backups.length
@@ -293,7 +294,9 @@ function initService() {
 // --- cross-region disaster recovery ------------------------------------------------------------
 function drawLagChart(container, samples, now) {
   const W = 640, H = 180, L = 62, R = 10, T = 10, B = 26;
-  const span = 15 * 60;
+  // Recent minutes: from the first sample kept (at least 2, at most 15 minutes back).
+  const first = samples.length ? samples[0].t : now;
+  const span = Math.min(15 * 60, Math.max(120, now - first));
   const t0 = now - span;
   const pts = samples.filter((s) => s.t >= t0);
   const max = Math.max(1024, ...pts.map((s) => s.lag_bytes || 0));
@@ -303,7 +306,7 @@ function drawLagChart(container, samples, now) {
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "Replication lag in bytes over the last 15 minutes");
+  svg.setAttribute("aria-label", "Replication lag in bytes over recent minutes");
   svg.setAttribute("data-samples", String(pts.filter((s) => s.lag_bytes !== null).length));
   const add = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
@@ -316,9 +319,10 @@ function drawLagChart(container, samples, now) {
     add("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), stroke: "#d9e0e7" });
     add("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end", "font-size": "11", fill: "#5d6b7a" }, fmtBytes(max * f));
   }
-  for (const m of [15, 10, 5, 0]) {
-    add("text", { x: x(now - m * 60), y: H - 8, "text-anchor": "middle", "font-size": "11", fill: "#5d6b7a" },
-      m ? `-${m} min` : "now");
+  for (const f of [1, 2 / 3, 1 / 3, 0]) {
+    const ago = span * f;
+    const text = !f ? "now" : ago >= 120 ? `-${Math.round(ago / 60)} min` : `-${Math.round(ago)} s`;
+    add("text", { x: x(now - ago), y: H - 8, "text-anchor": "middle", "font-size": "11", fill: "#5d6b7a" }, text);
   }
   // One polyline per run of known values: a gap (no passive side, region down) stays a gap.
   let run = [];
@@ -560,9 +564,13 @@ function initDisasterRecovery() {
       $("arrow-left").style.display = r.to && !fromPrimary ? "" : "none";
       between.classList.toggle("broken", !r.to);
       $("direction-text").textContent = r.to ? `${r.from} → ${r.to}` : "no replication";
-      $("lag-text").textContent = r.to ? `lag ${fmtBytes(r.lag_bytes)} · ${fmtSeconds(r.lag_seconds)}` : "";
+      $("lag-text").textContent = !r.to ? "" : `lag ${fmtBytes(r.lag_bytes)}` +
+        (r.lag_seconds !== null && r.lag_seconds !== undefined ? ` · ${fmtSeconds(r.lag_seconds)} behind` : "");
       drawLagChart($("lag-chart"), v.lag_history, v.now);
     }
+    // The last operation failed (or was undone): say so, with the server's reason.
+    showAlert($("dr-problem"), v.problem ? v.problem.message : "");
+    showAlert(cycle.querySelector("[data-testid=wizard-problem]"), v.problem ? v.problem.message : "");
     const opBox = $("operation");
     opBox.hidden = !v.operation;
     renderIfChanged(opBox, v.operation, (op) => op
