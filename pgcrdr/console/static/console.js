@@ -156,8 +156,10 @@ function initSignIn() {
   if (params.get("expired")) {
     showAlert(box, "Your session has ended (the token is no longer valid). Sign in again.", true);
   } else if (token()) {
-    enter(token());
-    return;
+    enter(token()).catch((e) => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showAlert(box, "Sign in again: " + e.message, true);
+    });
   }
 
   async function enter(tok) {
@@ -394,6 +396,12 @@ function initDisasterRecovery() {
   });
   document.addEventListener("click", (ev) => {
     if (!ev.target.closest("#actions-wrap")) closeMenu();
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Escape") return;
+    if (!menu.hidden) { closeMenu(); actionsBtn.focus(); return; }
+    const open = dialogs.find((d) => !d.hidden);
+    if (open) closeDialog(open);
   });
 
   // A role change through the API; the server's refusal is shown where the user clicked.
