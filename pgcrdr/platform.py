@@ -253,7 +253,8 @@ class Platform:
         from pgcrdr.api.app import create_app
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
-                         reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True)
+                         reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True,
+                         lag=self.reconciler.lag)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",

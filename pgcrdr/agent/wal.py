@@ -145,14 +145,33 @@ def first_segment_at_or_after(wal_dir: Path, timeline: int, lsn: int, seg_size: 
     return min(found) * seg_size if found else None
 
 
+_MISSING_SEGMENT = re.compile(r'could not find file "([0-9A-F]{24})": No such file')
+
+
+def nothing_written_from(waldump_stderr: str, segments: list[str]) -> bool:
+    """pg_waldump found no WAL at or after its start: no valid record there, or not even the
+    segment of the start while no later segment exists either (a failover of a live, idle primary
+    forks at the start of a segment the old writer never began). ``segments``: the WAL file names
+    present. A missing segment with later ones present is a gap, not the end: not "nothing"."""
+    if "could not find a valid record" in waldump_stderr:
+        return True
+    m = _MISSING_SEGMENT.search(waldump_stderr)
+    if m is None:
+        return False
+    missing = m.group(1)[8:]  # log and segment number, across timelines
+    return not any(len(f) == 24 and f[8:] > missing for f in segments)
+
+
 def commits_after(pg_bin: Path, wal_dir: Path, timeline: int, start: str) -> tuple[list[DivergentCommit], str | None]:
     """COMMIT records of ``wal_dir`` from ``start`` on (pg_waldump finds the first record at or
     after it), and where the WAL ends."""
     r = _waldump(pg_bin, wal_dir, timeline, start, "--rmgr=Transaction")
+    segments = [f.name for f in wal_dir.iterdir()] if wal_dir.is_dir() else []
+    if r.returncode != 0 and not r.stdout and nothing_written_from(r.stderr, segments):
+        return [], None
     if r.returncode != 0 and not r.stdout and "could not find file" in r.stderr:
-        # The segment of ``start`` is not there. Either the old writer never wrote past it (the
-        # fork is at a segment boundary, e.g. right after a WAL switch): nothing diverged; or it
-        # went on and recycled it: read from the first segment it still has.
+        # The segment of ``start`` is gone but later ones exist: the old writer went on and
+        # recycled it; read from the first segment it still has.
         later = first_segment_at_or_after(wal_dir, timeline, parse_lsn(start))
         if later is None:
             return [], None

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,6 +22,7 @@ from pgcrdr.api.serialize import backups_response, dr_status_json, integration_j
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, verify_password
 
@@ -70,7 +71,7 @@ class Context:
 
 def create_app(
     settings: Settings, store: Store, wake: Any = lambda: None, reconcile_now: Any = lambda project, name: None,
-    endpoints_enabled: bool = False,
+    endpoints_enabled: bool = False, lag: LagHistory | None = None,
 ) -> FastAPI:
     manager = ServiceManager(store, settings)
     ctx = Context(settings, store, manager, wake)
@@ -117,16 +118,6 @@ def create_app(
         return token.strip()
 
     Auth = Depends(auth)
-
-    # --- console placeholder (the console itself is its own issue) ---------------------
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>pgcrdr</title>"
-            "<link rel='icon' href='data:,'></head><body><h1>pgcrdr</h1>"
-            "<p>Control plane for PostgreSQL cross-region disaster recovery.</p>"
-            "<p>API: <code>/v1</code> &middot; <a href='/v1/docs'>API reference</a></p></body></html>"
-        )
 
     # --- auth --------------------------------------------------------------------------
     @app.post("/v1/userauth")
@@ -384,4 +375,8 @@ def create_app(
         crdr.delete_integration(store, project, integration_id)
         return {"message": "Service integration deleted; the roles of both services are unchanged"}
 
+    # --- the web console (pgcrdr/console): pages at /, /console/..., polling this API ---------
+    from pgcrdr.console import mount_console
+
+    mount_console(app, store=store, settings=settings, auth=Auth, service_out=out, lag=lag or LagHistory())
     return app

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.crdr import standby_source_for
 from pgcrdr.controlplane.decide import Observation, cluster_spec, service_view
+from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.store import Store
@@ -48,6 +50,7 @@ class Reconciler:
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token) for r in settings.regions}
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name)
+        self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,6 +98,7 @@ class Reconciler:
             self.runner.advance_all()  # steps waiting on what this tick observed finish now
         if self.endpoints is not None:
             self.ensure_endpoints(busy)
+        self.lag.sample(self.store.list_services(), time.time())
 
     def endpoint_name(self, svc: ServiceRecord) -> str:
         """One Service URI per pair: it is named after the pair's primary (or a lone service)."""

@@ -201,3 +201,18 @@ def test_replica_endpoint_of_a_standby_cluster_reaches_its_standby_leader() -> N
     assert "use_backend standby_leader_nodes if { nbsrv(standby_leader_nodes) gt 0 }" in text
     assert "http-check send meth GET uri /standby-leader" in text
     assert text.index("use_backend replica_nodes") < text.index("use_backend standby_leader_nodes")
+
+
+
+def test_no_wal_after_the_fork_is_no_divergence() -> None:
+    """What pg_waldump says when the old writer's WAL ends before the fork (seen after a failover of
+    a live, idle primary): nothing diverged, which is not an error."""
+    from pgcrdr.agent.wal import nothing_written_from
+
+    missing = 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory'
+    before = ["000000010000000000000001", "000000010000000000000002", "archive_status"]
+    assert nothing_written_from(missing, before)
+    assert not nothing_written_from(missing, [*before, "000000010000000000000004"]), "a gap is not the end"
+    assert nothing_written_from("pg_waldump: error: could not find a valid record after 0/3000000", before)
+    assert not nothing_written_from("pg_waldump: error: could not find any WAL file", [])
+    assert not nothing_written_from("pg_waldump: error: error in WAL record at 0/15165D0: invalid record", before)
