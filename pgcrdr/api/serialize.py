@@ -228,8 +228,13 @@ def dr_status_json(svc: ServiceRecord, store: Store) -> dict:
         passive = store.get_service(svc.project, svc.dr_peer) or svc
     lsn = passive.status.lsn if passive.status and passive.dr_role == "passive" else None
     lag_bytes = None
-    if lsn is not None and passive.status is not None:
-        lag_bytes = next((n.lag_bytes for n in passive.status.nodes if n.role == "standby_leader"), None)
+    if lsn is not None and svc.dr_peer:
+        # the active writer's position minus what the passive side replayed (across regions)
+        other = store.get_service(svc.project, svc.dr_peer) if passive is svc else svc
+        if other is not None:
+            from pgcrdr.controlplane.lag import pair_lag
+
+            lag_bytes = pair_lag(passive, other, 0.0).lag_bytes
     running = next((o for o in ops if o.state == "running"), None)
     return {
         "service_name": svc.name,
