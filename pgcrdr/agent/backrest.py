@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -215,7 +216,42 @@ def restorable_backup(backups: list[BackupInfo], timeline: int, fork_lsn: str) -
     return ok[-1] if ok else None
 
 
+_PERCENT = re.compile(r"\((?:[\d.]+\s*[KMGT]?B,\s*)?(\d+(?:\.\d+)?)%\)")
+
+
+def last_percent(text: str) -> float | None:
+    """The last ``(size, NN.NN%)`` of pgBackRest's detail output (backup or restore progress)."""
+    found = _PERCENT.findall(text)
+    return float(found[-1]) if found else None
+
+
+def tail(path: Path, max_bytes: int = 2048) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - max_bytes))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def data_size(data_dir: Path) -> int:
+    """Bytes of a data directory without its WAL: what a full backup copies."""
+    total = 0
+    for f in data_dir.rglob("*"):
+        try:
+            if f.is_file() and "pg_wal" not in f.parts:
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
 def last_error_line(text: str) -> str:
+    """The line that says what went wrong: the last ERROR line, else the last line."""
+    errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln]
+    if errors:
+        return errors[-1][:500]
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line:

@@ -284,17 +284,21 @@ class BackupOps:
         proc.write_node_file(self.settings, pgpass, f"*:*:*:postgres:{c.spec.superuser_password}\n", 0o600)
         argv = [*backrest.base_args(self.repo, c.spec.cluster), f"--pg1-path={c.layout.data_dir(name)}",
                 f"--pg1-port={c.ports.pg(index)}", f"--pg1-socket-path={c.layout.socket_dir(name)}",
-                "--pg1-user=postgres", f"--type={kind}", "backup"]
-        run = BackupRun(type=kind, started=now_iso())
+                "--pg1-user=postgres", f"--type={kind}", "--log-level-console=detail", "backup"]
+        size = backrest.data_size(c.layout.data_dir(name))
+        run = BackupRun(type=kind, started=now_iso(), size=size, done=0)
         c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
         log.info("%s: %s backup starts from %s", c.spec.cluster, kind, name)
         t0 = time.monotonic()
         ids = self._node_ids()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.repo.dir),
                "PGPASSFILE": str(pgpass), "PGSSLMODE": "disable"}
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             cwd=str(self.repo.dir), user=ids[0] if ids else None, group=ids[1] if ids else None,
-                             extra_groups=[] if ids else None, stdin=subprocess.DEVNULL, start_new_session=True)
+        out_file = c.layout.dir / "backup.log"  # pgBackRest's detail output: a line per file with its %
+        with open(out_file, "w") as out_f:
+            p = subprocess.Popen(argv, stdout=out_f, stderr=subprocess.STDOUT, text=True, env=env,
+                                 cwd=str(self.repo.dir), user=ids[0] if ids else None,
+                                 group=ids[1] if ids else None, extra_groups=[] if ids else None,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
         c.backup_pid = p.pid
         stop: threading.Event = self._stop  # type: ignore[attr-defined]
         while p.poll() is None:
@@ -308,15 +312,12 @@ class BackupOps:
                     p.kill()
                     p.wait(5)
                 break
-            try:
-                data = backrest.info(self.repo, c.spec.cluster, ids)
-                prog = backrest.running_backup(data, c.spec.cluster)
-                if prog:
-                    run = run.model_copy(update={"size": prog[0], "done": prog[1]})
-                    c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
-            except Exception as exc:  # progress is best effort
-                log.debug("backup progress of %s: %s", c.spec.cluster, exc)
-        out, err = p.communicate()
+            pct = backrest.last_percent(backrest.tail(out_file))
+            if pct is not None:
+                run = run.model_copy(update={"done": int(size * pct / 100)})
+                c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
+        p.wait()
+        out, err = "", backrest.tail(out_file, 4000)
         c.backup_pid = None
         c.backup_status = c.backup_status.model_copy(update={"running": None})  # type: ignore[union-attr]
         if p.returncode == 0:

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _KB_PROGRESS = re.compile(r"(\d+)/(\d+) kB \((\d+)%\)")
-_RESTORE_PCT = re.compile(r"\((?:[\d.]+\s*\w+,\s*)?(\d+(?:\.\d+)?)%\)")
 REBUILD_TIMEOUT_S = 6 * 3600
 
 
@@ -205,9 +204,9 @@ class RebuildOps:
                 if kb:
                     self._set(c, progress_current=kb[0], progress_max=kb[1])
             elif parse == "pct" and total:
-                m = _RESTORE_PCT.findall(tail)
-                if m:
-                    self._set(c, progress_current=int(total * float(m[-1]) / 100), progress_max=total)
+                pct = backrest.last_percent(tail)
+                if pct is not None:
+                    self._set(c, progress_current=int(total * pct / 100), progress_max=total)
             buf = tail
             if time.monotonic() > deadline or c.deleted:
                 p.kill()
@@ -316,14 +315,51 @@ class RebuildOps:
             a.reason = (f"the {self.region.cloud_name} archive lacks WAL {backrest.wal_name(old_tl, seg)} "  # type: ignore[attr-defined]
                         f"needed by backup {b.label}: {why_stopped}")
             return
+        # The old writer's last WAL before the fork may never have reached its archive (it died
+        # before archive_timeout): the active service received it by streaming and still keeps
+        # it; those segments cross regions.
+        remote = 0
+        while seg < fork_seg:
+            name = backrest.wal_name(old_tl, seg)
+            try:
+                self._fetch_wal_from_active(c, req, name, wal_dir / name)
+            except Exception as exc:
+                a.reason = (f"WAL {name} is neither in the {self.region.cloud_name} archive ({why_stopped}) "  # type: ignore[attr-defined]
+                            f"nor on the active service ({str(exc).strip().splitlines()[0] if str(exc) else exc!r})")
+                return
+            remote += 1
+            seg += 1
+            self._set(c, progress_current=seg - first)
         a.ok = True
         a.backup_label = b.label
         a.local_bytes = b.size + fetched * backrest.WAL_SEGMENT
         a.stream_start_lsn = backrest.format_lsn(seg * backrest.WAL_SEGMENT)
-        a.cross_region_bytes = 0  # so far: the WAL streamed from here on is counted once caught up
+        # so far; the WAL streamed from here on is counted once the standby has caught up
+        a.cross_region_bytes = remote * backrest.WAL_SEGMENT
         a.reason = (f"restored backup {b.label} ({b.type}, {b.stop_time}) from the {self.region.cloud_name} "  # type: ignore[attr-defined]
-                    f"repository and {fetched} archived WAL segments; streaming from {a.stream_start_lsn}"
+                    f"repository and {fetched} archived WAL segments"
+                    + (f", {remote} more from the active service" if remote else "")
+                    + f"; streaming from {a.stream_start_lsn}"
                     + (f" (start WAL timeline {start_tl})" if start_tl != old_tl else ""))
+
+    def _fetch_wal_from_active(self, c: ClusterRuntime, req: RebuildRequest, name: str, dest: Path) -> None:
+        """Copy one WAL segment of the old timeline from the active service's pg_wal (the rewind
+        role may read files there, as pg_rewind does)."""
+        import psycopg
+
+        src = req.source
+        with psycopg.connect(host=src.host, port=src.port, user=REWIND_USER, password=c.spec.rewind_password,
+                             dbname="postgres", sslmode="require", connect_timeout=10, autocommit=True) as conn:
+            # the four-argument form is the one Patroni grants to the rewind role (pg_rewind uses it)
+            row = conn.execute("SELECT pg_read_binary_file(%s, 0, %s, false)",
+                               (f"pg_wal/{name}", backrest.WAL_SEGMENT)).fetchone()
+        data = bytes(row[0]) if row and row[0] is not None else b""
+        if len(data) != backrest.WAL_SEGMENT:
+            raise RuntimeError(f"{name} on the active service has {len(data)} bytes")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(data)
+        proc.chown_for_node(self.settings, tmp, 0o600)  # type: ignore[attr-defined]
+        tmp.replace(dest)
 
     def _try_basebackup(self, c: ClusterRuntime, node: str, req: RebuildRequest, a: RebuildAttempt) -> None:
         data = c.layout.data_dir(node)

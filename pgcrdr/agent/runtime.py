@@ -423,6 +423,12 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         """The status plus the cluster's backups and, while a rebuild runs, its progress on the
         node being rebuilt (phases prepare, basebackup, stream, finalize)."""
         update: dict = {"backup": c.backup_status, "rebuild": c.rebuild}
+        run = c.backup_status.running if c.backup_status else None
+        if run is not None and status.lsn is not None:
+            # the writer being backed up shows it, with bytes, like Aiven's node progress
+            backup = ProgressUpdate(phase="basebackup", min=0, max=run.size, current=run.done)
+            update["nodes"] = [n.model_copy(update={"progress": [*n.progress, backup]}) if n.name == status.lsn.node
+                               else n for n in status.nodes]
         rb = c.rebuild
         if rb is not None and rb.state == "running":
             phases = ["prepare", "basebackup", "stream", "finalize"]
