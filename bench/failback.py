@@ -123,6 +123,8 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
     rec = op["details"]["restore"]
     api_put(p, PRI, {"disaster_recovery_role": "active"})
     done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
+    if op["details"]["restore"].get("source") != source:
+        raise RuntimeError(f"asked for {source}, rebuilt by {op['details']['restore'].get('source')}")
     return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0,
             "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
 

@@ -36,6 +36,7 @@ log = logging.getLogger("pgcrdr.operations")
 
 MAX_LAG_BYTES = 64 * 1024 * 1024  # refuse a planned switch when the target is further behind
 CONFIRM_TIMEOUT_S = 10.0
+IN_SYNC_LAG_BYTES = 16 * 1024 * 1024  # a rebuilt passive side is "in sync" this close to the writer
 
 
 def lsn_int(lsn: str | None) -> int | None:
@@ -199,11 +200,32 @@ class OperationRunner:
         st = passive.status
         if st is None or st.generation < passive.generation or not (st.ready and st.standby):
             raise Wait(f"{passive.name} is catching up" + (f": {st.message}" if st and st.message else ""))
+        active = peer if passive is pair else pair
+        if op.kind in ("setup", "failback_restore"):
+            # Streaming is not enough: REBUILDING until the passive side has caught up, so that the
+            # next planned move (which refuses a lagging target) can follow at once.
+            lag = self._lag_bytes(active, passive)
+            if lag is None or lag > IN_SYNC_LAG_BYTES:
+                raise Wait(f"{passive.name} streams and is catching up"
+                           + (f": {lag} bytes behind" if lag is not None else ""))
         for s in (pair, peer):
             self._update(op.project, s.name, state="RUNNING", ever_ready=True)
         if op.kind == "failback_restore" and isinstance(op.data.get("restore"), dict):
             return self._restore_caught_up(op, passive)
         return f"{passive.name} streams from the active service"
+
+    @staticmethod
+    def _lag_bytes(active: ServiceRecord, passive: ServiceRecord) -> int | None:
+        """Bytes between the active writer's position and what the passive side replayed, as the
+        two regions last reported them."""
+        a = active.status.lsn if active.status else None
+        p = passive.status.lsn if passive.status else None
+        if a is None or p is None or a.in_recovery or not a.current_lsn:
+            return None
+        written, replayed = lsn_int(a.current_lsn), lsn_int(p.replay_lsn or p.receive_lsn)
+        if written is None or replayed is None:
+            return None
+        return max(0, written - replayed)
 
     def _restore_caught_up(self, op: OperationRecord, passive: ServiceRecord) -> str:
         """Complete the restore record: the WAL streamed from the active service since the

@@ -109,7 +109,11 @@ def test_service_page(console: Console):
     expect(uri).to_contain_text("postgres://avnadmin:••••••••@")
     expect(uri).not_to_contain_text(password)
     expect(page.get_by_test_id("pooled-uri")).to_contain_text("••••••••")
-    expect(page.get_by_text("No backups yet")).to_be_visible()
+    # a service is RUNNING only once its first backup exists: the page lists it with its region
+    [first, *_] = p.service(PROJECT, PRI)["backups"]
+    backups = page.locator("#svc-backups")
+    expect(backups).to_contain_text(first["backup_name"])
+    expect(backups).to_contain_text(first["storage_location"])
     expect(page.locator("#svc-nodes tbody tr")).to_have_count(1)
     page.get_by_role("button", name="Show password").click()
     expect(uri).to_contain_text(password)
