@@ -274,8 +274,7 @@ def _delete_service(client: ApiClient, project: str, name: str) -> None:
         except ApiError as exc:
             if exc.not_found:
                 return
-            peer = _pair_peer_being_deleted(client, project, name) if exc.status == 409 else None
-            if peer is None or time.monotonic() >= deadline:
+            if exc.status != 409 or time.monotonic() >= deadline or not _peer_goes_first(client, project, name):
                 raise
             time.sleep(POLL_S)  # the passive copy goes first (same terraform run); then this one
 
@@ -286,15 +285,18 @@ def _delete_service(client: ApiClient, project: str, name: str) -> None:
     wait_until(f"service {name} to be terminated", check, timeout=DELETE_TIMEOUT_S, interval=POLL_S)
 
 
-def _pair_peer_being_deleted(client: ApiClient, project: str, name: str) -> str | None:
-    """The DR peer of ``name`` if it is the passive recovery service (the one the API lets go first,
-    so deleting ``name`` works once it is gone); None otherwise."""
+def _peer_goes_first(client: ApiClient, project: str, name: str) -> bool:
+    """After a 409 on DELETE: is it worth retrying? Yes when the DR peer of ``name`` is already gone
+    (its DELETE raced ours) or is the passive recovery service (which the API lets go first, and
+    which the same terraform run is deleting)."""
     try:
         peer = client.disaster_recovery(project, name).get("peer_service")
-        if not peer:
-            return None
-        info = client.disaster_recovery(project, peer)
     except ApiError:
-        return None
-    passive_copy = info.get("disaster_recovery_role") == "passive" and info.get("disaster_recovery_kind") == "recovery"
-    return peer if passive_copy else None
+        return False
+    if not peer:
+        return True  # the pair ended since our DELETE was refused
+    try:
+        info = client.disaster_recovery(project, peer)
+    except ApiError as exc:
+        return exc.not_found
+    return info.get("disaster_recovery_role") == "passive" and info.get("disaster_recovery_kind") == "recovery"

@@ -3,7 +3,8 @@
 
 setup (the Aiven CRDR setup page's HCL) -> failover by API -> failback (the seed: import both
 services, re-establish the integration with the primary as source, apply, output) -> switchover
-by reversing the integration -> switchback -> refused changes -> destroy.
+by reversing the integration -> switchback -> a second failover by API, failed back by applying
+the unchanged configuration (an in-place update) -> refused changes -> destroy.
 
 After every step the roles and states are checked through the API, and `terraform plan
 -detailed-exitcode` must report no changes when the configuration matches reality.
@@ -142,6 +143,23 @@ def test_switchback(tf: Terraform, platform: RunningPlatform):
     assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
     assert integrations(platform) == [(PRI, REC)]
     tf.plan_is_empty("switchback: plan")
+
+
+def test_failback_by_applying_the_unchanged_configuration(tf: Terraform, platform: RunningPlatform):
+    """A second failover by API; the configuration still says the primary is active, so `apply`
+    alone performs the failback (restore, then promote) as an in-place update."""
+    write_row(platform, "switchback")
+    with platform.api() as c:
+        r = c.put(f"/v1/project/{PROJECT}/service/{PRI}", json={"disaster_recovery_role": "failed"})
+        assert r.status_code == 200, r.text
+    wait_for("the second failover",
+             lambda: roles(platform) == {PRI: ("POWEROFF", "failed"), REC: ("RUNNING", "active")}, timeout=180)
+    proc = tf.apply("failback in place: apply")
+    assert "0 added, 1 changed, 0 destroyed" in proc.stdout, proc.stdout
+    assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
+    assert integrations(platform) == [(PRI, REC)]
+    tf.plan_is_empty("failback in place: plan")
+    assert rows(platform) == {"setup", "failover", "failback", "switchback"}
 
 
 def test_refused_changes_fail_with_the_servers_message_and_change_nothing(tf: Terraform, platform: RunningPlatform):

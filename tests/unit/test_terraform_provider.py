@@ -187,3 +187,49 @@ def test_install_writes_an_executable_and_a_dev_overrides_config(tmp_path):
     assert done.executable.name == "terraform-provider-aiven" and done.executable.stat().st_mode & 0o111
     assert '"/usr/bin/python3" -m pgcrdr.terraform' in done.executable.read_text()
     assert f'"aiven/aiven" = "{done.executable.parent}"' in done.cli_config.read_text()
+
+
+def test_destroying_a_pair_retries_the_primary_once_its_copy_is_gone(monkeypatch):
+    """Terraform deletes both services at once; the API refuses the primary (409) until the passive
+    copy is gone, and the copy's DELETE may land just after the primary's."""
+    from pgcrdr.terraform import services
+
+    monkeypatch.setattr(services, "POLL_S", 0.0)
+    deletes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "DELETE":
+            deletes.append(1)
+            if len(deletes) == 1:
+                return httpx.Response(409, json={"message": "terminate the passive recovery service first"})
+            return httpx.Response(200, json={"message": "being terminated"})
+        if path.endswith("/pri/disaster-recovery"):
+            return httpx.Response(200, json={"peer_service": "rec"})
+        if path.endswith("/rec/disaster-recovery"):
+            return httpx.Response(404, json={"message": "Service rec does not exist"})
+        return httpx.Response(404, json={"message": "Service pri does not exist"})
+
+    c = ApiClient("http://x", "t", transport=httpx.MockTransport(handler))
+    services._delete_service(c, "p", "pri")
+    assert len(deletes) == 2
+
+
+def test_a_refused_delete_is_not_retried_when_the_peer_stays(monkeypatch):
+    from pgcrdr.terraform import services
+
+    monkeypatch.setattr(services, "POLL_S", 0.0)
+    deletes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            deletes.append(1)
+            return httpx.Response(409, json={"message": "Service pri is the passive primary service of a pair"})
+        if request.url.path.endswith("/pri/disaster-recovery"):
+            return httpx.Response(200, json={"peer_service": "rec"})
+        return httpx.Response(200, json={"disaster_recovery_role": "active", "disaster_recovery_kind": "recovery"})
+
+    c = ApiClient("http://x", "t", transport=httpx.MockTransport(handler))
+    with pytest.raises(ApiError, match="passive primary service of a pair"):
+        services._delete_service(c, "p", "pri")
+    assert len(deletes) == 1
