@@ -29,7 +29,8 @@ from pgcrdr.terraform.services import POLL_S, _Base
 
 # Building a copy, restoring a failed primary or switching roles: bounded like the real provider's 20 min.
 MOVE_TIMEOUT_S = 20 * 60
-# A promote right after a restore can be refused for a moment while replication catches up (409).
+# A promote (after a restore, or a switchover) can be refused for a moment while replication catches
+# up or another operation finishes (409, "retry"): retried for this long, then the server's message.
 PROMOTE_RETRY_S = 60
 
 
@@ -179,7 +180,9 @@ def make_active(client: ApiClient, project: str, planned: dict) -> dict:
         _wait_roles(client, project, src, dst, seen_ops, f"{src} to be restored as a passive copy of {dst}",
                     lambda s, d: s.get("state") == "RUNNING" and s.get("disaster_recovery_role") == "passive")
         integ = _promote(client, project, body)
-    else:  # pair, switch
+    elif move.kind == "switch":
+        integ = _promote(client, project, body)
+    else:  # pair: a refusal (another peer, same cloud) is final
         integ = client.create_integration(project, body)
     _wait_roles(client, project, src, dst, seen_ops, f"{src} to be active and {dst} passive",
                 lambda s, d: mapping.roles_in_place(s, d))
@@ -187,6 +190,7 @@ def make_active(client: ApiClient, project: str, planned: dict) -> dict:
 
 
 def _promote(client: ApiClient, project: str, body: dict) -> dict:
+    """POST the integration that makes its source active (409s retried for a bounded time)."""
     deadline = time.monotonic() + PROMOTE_RETRY_S
     while True:
         try:
