@@ -192,6 +192,14 @@ def test_refused_changes_fail_with_the_servers_message_and_change_nothing(tf: Te
     assert integrations(platform) == [(PRI, REC)]
     tf.write(good)
     tf.plan_is_empty("refused: plan")
+    # Imports that cannot work say why.
+    tf.write(good + '\nresource "aiven_pg" "other" {\n  project = var.project_name\n  service_name = "tf-nope"\n'
+                    '  plan = "startup-4"\n}\n')
+    proc = tf.run("import", "aiven_pg.other", PROJECT, step="refused: import", check=False)
+    assert proc.returncode == 1 and "expected PROJECT/SERVICE_NAME" in proc.stderr, proc.stderr
+    proc = tf.run("import", "aiven_pg.other", f"{PROJECT}/tf-nope", step="refused: import", check=False)
+    assert proc.returncode == 1 and "Service tf-nope does not exist" in proc.stderr, proc.stderr
+    tf.write(good)
 
 
 def test_destroy(tf: Terraform, platform: RunningPlatform):
