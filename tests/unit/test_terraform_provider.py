@@ -147,7 +147,13 @@ def test_provider_needs_a_token(monkeypatch):
     monkeypatch.setenv("AIVEN_WEB_URL", "http://127.0.0.1:9/")
     p.configure_provider(Diagnostics(), {"api_token": None, "api_url": None})
     assert p.client is not None and p.client.base_url == "http://127.0.0.1:9"
+    # The attributes win over the environment, as in the real provider (api_url is pgcrdr's own).
+    p.configure_provider(Diagnostics(), {"api_token": "attr", "api_url": "http://h:1"})
+    assert p.client.base_url == "http://h:1" and p.client.http.headers["Authorization"] == "aivenv1 attr"
     p.client.close()
+    diags = Diagnostics()
+    p.validate_config(diags, {"api_url": "h:1/v1"})
+    assert diags.has_errors()
 
 
 def test_wait_until_is_bounded_and_says_what_it_saw():
