@@ -312,5 +312,27 @@ def drill_kill_node(home: str | None, port_offset: int | None, service: str, nod
                f"it may restart after {restart_after:.0f}s")
 
 
+@main.group()
+def terraform() -> None:
+    """Terraform: pgcrdr's aiven/aiven provider."""
+
+
+@terraform.command("install")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Where to write the provider and the CLI config (default ~/.config/pgcrdr/terraform).")
+def terraform_install(directory: str | None) -> None:
+    """Install the aiven/aiven provider for Terraform (a dev_overrides CLI config; no terraform init)."""
+    from pathlib import Path
+
+    from pgcrdr.terraform.install import default_dir, install
+
+    done = install(Path(directory) if directory else default_dir())
+    click.echo(f"Provider aiven/aiven installed: {done.executable}")
+    click.echo(f"Terraform CLI config:           {done.cli_config}")
+    click.echo("Use it (no `terraform init` needed; Terraform warns that a development override is in use):")
+    click.echo(f"  export TF_CLI_CONFIG_FILE={done.cli_config}")
+    click.echo("  export AIVEN_WEB_URL=API_URL AIVEN_TOKEN=TOKEN   # both shown by `pgcrdr status`")
+
+
 if __name__ == "__main__":
     main()
