@@ -33,9 +33,10 @@ def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: Standby
     or fenced service replicates from)."""
     params: dict[str, str] = {}
     pg_conf = svc.user_config.get("pg") or {}
-    for key in ("max_connections", "work_mem"):
-        if key in pg_conf:
-            params[key] = f"{pg_conf[key]}MB" if key == "work_mem" else str(pg_conf[key])
+    # max_connections is the same on every node (Patroni's DCS, pgcrdr.agent.patroni); only its
+    # default is accepted (services.py), so it is never sent as a node parameter.
+    if "work_mem" in pg_conf:
+        params["work_mem"] = f"{pg_conf['work_mem']}MB"
     return ClusterSpec(
         cluster=svc.cluster,
         node_count=PLANS[svc.plan].node_count,

@@ -45,6 +45,9 @@ def cluster_id(project: str, service: str) -> str:
     return f"{service[:40].rstrip('-')}-{digest}"
 
 
+DEFAULT_MAX_CONNECTIONS = 100  # pgcrdr.agent.patroni.DCS_PARAMETERS
+
+
 def _check_user_config(uc: Any) -> dict:
     if uc is None:
         return {}
@@ -81,6 +84,12 @@ def _check_user_config(uc: Any) -> dict:
             lo, hi = props[k]["minimum"], props[k]["maximum"]
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise Refused(400, f"Invalid user_config: pg.{k} must be an integer between {lo} and {hi}")
+            if k == "max_connections" and v != DEFAULT_MAX_CONNECTIONS:
+                # Patroni keeps it equal on every node and across a DR pair (a standby with fewer
+                # connections than its source stops replaying): not changeable here yet.
+                raise Refused(400, f"Invalid user_config: pg.max_connections is {DEFAULT_MAX_CONNECTIONS} on every "
+                                   "pgcrdr plan and cannot be changed yet; leave it out or set it to "
+                                   f"{DEFAULT_MAX_CONNECTIONS}")
     out = dict(uc)
     if "pg_version" in out:
         out["pg_version"] = str(out["pg_version"])
@@ -349,11 +358,22 @@ class ServiceManager:
             return
         # A pair member: only the passive side can go; the pair's Service URI and the writer stay.
         if svc.dr_role != "passive" or svc.dr_kind != "recovery":
+            peer = self.store.get_service(project, svc.dr_peer)
+            if svc.dr_kind == "recovery":  # the recovery service is the writer now
+                how = (f"restore and promote {svc.dr_peer} first (disaster_recovery_role passive, then active), "
+                       f"then terminate the passive recovery service {name}" if peer and peer.dr_role == "failed"
+                       else f"switch back first (set {svc.dr_peer} to active), then terminate {name}")
+            elif svc.dr_role == "failed":
+                how = ("restore and promote this primary first (disaster_recovery_role passive, then active), "
+                       f"then terminate the passive recovery service {svc.dr_peer}")
+            elif svc.dr_role == "passive":
+                how = f"switch back first (set {name} to active), then terminate {svc.dr_peer}"
+            else:
+                how = f"terminate the passive recovery service first ({svc.dr_peer})"
             raise Refused(
                 409,
                 f"Service {name} is the {svc.dr_role} {svc.dr_kind} service of a disaster recovery pair with "
-                f"{svc.dr_peer}; terminate the passive recovery service first"
-                + (", or restore and promote this primary" if svc.dr_role == "failed" else ""),
+                f"{svc.dr_peer}; {how}",
             )
         with self.store.transaction() as tx:
             running = tx.running_operation(project, svc.dr_peer)

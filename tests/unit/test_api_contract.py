@@ -152,3 +152,13 @@ def test_catalog_endpoints(api):
     assert "BEGIN CERTIFICATE" in api.get("/v1/project/pgcrdr/kms/ca").json()["certificate"]
     assert api.get("/v1/openapi.json").status_code == 200
     assert_error(api.get("/v1/nothing-here"), 404, "No such API endpoint")
+
+
+def test_max_connections_other_than_the_default_is_refused_clearly(api):
+    body = {"service_name": "pg-mc", "service_type": "pg", "plan": "startup-4", "cloud": "local-europe-west1",
+            "user_config": {"pg": {"max_connections": 200}}}
+    r = api.post("/v1/project/pgcrdr/service", json=body)
+    assert r.status_code == 400 and "max_connections is 100" in r.json()["message"], r.text
+    assert api.get("/v1/project/pgcrdr/service/pg-mc").status_code == 404  # nothing was created
+    body["user_config"] = {"pg": {"max_connections": 100, "work_mem": 8}}
+    assert api.post("/v1/project/pgcrdr/service", json=body).status_code == 200
