@@ -127,7 +127,7 @@ def test_every_node_archives_to_its_region_and_keeps_recent_wal():
     params = cfg["postgresql"]["parameters"]
     assert params["archive_mode"] == "on" and params["archive_timeout"] == "60s"
     assert params["archive_command"].endswith("--stanza=c1 --pg1-path=/x/data archive-push %p")
-    assert params["wal_keep_size"] == "256MB"
+    assert params["wal_keep_size"] == "64MB"
 
 
 def test_a_new_writer_is_running_only_once_it_has_a_backup(api):
