@@ -11,7 +11,9 @@ source, forced with the ``failback_source`` extension:
 - ``rewind``: pg_rewind of the old data directory (kept);
 - ``restore``: the old data directory is deleted (a lost disk); restore from the primary region's
   own pgBackRest repository, then stream the rest from the active service;
-- ``basebackup``: a full copy from the active service.
+- ``basebackup``: a full copy from the active service;
+- ``auto``: what pgcrdr chooses by itself when the region comes back with its disk (the old data
+  directory kept): the source with the fewest estimated cross-region bytes.
 
 Then the primary is promoted back (failback takeover) and backed up on its new timeline before
 the next run. Prints, per change and source, the median time of the restore (request to RUNNING
@@ -50,7 +52,7 @@ PROJECT = "pgcrdr"
 PRI, REC = "bench-fb", "bench-fb-dr"
 PRI_CLOUD, REC_CLOUD = "local-europe-west1", "local-us-east1"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
-SOURCES = ("rewind", "restore", "basebackup")
+SOURCES = ("rewind", "restore", "basebackup", "auto")
 
 
 def api_put(p: RunningPlatform, name: str, body: dict) -> None:
@@ -104,12 +106,15 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
     with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (n,))
     p.pgcrdr("region", "up", PRI_CLOUD)
-    if source != "rewind":
+    if source not in ("rewind", "auto"):
         nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
         for d in nodes.glob("*/data"):
             shutil.rmtree(d)
     t0 = time.monotonic()
-    api_put(p, PRI, {"disaster_recovery_role": "passive", "failback_source": source})
+    body = {"disaster_recovery_role": "passive"}
+    if source != "auto":
+        body["failback_source"] = source
+    api_put(p, PRI, body)
 
     def restored() -> dict | None:
         d = dr_status(p, PROJECT, PRI)
@@ -123,7 +128,7 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
     rec = op["details"]["restore"]
     api_put(p, PRI, {"disaster_recovery_role": "active"})
     done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
-    if op["details"]["restore"].get("source") != source:
+    if source != "auto" and op["details"]["restore"].get("source") != source:
         raise RuntimeError(f"asked for {source}, rebuilt by {op['details']['restore'].get('source')}")
     return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0,
             "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
@@ -176,7 +181,7 @@ def main() -> int:
 
     print()
     print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs")
-    print(f"{'change':>7} {'source':>11} {'time s':>8} {'cross-region MiB':>17} {'vs full copy':>13} "
+    print(f"{'change':>7} {'source':>13} {'time s':>8} {'cross-region MiB':>17} {'vs full copy':>13} "
           f"{'local MiB':>10}")
     for change in changes:
         full = results.get((change, "basebackup"))
@@ -189,7 +194,8 @@ def main() -> int:
             b = statistics.median(r["cross_bytes"] for r in rs)
             loc = statistics.median(r["local_bytes"] for r in rs)
             ratio = f"{100 * b / full_bytes:.1f}%" if full_bytes else "-"
-            print(f"{change:>6g}% {source:>11} {t:>8.1f} {b / 2**20:>17.1f} {ratio:>13} {loc / 2**20:>10.1f}")
+            label = source if source != "auto" else "auto:" + "/".join(sorted({r["source"] for r in rs}))
+            print(f"{change:>6g}% {label:>13} {t:>8.1f} {b / 2**20:>17.1f} {ratio:>13} {loc / 2**20:>10.1f}")
     return 0
 
 

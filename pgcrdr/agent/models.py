@@ -210,6 +210,10 @@ class RebuildState(BaseModel):
     progress_max: int | None = None
     attempts: list[RebuildAttempt] = Field(default_factory=list)
     chosen: Literal["rewind", "restore", "basebackup"] | None = None
+    # estimated bytes each source would move across regions, and the order that follows from them
+    estimates: dict[str, int] = Field(default_factory=dict)
+    unusable: dict[str, str] = Field(default_factory=dict)  # sources ruled out before trying, and why
+    order: list[str] = Field(default_factory=list)
     message: str | None = None
     started: str
     finished: str | None = None

@@ -64,6 +64,14 @@ def strip_restore_command(auto_conf: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+def order_by_estimate(sources: list[str], estimates: dict[str, int]) -> list[str]:
+    """Sources with an estimate, cheapest first (ties keep the given order: rewind, restore,
+    basebackup); then those that cannot work as things are, in the given order (each says why
+    when tried). Pure."""
+    known = sorted((s for s in sources if s in estimates), key=lambda s: (estimates[s], sources.index(s)))
+    return known + [s for s in sources if s not in estimates]
+
+
 class RebuildOps:
     def _rebuild_file(self, c: ClusterRuntime) -> Path:
         return c.layout.dir / "rebuild.json"
@@ -140,7 +148,12 @@ class RebuildOps:
         attempts: list[RebuildAttempt] = []
         chosen = None
         try:
-            for source in req.sources:
+            sources = list(req.sources)
+            if len(sources) > 1:
+                estimates, unusable = self._estimate(c, node, req)
+                sources = order_by_estimate(sources, estimates)
+                self._set(c, estimates=estimates, unusable=unusable, order=sources)
+            for source in sources:
                 if c.deleted:
                     break
                 attempt = RebuildAttempt(source=source)
@@ -175,6 +188,52 @@ class RebuildOps:
             self._set(c, state="failed", finished=now_iso(), message=f"rebuild error: {exc}")
         finally:
             c.rebuild_active = False
+
+    def _estimate(self, c: ClusterRuntime, node: str, req: RebuildRequest) -> tuple[dict[str, int], dict[str, str]]:
+        """Bytes each usable source would move across regions, from what the active service and
+        the local repository say now. pg_rewind (PostgreSQL 15) copies the changed blocks and the
+        source's whole pg_wal; a restore streams the WAL written since the fork (plus what the
+        archive lacks); a full copy moves the database. Empty when the active cannot tell. Also
+        the sources ruled out as things are, and why."""
+        import psycopg
+
+        src = req.source
+        try:
+            with psycopg.connect(host=src.host, port=src.port, user="postgres", password=c.spec.superuser_password,
+                                 dbname="postgres", sslmode="require", connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT pg_current_wal_lsn()::text, (SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()),"
+                    " (SELECT sum(pg_database_size(oid)) FROM pg_database)").fetchone()
+        except Exception as exc:
+            log.info("%s: no estimate from the active service (%s): default order", c.spec.cluster, exc)
+            return {}, {}
+        assert row is not None
+        current, waldir, db = backrest.parse_lsn(row[0]), int(row[1]), int(row[2])
+        since_fork = max(0, current - backrest.parse_lsn(req.fork_lsn))
+        out = {"basebackup": db + since_fork}
+        unusable: dict[str, str] = {}
+        if self._data_ok(c.layout.data_dir(node)):
+            out["rewind"] = waldir + since_fork
+        else:
+            unusable["rewind"] = "the old data directory is gone"
+        try:
+            data = backrest.info(self.repo, c.spec.cluster, proc.node_user_ids(self.settings))  # type: ignore[attr-defined]
+            b = backrest.restorable_backup(backrest.parse_backups(data, c.spec.cluster), req.fork_timeline - 1,
+                                           req.fork_lsn)
+            _, newest = backrest.archive_range(data, c.spec.cluster)
+            problem = backrest.stanza_problem(data, c.spec.cluster)
+            if b is not None:
+                fork_seg = backrest.segno_of(req.fork_lsn)
+                have = backrest.wal_segno(newest)[1] if newest else 0
+                missing = max(0, fork_seg - 1 - have)
+                out["restore"] = since_fork + missing * backrest.WAL_SEGMENT
+            else:
+                unusable["restore"] = (f"no backup in the {self.region.cloud_name} repository on timeline "  # type: ignore[attr-defined]
+                                       f"{req.fork_timeline - 1} before the fork at {req.fork_lsn}"
+                                       + (f" (repository: {problem})" if problem else ""))
+        except Exception as exc:  # the restore attempt will say what is wrong
+            unusable["restore"] = f"the {self.region.cloud_name} repository cannot be read: {exc}"  # type: ignore[attr-defined]
+        return out, unusable
 
     # --- helpers ----------------------------------------------------------------------------
 

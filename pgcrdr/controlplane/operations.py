@@ -307,12 +307,16 @@ class OperationRunner:
             "cross_region_bytes": chosen.cross_region_bytes, "local_bytes": chosen.local_bytes,
             "backup": chosen.backup_label, "stream_start_lsn": chosen.stream_start_lsn,
             "rebuild_s": chosen.duration_s,
+            "estimates": st.estimates, "unusable": st.unusable, "order": st.order,
             "attempts": [a.model_dump(mode="json", exclude_none=True) for a in st.attempts],
         }
         fell_back = [a for a in st.attempts if not a.ok]
-        said = "; ".join(f"{a.source}: {a.reason}" for a in fell_back)
+        said = "; ".join([f"{a.source}: {a.reason}" for a in fell_back]
+                         + [f"{k}: {v}" for k, v in st.unusable.items() if all(a.source != k for a in fell_back)])
+        est = ", ".join(f"{k} {v // 2**20} MiB" for k, v in sorted(st.estimates.items(), key=lambda kv: kv[1]))
         return (f"{failed.name} rebuilt by {st.chosen} ({chosen.reason})"
-                + (f" after {said}" if said else ""))
+                + (f"; not used: {said}" if said else "")
+                + (f"; estimated bytes across regions: {est}" if est else ""))
 
     # --- planned switch -------------------------------------------------------------------
     def step_precheck(self, op: OperationRecord) -> str:

@@ -170,8 +170,9 @@ def test_failback_with_the_disk_lost_restores_from_the_primary_regions_backups(p
     print(f"failback restore: {json.dumps({k: v for k, v in details.items() if k != 'attempts'})}; "
           f"database {state['db_size']} bytes; progress phases seen {seen['progress_phases']}")
     assert details["source"] == "restore", json.dumps(details, indent=1)
-    rewind = details["attempts"][0]
-    assert rewind["source"] == "rewind" and rewind["skipped"] and "gone" in rewind["reason"]
+    # chosen on estimates: rewind ruled out (no data), restore cheaper than a full copy
+    assert details["order"][0] == "restore" and "gone" in details["unusable"]["rewind"], details
+    assert details["estimates"]["restore"] < details["estimates"]["basebackup"], details["estimates"]
     assert details["backup"] and details["local_bytes"] > 0
     # across regions: the WAL written since the failover (from the start of the segment where the
     # timelines forked) and the segment the archive lacked, not the database
@@ -193,8 +194,9 @@ def test_failback_with_a_corrupt_repository_falls_back_to_a_full_copy(platform: 
     restore, _ = failback(p)
     details = restore["details"]["restore"]
     assert details["source"] == "basebackup", json.dumps(details, indent=1)
-    failed = next(a for a in details["attempts"] if a["source"] == "restore")
-    assert not failed["ok"] and failed["reason"], failed
+    tried = next((a for a in details["attempts"] if a["source"] == "restore"), None)
+    why = details["unusable"].get("restore") or (tried or {}).get("reason")
+    assert why and "repository" in why and (tried is None or not tried["ok"]), details
     assert details["cross_region_bytes"] >= state["db_size"] / 2
     step = next(s for s in restore["steps"] if s["name"] == "restore")
     assert "basebackup" in step["detail"] and "restore:" in step["detail"], step

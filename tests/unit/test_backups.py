@@ -206,3 +206,17 @@ def test_first_wal_segment_at_or_after_a_fork(tmp_path):
     assert first_segment_at_or_after(tmp_path, 1, 0x8 * seg + 5) == 0x8 * seg  # its own segment is there
     assert first_segment_at_or_after(tmp_path, 1, 0xD * seg) is None
     assert first_segment_at_or_after(tmp_path / "missing", 1, 0) is None
+
+
+def test_failback_sources_are_tried_cheapest_first():
+    from pgcrdr.agent.rebuild import order_by_estimate
+
+    default = ["rewind", "restore", "basebackup"]
+    # pg_rewind copies the active's whole pg_wal: a local restore can be cheaper across regions
+    assert order_by_estimate(default, {"rewind": 250, "restore": 64, "basebackup": 1200}) == \
+        ["restore", "rewind", "basebackup"]
+    assert order_by_estimate(default, {"rewind": 30, "restore": 64, "basebackup": 1200}) == default
+    # no estimate (old data gone, repository unreadable): tried after, in the usual order
+    assert order_by_estimate(default, {"basebackup": 1200}) == ["basebackup", "rewind", "restore"]
+    assert order_by_estimate(default, {}) == default
+    assert order_by_estimate(default, {"rewind": 5, "restore": 5}) == default  # ties keep the order
