@@ -11,6 +11,8 @@ removes the partial backup itself).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -38,6 +40,13 @@ BackupType = Literal["full", "diff", "incr"]
 
 def _ts(iso: str) -> float:
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def now_iso() -> str:
@@ -91,11 +100,12 @@ class BackupOps:
             proc.make_node_dir(self.settings, d, 0o750)
         if "repo1-path" not in self._repo_options() and "repo1-type" not in self._repo_options():
             proc.make_node_dir(self.settings, repo.repo_path, 0o750)
-        with self._lock:  # type: ignore[attr-defined]
-            stanzas = {name: c.spec.backup.retention_full
-                       for name, c in self._clusters.items() if not c.deleted}  # type: ignore[attr-defined]
-        proc.write_node_file(self.settings, repo.conf, backrest.render_conf(repo, self._repo_options(), stanzas),
-                             0o640)
+        with self._backrest_lock:  # type: ignore[attr-defined]
+            with self._lock:  # type: ignore[attr-defined]
+                stanzas = {name: c.spec.backup.retention_full
+                           for name, c in self._clusters.items() if not c.deleted}  # type: ignore[attr-defined]
+            proc.write_node_file(self.settings, repo.conf,
+                                 backrest.render_conf(repo, self._repo_options(), stanzas), 0o640)
 
     def _delete_stanza(self, cluster: str) -> None:
         """A deleted service's backups go with it (a service created again under the same name
@@ -305,11 +315,11 @@ class BackupOps:
             if stop.wait(1.0) or c.deleted or c.spec.standby_of is not None or not c.spec.powered:
                 # The agent stops, or the writer is being demoted/fenced: the backup is abandoned
                 # (pgBackRest cleans the partial backup up on the next run).
-                p.terminate()
+                _signal_group(p.pid, signal.SIGTERM)  # pgbackrest and its local worker processes
                 try:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    _signal_group(p.pid, signal.SIGKILL)
                     p.wait(5)
                 break
             pct = backrest.last_percent(backrest.tail(out_file))

@@ -138,6 +138,7 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         self._etcd_healthy = False
         self._supervisor: threading.Thread | None = None
         self._ports_lock = threading.Lock()
+        self._backrest_lock = threading.Lock()  # pgbackrest.conf is written by several threads
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -170,6 +171,11 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         for c in clusters:
             if c.thread:
                 c.thread.join(timeout=STOP_TIMEOUT_S)
+        for c in clusters:  # a backup in progress is abandoned (the next run cleans it up)
+            if c.backup_pid and proc.is_running(c.backup_pid):
+                proc.signal_pid(c.backup_pid, signal.SIGTERM)
+            if c.backup_thread:
+                c.backup_thread.join(timeout=STOP_TIMEOUT_S)
         with ThreadPoolExecutor(max_workers=max(1, len(clusters))) as pool:
             list(pool.map(self._stop_cluster_processes, clusters))
         self._stop_etcd()
