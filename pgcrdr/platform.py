@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, hash_password
+from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger("pgcrdr")
 
@@ -68,15 +68,15 @@ def initialize(settings: Settings) -> Credentials:
     store = Store(settings.db_path)
     try:
         if not agent_token_file(settings).exists():
-            _write_secret(agent_token_file(settings), secrets.token_urlsafe(32))
+            _write_secret(agent_token_file(settings), new_token(32))
         password = None
         if store.get_meta("admin_email") is None:
-            password = os.environ.get("PGCRDR_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+            password = os.environ.get("PGCRDR_ADMIN_PASSWORD") or new_token(12)
             store.set_meta("admin_email", DEFAULT_ADMIN_EMAIL)
             store.set_meta("admin_password_hash", hash_password(password))
             _write_secret(settings.control_dir / "admin-password", password)
         if not token_file(settings).exists():
-            token = secrets.token_urlsafe(32)
+            token = new_token(32)
             store.add_token(token, "initial token", now_rfc3339())
             _write_secret(token_file(settings), token)
         if not store.list_projects():
@@ -99,7 +99,7 @@ def create_token(settings: Settings, description: str) -> str:
     initialize(settings)
     store = Store(settings.db_path)
     try:
-        token = secrets.token_urlsafe(32)
+        token = new_token(32)
         store.add_token(token, description, now_rfc3339())
         return token
     finally:

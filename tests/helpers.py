@@ -62,7 +62,7 @@ class RunningPlatform:
         """The real avn CLI pointed at this platform."""
         cmd = [str(VENV_BIN / "avn"), "--url", self.api_url]
         if token is not False:  # type: ignore[comparison-overlap]
-            cmd += ["--auth-token", token or self.token]
+            cmd += [f"--auth-token={token or self.token}"]
         full_env = {**self.env, "AIVEN_CONFIG_DIR": str(self.config_dir), **(env or {})}
         proc = subprocess.run(cmd + list(args), env=full_env, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)

@@ -125,8 +125,30 @@ def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> s
     """The end of the WAL a data directory holds on its latest timeline, read from the latest
     checkpoint on; None if pg_waldump cannot tell."""
     cd = cd or controldata(pg_bin, data_dir)
-    r = _waldump(pg_bin, data_dir / "pg_wal", cd.timeline, cd.checkpoint_lsn, "--quiet")
-    return parse_waldump_end(r.stdout, r.stderr)
+    wal_dir = data_dir / "pg_wal"
+    r = _waldump(pg_bin, wal_dir, cd.timeline, cd.checkpoint_lsn, "--quiet")
+    end = parse_waldump_end(r.stdout, r.stderr)
+    # A promotion writes on a new timeline before its first checkpoint names it in pg_control:
+    # read the newer timelines' segments too (pg_waldump does not follow timeline history).
+    for tli in newer_timelines(wal_dir, cd.timeline):
+        start = first_segment_at_or_after(wal_dir, tli, parse_lsn(cd.checkpoint_lsn))
+        if start is None:
+            continue
+        r = _waldump(pg_bin, wal_dir, tli, format_lsn(start), "--quiet")
+        later = parse_waldump_end(r.stdout, r.stderr)
+        if later and (end is None or parse_lsn(later) > parse_lsn(end)):
+            end = later
+    return end
+
+
+def newer_timelines(wal_dir: Path, timeline: int) -> list[int]:
+    """Timelines above ``timeline`` that have WAL segment files in ``wal_dir``, ascending."""
+    found = set()
+    for f in wal_dir.iterdir() if wal_dir.is_dir() else []:
+        n = f.name
+        if len(n) == 24 and all(ch in "0123456789ABCDEF" for ch in n) and int(n[:8], 16) > timeline:
+            found.add(int(n[:8], 16))
+    return sorted(found)
 
 
 def first_segment_at_or_after(wal_dir: Path, timeline: int, lsn: int, seg_size: int = 16 * 1024 * 1024

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -25,6 +24,7 @@ from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, verify_password
+from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger("pgcrdr.api")
 
@@ -130,7 +130,7 @@ def create_app(
         stored_hash = store.get_meta("admin_password_hash") or ""
         if email != stored_email or not verify_password(password, stored_hash):
             raise Refused(403, "Authentication failed")
-        token = secrets.token_urlsafe(32)
+        token = new_token(32)
         store.add_token(token, f"login {email}", now_rfc3339())
         return {"token": token, "state": "active", "user": _user_json(email)}
 

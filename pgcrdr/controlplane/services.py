@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import secrets
 from typing import Any
 
 from pgcrdr.config import Settings
@@ -19,6 +18,7 @@ from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUse
 from pgcrdr.controlplane.store import Store
 from pgcrdr.endpoint.render import allocate_ports
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
+from pgcrdr.security.tokens import new_token
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
 PROJECT_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,63}$")
@@ -36,7 +36,7 @@ def now_rfc3339(now: dt.datetime | None = None) -> str:
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(18)
+    return new_token(18)
 
 
 def cluster_id(project: str, service: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from pgcrdr.endpoint.render import (
     render_pgbouncer_ini,
     render_userlist,
 )
+from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class EndpointManager:
             try:
                 state = json.loads(lay.state.read_text())
             except (FileNotFoundError, ValueError):
-                state = {"admin_password": secrets.token_urlsafe(24), "paused": False}
+                state = {"admin_password": new_token(24), "paused": False}
             old_spec = EndpointSpec.model_validate(state["spec"]) if "spec" in state else None
             state["spec"] = spec.model_dump()
             self._save(lay, state)  # first: a failed start still leaves an endpoint remove() can clean

@@ -162,3 +162,10 @@ def test_max_connections_other_than_the_default_is_refused_clearly(api):
     assert api.get("/v1/project/pgcrdr/service/pg-mc").status_code == 404  # nothing was created
     body["user_config"] = {"pg": {"max_connections": 100, "work_mem": 8}}
     assert api.post("/v1/project/pgcrdr/service", json=body).status_code == 200
+
+
+def test_tokens_never_start_with_a_dash():
+    from pgcrdr.security.tokens import new_token
+
+    tokens = [new_token(4) for _ in range(2000)]  # 1 in 64 token_urlsafe values starts with "-"
+    assert not any(t.startswith("-") for t in tokens) and len(set(tokens)) > 1900

@@ -220,3 +220,13 @@ def test_failback_sources_are_tried_cheapest_first():
     assert order_by_estimate(default, {"basebackup": 1200}) == ["basebackup", "rewind", "restore"]
     assert order_by_estimate(default, {}) == default
     assert order_by_estimate(default, {"rewind": 5, "restore": 5}) == default  # ties keep the order
+
+
+def test_newer_timelines_in_a_wal_directory(tmp_path):
+    from pgcrdr.agent.wal import newer_timelines
+
+    for name in ("000000010000000000000006", "000000020000000000000007", "00000003000000000000000A.partial",
+                 "00000002.history", "archive_status"):
+        (tmp_path / name).write_text("")
+    assert newer_timelines(tmp_path, 1) == [2]
+    assert newer_timelines(tmp_path, 2) == []
