@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pgcrdr.agent.models import BackupInfo
+from pgcrdr.agent.wal import WAL_SEGMENT, format_lsn, parse_lsn, segno_of, wal_name, wal_segno
+
+__all__ = ["WAL_SEGMENT", "format_lsn", "parse_lsn", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
 
 log = logging.getLogger(__name__)
 
 PGBACKREST = "/usr/bin/pgbackrest"
-WAL_SEGMENT = 16 * 1024 * 1024
-SEGMENTS_PER_XLOGID = 0x100000000 // WAL_SEGMENT
 
 
 @dataclass(frozen=True)
@@ -110,32 +111,6 @@ def archive_command(layout: RepoLayout, stanza: str, data_dir: Path) -> str:
     return f"{PGBACKREST} --config={layout.conf} --stanza={stanza} --pg1-path={data_dir} archive-push %p"
 
 
-# --- WAL names ------------------------------------------------------------------------------
-
-def parse_lsn(lsn: str) -> int:
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def wal_name(timeline: int, segno: int) -> str:
-    return f"{timeline:08X}{segno // SEGMENTS_PER_XLOGID:08X}{segno % SEGMENTS_PER_XLOGID:08X}"
-
-
-def wal_segno(name: str) -> tuple[int, int]:
-    """(timeline, segment number) of a WAL file name."""
-    if len(name) < 24:
-        raise ValueError(f"not a WAL file name: {name!r}")
-    return int(name[:8], 16), int(name[8:16], 16) * SEGMENTS_PER_XLOGID + int(name[16:24], 16)
-
-
-def segno_of(lsn: str) -> int:
-    return parse_lsn(lsn) // WAL_SEGMENT
-
-
 # --- pgbackrest info --------------------------------------------------------------------------
 
 def _iso(ts: Any) -> str:
@@ -182,18 +157,6 @@ def stanza_problem(info: list[dict[str, Any]], stanza: str) -> str | None:
             return f"unreadable or corrupt (pgBackRest says: {message})"
         return message
     return "stanza not found in the repository"
-
-
-def running_backup(info: list[dict[str, Any]], stanza: str) -> tuple[int | None, int | None] | None:
-    """(bytes to copy, bytes copied) of a backup in progress, when pgBackRest tells."""
-    for st in info:
-        if st.get("name") != stanza:
-            continue
-        lock = ((st.get("status") or {}).get("lock") or {}).get("backup") or {}
-        if not lock.get("held"):
-            return None
-        return lock.get("size"), lock.get("size-cplt")
-    return None
 
 
 def archive_range(info: list[dict[str, Any]], stanza: str) -> tuple[str | None, str | None]:
@@ -261,17 +224,21 @@ def last_error_line(text: str) -> str:
 
 # --- running ----------------------------------------------------------------------------------
 
-def run(argv: list[str], *, user_ids: tuple[int, int] | None, env: dict[str, str] | None = None,
-        timeout: float = 3600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a pgBackRest (or PostgreSQL) command as the node user; output captured."""
+def as_node_user(user_ids: tuple[int, int] | None, env: dict[str, str] | None, cwd: Path | None) -> dict[str, Any]:
+    """``subprocess`` keyword arguments that run a command as the node user (when we are root),
+    with a minimal environment plus ``env``, in ``cwd``, without a terminal."""
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                 "HOME": str(cwd or "/tmp")}
     base_env.update(env or {})
-    return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, env=base_env, cwd=str(cwd) if cwd else None,
-        user=user_ids[0] if user_ids else None, group=user_ids[1] if user_ids else None,
-        extra_groups=[] if user_ids else None, stdin=subprocess.DEVNULL,
-    )
+    return {"env": base_env, "cwd": str(cwd) if cwd else None, "user": user_ids[0] if user_ids else None,
+            "group": user_ids[1] if user_ids else None, "extra_groups": [] if user_ids else None,
+            "stdin": subprocess.DEVNULL, "text": True}
+
+
+def run(argv: list[str], *, user_ids: tuple[int, int] | None, env: dict[str, str] | None = None,
+        timeout: float = 3600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a pgBackRest (or PostgreSQL) command as the node user; output captured."""
+    return subprocess.run(argv, capture_output=True, timeout=timeout, **as_node_user(user_ids, env, cwd))
 
 
 def info(layout: RepoLayout, stanza: str, user_ids: tuple[int, int] | None) -> list[dict[str, Any]]:

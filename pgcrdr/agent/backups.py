@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pgcrdr.agent import backrest
@@ -113,8 +115,6 @@ class BackupOps:
         opts = self._repo_options()
         try:
             if "repo1-type" not in opts and "repo1-path" not in opts:
-                import shutil
-
                 for sub in ("backup", "archive"):
                     shutil.rmtree(self.repo.repo_path / sub / cluster, ignore_errors=True)
             else:
@@ -128,10 +128,8 @@ class BackupOps:
         except Exception:  # the files only matter if the name is reused; say so in the log
             log.exception("could not delete the pgBackRest stanza of %s", cluster)
 
-    def archive_command_for(self, cluster: str, data_dir: object) -> str:
-        from pathlib import Path
-
-        return backrest.archive_command(self.repo, cluster, Path(str(data_dir)))
+    def archive_command_for(self, cluster: str, data_dir: Path) -> str:
+        return backrest.archive_command(self.repo, cluster, data_dir)
 
     def _node_ids(self) -> tuple[int, int] | None:
         return proc.node_user_ids(self.settings)
@@ -171,7 +169,7 @@ class BackupOps:
                 return i, st.lsn.timeline or 1
         return None
 
-    def _any_data_dir(self, c: ClusterRuntime) -> object | None:
+    def _any_data_dir(self, c: ClusterRuntime) -> Path | None:
         for i in (1, 2, 3):
             d = c.layout.data_dir(node_name(c.spec.cluster, i))
             if (d / "global" / "pg_control").exists():
@@ -300,15 +298,11 @@ class BackupOps:
         c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
         log.info("%s: %s backup starts from %s", c.spec.cluster, kind, name)
         t0 = time.monotonic()
-        ids = self._node_ids()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.repo.dir),
-               "PGPASSFILE": str(pgpass), "PGSSLMODE": "disable"}
+        env = {"PGPASSFILE": str(pgpass), "PGSSLMODE": "disable"}
         out_file = c.layout.dir / "backup.log"  # pgBackRest's detail output: a line per file with its %
         with open(out_file, "w") as out_f:
-            p = subprocess.Popen(argv, stdout=out_f, stderr=subprocess.STDOUT, text=True, env=env,
-                                 cwd=str(self.repo.dir), user=ids[0] if ids else None,
-                                 group=ids[1] if ids else None, extra_groups=[] if ids else None,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            p = subprocess.Popen(argv, stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True,
+                                 **backrest.as_node_user(self._node_ids(), env, self.repo.dir))
         c.backup_pid = p.pid
         stop: threading.Event = self._stop  # type: ignore[attr-defined]
         while p.poll() is None:
@@ -327,7 +321,7 @@ class BackupOps:
                 run = run.model_copy(update={"done": int(size * pct / 100)})
                 c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
         p.wait()
-        out, err = "", backrest.tail(out_file, 4000)
+        output = backrest.tail(out_file, 4000)
         c.backup_pid = None
         c.backup_status = c.backup_status.model_copy(update={"running": None})  # type: ignore[union-attr]
         if p.returncode == 0:
@@ -337,7 +331,7 @@ class BackupOps:
         else:
             c.backup_failed_at = time.time()
             why = (f"pgbackrest was killed by signal {-p.returncode}" if p.returncode < 0
-                   else backrest.last_error_line(err or out))
+                   else backrest.last_error_line(output))
             log.warning("%s: %s backup failed (exit %s): %s", c.spec.cluster, kind, p.returncode, why)
             self._backup_error(c, f"{kind} backup failed: {why}")
         self._refresh_info(c, force=True)

@@ -184,6 +184,20 @@ class CrdrOps:
             log.info("end of WAL of %s unknown: %s", data_dir, exc)
         return cd, max_lsn(cd.checkpoint_lsn, end, cd.min_recovery_lsn)
 
+    def _most_advanced_node(self, c: ClusterRuntime) -> tuple[str, ControlData, str | None] | None:
+        """(node, control data, end of WAL) of the node whose data directory is furthest ahead
+        (highest timeline, then position); None when no node has data."""
+        best: tuple[tuple[int, int], str, ControlData, str | None] | None = None
+        for i in (1, 2, 3):
+            name = node_name(c.spec.cluster, i)
+            cd, end = self._disk_lsn(c.layout.data_dir(name))
+            if cd is None:
+                continue
+            key = (cd.timeline, parse_lsn(end or cd.checkpoint_lsn))
+            if best is None or key > best[0]:
+                best = (key, name, cd, end)
+        return best[1:] if best else None
+
     # --- LSN, checkpoint ---------------------------------------------------------------------
 
     def lsn(self, cluster: str) -> LsnInfo:
@@ -434,24 +448,17 @@ class CrdrOps:
         c = self._cluster(cluster)
         self._lock_cluster(c, 60)
         try:
-            best: tuple[tuple[int, int], str, ControlData, str | None] | None = None
             for i in (1, 2, 3):
                 name = node_name(cluster, i)
-                data_dir = c.layout.data_dir(name)
-                if proc.postmaster_pid(data_dir) or proc.is_running(c.nodes[i].pid):
+                if proc.postmaster_pid(c.layout.data_dir(name)) or proc.is_running(c.nodes[i].pid):
                     raise Conflict(f"{name} of {cluster} is running; fence the cluster before preserving its data")
-                cd, end = self._disk_lsn(data_dir)
-                if cd is None:
-                    continue
-                key = (cd.timeline, parse_lsn(end or cd.checkpoint_lsn))
-                if best is None or key > best[0]:
-                    best = (key, name, cd, end)
+            best = self._most_advanced_node(c)
             if best is None:
                 # The disk of the old writer is gone: nothing to keep; the rebuild that follows
                 # restores from the region's backups or copies the active service.
                 log.info("%s: no data directory left to preserve", cluster)
                 return PreserveResult(path="", bytes=0, end_lsn=None, commits=[])
-            _, name, cd, end = best
+            name, cd, end = best
             root = c.layout.dir / "preserved"
             for meta in sorted(root.glob("*/preserve.json"), reverse=True):
                 try:

@@ -117,25 +117,13 @@ class RebuildOps:
                 name = node_name(cluster, i)
                 if proc.is_running(c.nodes[i].pid) or proc.postmaster_pid(c.layout.data_dir(name)):
                     raise Conflict(f"{name} of {cluster} is running; stop (fence) the cluster before rebuilding it")
-            node = self._rebuild_node(c)
+            best = self._most_advanced_node(c)  # type: ignore[attr-defined]
+            node = best[0] if best else node_name(cluster, 1)
             c.rebuild = RebuildState(request_id=req.request_id, node=node, started=now_iso())
             c.rebuild_active = True
             self._save_rebuild(c)
         threading.Thread(target=self._rebuild_run, args=(c, req), name=f"rebuild-{cluster}", daemon=True).start()
         return c.rebuild
-
-    def _rebuild_node(self, c: ClusterRuntime) -> str:
-        """The node with the most advanced data directory (node 1 when none has data)."""
-        best: tuple[tuple[int, int], str] | None = None
-        for i in (1, 2, 3):
-            name = node_name(c.spec.cluster, i)
-            cd, end = self._disk_lsn(c.layout.data_dir(name))  # type: ignore[attr-defined]
-            if cd is None:
-                continue
-            key = (cd.timeline, backrest.parse_lsn(end or cd.checkpoint_lsn))
-            if best is None or key > best[0]:
-                best = (key, name)
-        return best[1] if best else node_name(c.spec.cluster, 1)
 
     def _set(self, c: ClusterRuntime, **changes: object) -> None:
         assert c.rebuild is not None
@@ -241,12 +229,8 @@ class RebuildOps:
                            parse: str) -> tuple[int, str]:
         """Run ``argv`` as the node user; follow its progress output into the rebuild state."""
         ids = proc.node_user_ids(self.settings)  # type: ignore[attr-defined]
-        base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                    "HOME": str(c.layout.dir)}
-        base_env.update(env)
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=base_env,
-                             cwd=str(c.layout.dir), user=ids[0] if ids else None, group=ids[1] if ids else None,
-                             extra_groups=[] if ids else None, stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                             **backrest.as_node_user(ids, env, c.layout.dir))
         out: list[str] = []
         deadline = time.monotonic() + REBUILD_TIMEOUT_S
         assert p.stdout is not None

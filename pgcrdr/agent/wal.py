@@ -29,6 +29,35 @@ def format_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
+WAL_SEGMENT = 16 * 1024 * 1024
+SEGMENTS_PER_XLOGID = 0x100000000 // WAL_SEGMENT
+
+
+def wal_name(timeline: int, segno: int) -> str:
+    return f"{timeline:08X}{segno // SEGMENTS_PER_XLOGID:08X}{segno % SEGMENTS_PER_XLOGID:08X}"
+
+
+def wal_segno(name: str) -> tuple[int, int]:
+    """(timeline, segment number) of a WAL file name."""
+    if len(name) < 24:
+        raise ValueError(f"not a WAL file name: {name!r}")
+    return int(name[:8], 16), int(name[8:16], 16) * SEGMENTS_PER_XLOGID + int(name[16:24], 16)
+
+
+def segno_of(lsn: str) -> int:
+    return parse_lsn(lsn) // WAL_SEGMENT
+
+
+def segment_files(wal_dir: Path) -> list[tuple[int, int]]:
+    """(timeline, segment number) of every complete WAL segment file in ``wal_dir``."""
+    out = []
+    for f in wal_dir.iterdir() if wal_dir.is_dir() else []:
+        n = f.name
+        if len(n) == 24 and all(ch in "0123456789ABCDEF" for ch in n):
+            out.append(wal_segno(n))
+    return out
+
+
 def max_lsn(*values: str | None) -> str | None:
     """The most advanced of some LSNs (None ignored)."""
     known = [v for v in values if v]
@@ -143,28 +172,13 @@ def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> s
 
 def newer_timelines(wal_dir: Path, timeline: int) -> list[int]:
     """Timelines above ``timeline`` that have WAL segment files in ``wal_dir``, ascending."""
-    found = set()
-    for f in wal_dir.iterdir() if wal_dir.is_dir() else []:
-        n = f.name
-        if len(n) == 24 and all(ch in "0123456789ABCDEF" for ch in n) and int(n[:8], 16) > timeline:
-            found.add(int(n[:8], 16))
-    return sorted(found)
+    return sorted({tli for tli, _ in segment_files(wal_dir) if tli > timeline})
 
 
-def first_segment_at_or_after(wal_dir: Path, timeline: int, lsn: int, seg_size: int = 16 * 1024 * 1024
-                              ) -> int | None:
+def first_segment_at_or_after(wal_dir: Path, timeline: int, lsn: int) -> int | None:
     """Start LSN of the first WAL segment file of ``timeline`` in ``wal_dir`` at or after ``lsn``."""
-    per_id = 0x100000000 // seg_size
-    want = lsn // seg_size
-    found = []
-    for f in wal_dir.iterdir() if wal_dir.is_dir() else []:
-        name = f.name
-        if len(name) != 24 or not all(ch in "0123456789ABCDEF" for ch in name) or int(name[:8], 16) != timeline:
-            continue
-        segno = int(name[8:16], 16) * per_id + int(name[16:24], 16)
-        if segno >= want:
-            found.append(segno)
-    return min(found) * seg_size if found else None
+    found = [seg for tli, seg in segment_files(wal_dir) if tli == timeline and seg >= lsn // WAL_SEGMENT]
+    return min(found) * WAL_SEGMENT if found else None
 
 
 _MISSING_SEGMENT = re.compile(r'could not find file "([0-9A-F]{24})": No such file')

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from pgcrdr.agent.models import ClusterStatus, NodeStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import PLANS
+from pgcrdr.controlplane.lag import pair_lag
 from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
 from pgcrdr.controlplane.store import Store
 
@@ -232,8 +233,6 @@ def dr_status_json(svc: ServiceRecord, store: Store) -> dict:
         # the active writer's position minus what the passive side replayed (across regions)
         other = store.get_service(svc.project, svc.dr_peer) if passive is svc else svc
         if other is not None:
-            from pgcrdr.controlplane.lag import pair_lag
-
             lag_bytes = pair_lag(passive, other, 0.0).lag_bytes
     running = next((o for o in ops if o.state == "running"), None)
     return {

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from dataclasses import asdict, dataclass
 
+from pgcrdr.agent.wal import parse_lsn
 from pgcrdr.controlplane.records import ServiceRecord
 
 
@@ -32,10 +33,8 @@ def pair_key(svc: ServiceRecord) -> str | None:
 
 
 def lsn_int(lsn: str | None) -> int | None:
-    if not lsn:
-        return None
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
+    """An LSN as a number; None for none."""
+    return parse_lsn(lsn) if lsn else None
 
 
 def pair_lag(a: ServiceRecord, b: ServiceRecord, t: float) -> LagSample:

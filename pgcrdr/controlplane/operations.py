@@ -28,6 +28,7 @@ from pgcrdr.agent.models import (
 )
 from pgcrdr.controlplane.crdr import slot_for, standby_source_for
 from pgcrdr.controlplane.decide import cluster_spec
+from pgcrdr.controlplane.lag import lsn_int, pair_lag
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store
@@ -38,12 +39,6 @@ MAX_LAG_BYTES = 64 * 1024 * 1024  # refuse a planned switch when the target is f
 CONFIRM_TIMEOUT_S = 10.0
 IN_SYNC_LAG_BYTES = 16 * 1024 * 1024  # a rebuilt passive side is "in sync" this close to the writer
 
-
-def lsn_int(lsn: str | None) -> int | None:
-    if not lsn:
-        return None
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 def _fault_point(kind: str, step: str) -> None:
@@ -204,7 +199,7 @@ class OperationRunner:
         if op.kind in ("setup", "failback_restore"):
             # Streaming is not enough: REBUILDING until the passive side has caught up, so that the
             # next planned move (which refuses a lagging target) can follow at once.
-            lag = self._lag_bytes(active, passive)
+            lag = pair_lag(active, passive, 0.0).lag_bytes
             if lag is None or lag > IN_SYNC_LAG_BYTES:
                 raise Wait(f"{passive.name} streams and is catching up"
                            + (f": {lag} bytes behind" if lag is not None else ""))
@@ -213,19 +208,6 @@ class OperationRunner:
         if op.kind == "failback_restore" and isinstance(op.data.get("restore"), dict):
             return self._restore_caught_up(op, passive)
         return f"{passive.name} streams from the active service"
-
-    @staticmethod
-    def _lag_bytes(active: ServiceRecord, passive: ServiceRecord) -> int | None:
-        """Bytes between the active writer's position and what the passive side replayed, as the
-        two regions last reported them."""
-        a = active.status.lsn if active.status else None
-        p = passive.status.lsn if passive.status else None
-        if a is None or p is None or a.in_recovery or not a.current_lsn:
-            return None
-        written, replayed = lsn_int(a.current_lsn), lsn_int(p.replay_lsn or p.receive_lsn)
-        if written is None or replayed is None:
-            return None
-        return max(0, written - replayed)
 
     def _restore_caught_up(self, op: OperationRecord, passive: ServiceRecord) -> str:
         """Complete the restore record: the WAL streamed from the active service since the

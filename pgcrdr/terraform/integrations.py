@@ -120,18 +120,11 @@ class ServiceIntegration(_Base, Resource):
         return None
 
     def import_(self, ctx: ImportContext, id: str) -> dict | None:
-        client = self._client(ctx.diagnostics)
-        if client is None:
+        got = self._import_fetch(ctx, id, "INTEGRATION_ID",
+                                 lambda client, project, iid: client.get_integration(project, iid))
+        if got is None:
             return None
-        try:
-            project, integration_id = mapping.split_id(id, "INTEGRATION_ID")
-            integ = client.get_integration(project, integration_id)
-        except ValueError as exc:
-            ctx.diagnostics.add_error(str(exc))
-            return None
-        except ApiError as exc:
-            ctx.diagnostics.add_error(f"Cannot import {id}: {exc.message}", exc.where)
-            return None
+        project, integration_id, integ = got
         if integ is None:
             ctx.diagnostics.add_error(f"Cannot import {id}: service integration {integration_id} does not exist")
             return None

@@ -90,6 +90,21 @@ class _Base:
                             "Set api_token (or AIVEN_TOKEN) and AIVEN_WEB_URL (or api_url)")
         return client
 
+    def _import_fetch(self, ctx: Any, id: str, label: str, fetch: Any) -> tuple[str, str, Any] | None:
+        """``terraform import PROJECT/<label>``: (project, key, what ``fetch(client, project, key)``
+        returned), or None with the reason added to the diagnostics."""
+        client = self._client(ctx.diagnostics)
+        if client is None:
+            return None
+        try:
+            project, key = mapping.split_id(id, label)
+            return project, key, fetch(client, project, key)
+        except ValueError as exc:
+            ctx.diagnostics.add_error(str(exc))
+        except ApiError as exc:
+            ctx.diagnostics.add_error(f"Cannot import {id}: {exc.message}", exc.where)
+        return None
+
 
 class PgService(_Base, Resource):
     """A PostgreSQL service, as the real provider's ``aiven_pg``."""
@@ -192,19 +207,9 @@ class PgService(_Base, Resource):
         return None
 
     def import_(self, ctx: ImportContext, id: str) -> dict | None:
-        client = self._client(ctx.diagnostics)
-        if client is None:
-            return None
-        try:
-            project, name = mapping.split_id(id, "SERVICE_NAME")
-            svc = client.get_service(project, name)
-        except ValueError as exc:
-            ctx.diagnostics.add_error(str(exc))
-            return None
-        except ApiError as exc:
-            ctx.diagnostics.add_error(f"Cannot import {id}: {exc.message}", exc.where)
-            return None
-        return mapping.service_state(svc)
+        got = self._import_fetch(ctx, id, "SERVICE_NAME",
+                                 lambda client, project, name: client.get_service(project, name))
+        return mapping.service_state(got[2]) if got else None
 
 
 class PostgresqlService(PgService):

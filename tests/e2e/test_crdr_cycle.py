@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from pgcrdr.controlplane.services import cluster_id
-from tests.helpers import RunningPlatform, Writer, WriterProbe, wait_for
+from tests import helpers
+from tests.helpers import RunningPlatform, Writer, WriterProbe, dr_status, wait_for
 
 PROJECT = "pgcrdr"
 PRI, REC = "pg-primary", "pg-primary-dr"
@@ -32,20 +33,12 @@ def state_role(p: RunningPlatform, name: str) -> dict:
 
 
 def dr(p: RunningPlatform, name: str) -> dict:
-    with p.api() as c:
-        return c.get(f"/v1/project/{PROJECT}/service/{name}/disaster-recovery").json()
+    return dr_status(p, PROJECT, name)
 
 
 def wait_operation(p: RunningPlatform, name: str, kind: str, timeout: float = 180) -> dict:
-    """Wait until the pair's latest operation of ``kind`` has finished; return it."""
-    def finished() -> dict | None:
-        d = dr(p, name)
-        if d["operation"] is not None:
-            return None
-        done = [o for o in d["history"] if o["kind"] == kind]
-        return done[-1] if done else None
-
-    op = wait_for(f"the {kind} operation to finish", finished, timeout=timeout)
+    """Wait until the pair's latest operation of ``kind`` has finished; it must have succeeded."""
+    op = helpers.wait_operation(p, PROJECT, name, kind, timeout=timeout)
     assert op["state"] == "done", json.dumps(op, indent=1)
     return op
 
