@@ -91,6 +91,20 @@ def _regions_from_env(base: int) -> list[RegionConfig]:
     ]
 
 
+def _seconds(name: str, default: float, low: float, high: float) -> float:
+    """A duration setting from the environment, refused clearly when it is not a number in range."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw[:40]!r} is not a number of seconds") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value:g} is out of range: use {low:g} to {high:g} seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -100,6 +114,12 @@ class Settings:
     node_venv: Path = DEFAULT_NODE_VENV
     pg_bin_dir: Path = PG_BIN_DIR
     regions: list[RegionConfig] = field(default_factory=list)
+    # The whole window in which a planned move holds pooled writes (PAUSE ... RESUME): past it
+    # the pooler is resumed at once and the move undone (PGCRDR_PAUSE_DEADLINE, seconds).
+    pause_deadline_s: float = 5.0
+    # How long a step that changed nothing yet retries a part that does not answer before the
+    # operation fails, saying so (PGCRDR_RETRY_BOUND, seconds).
+    retry_bound_s: float = 30.0
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None,
@@ -114,6 +134,8 @@ class Settings:
             node_venv=Path(os.environ.get("PGCRDR_NODE_VENV", DEFAULT_NODE_VENV)),
             pg_bin_dir=Path(os.environ.get("PGCRDR_PG_BIN", PG_BIN_DIR)),
             regions=_regions_from_env(base + offset),
+            pause_deadline_s=_seconds("PGCRDR_PAUSE_DEADLINE", 5.0, 0.5, 120.0),
+            retry_bound_s=_seconds("PGCRDR_RETRY_BOUND", 30.0, 1.0, 3600.0),
         )
 
     @property

@@ -28,6 +28,7 @@ from pgcrdr.agent.models import (
     RebuildRequest,
     RebuildState,
     RegionHealth,
+    RequestState,
 )
 from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
 from pgcrdr.agent.validation import source_problems, spec_problems
@@ -151,6 +152,12 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
     @app.post("/clusters/{cluster}/promote")
     def promote(cluster: str, req: PromoteRequest) -> PromoteResult:
         return crdr_call(cluster, runtime.promote, req)
+
+    @app.post("/clusters/{cluster}/requests/{request_id}/cancel")
+    def cancel_request(cluster: str, request_id: str) -> RequestState:
+        if not 1 <= len(request_id) <= 64:
+            raise ApiError(400, "request id must be 1 to 64 characters")
+        return crdr_call(cluster, runtime.cancel_request, request_id)
 
     @app.post("/clusters/{cluster}/fence")
     def fence(cluster: str, req: FenceRequest) -> FenceResult:

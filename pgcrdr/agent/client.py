@@ -45,6 +45,7 @@ from pgcrdr.agent.models import (
     RebuildRequest,
     RebuildState,
     RegionHealth,
+    RequestState,
 )
 from pgcrdr.agent.models import BackupStatus
 
@@ -83,21 +84,24 @@ class AgentClient:
     def health(self) -> RegionHealth:
         return RegionHealth.model_validate(self._request("GET", "/health").json())
 
-    def put_cluster(self, spec: ClusterSpec) -> ClusterStatus:
-        resp = self._request("PUT", f"/clusters/{spec.cluster}", json=spec.model_dump(mode="json"))
+    def put_cluster(self, spec: ClusterSpec, timeout: float | None = None) -> ClusterStatus:
+        kw = {"timeout": timeout} if timeout is not None else {}
+        resp = self._request("PUT", f"/clusters/{spec.cluster}", json=spec.model_dump(mode="json"), **kw)
         return ClusterStatus.model_validate(resp.json())
 
-    def get_cluster(self, cluster: str) -> ClusterStatus | None:
+    def get_cluster(self, cluster: str, timeout: float | None = None) -> ClusterStatus | None:
+        kw = {"timeout": timeout} if timeout is not None else {}
         try:
-            resp = self._request("GET", f"/clusters/{cluster}")
+            resp = self._request("GET", f"/clusters/{cluster}", **kw)
         except AgentError as exc:
             if exc.status == 404:
                 return None
             raise
         return ClusterStatus.model_validate(resp.json())
 
-    def list_clusters(self) -> list[ClusterStatus]:
-        data = self._request("GET", "/clusters").json()
+    def list_clusters(self, timeout: float | None = None) -> list[ClusterStatus]:
+        kw = {"timeout": timeout} if timeout is not None else {}
+        data = self._request("GET", "/clusters", **kw).json()
         return [ClusterStatus.model_validate(c) for c in data["clusters"]]
 
     def delete_cluster(self, cluster: str) -> None:
@@ -113,21 +117,30 @@ class AgentClient:
         return KillResult.model_validate(resp.json())
 
     # --- CRDR primitives ------------------------------------------------------------------
-    def lsn(self, cluster: str) -> LsnInfo:
-        return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn").json())
+    def lsn(self, cluster: str, timeout: float | None = None) -> LsnInfo:
+        kw = {"timeout": timeout} if timeout is not None else {}
+        return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn", **kw).json())
 
-    def checkpoint(self, cluster: str) -> LsnInfo:
-        return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint").json())
+    def checkpoint(self, cluster: str, timeout: float | None = None) -> LsnInfo:
+        kw = {"timeout": timeout} if timeout is not None else {}
+        return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint", **kw).json())
 
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
+        """Answers within ``req.timeout`` plus a margin for the answer itself."""
         resp = self._request("POST", f"/clusters/{cluster}/demote", json=req.model_dump(mode="json"),
-                             timeout=req.timeout + 10)
+                             timeout=req.timeout + 2)
         return DemoteResult.model_validate(resp.json())
 
     def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
         resp = self._request("POST", f"/clusters/{cluster}/promote", json=req.model_dump(mode="json"),
-                             timeout=req.timeout + 10)
+                             timeout=req.timeout + 2)
         return PromoteResult.model_validate(resp.json())
+
+    def cancel_request(self, cluster: str, request_id: str, timeout: float | None = None) -> RequestState:
+        """Cancel a demote/promote request id unless it ran: what became of it."""
+        kw = {"timeout": timeout} if timeout is not None else {}
+        resp = self._request("POST", f"/clusters/{cluster}/requests/{request_id}/cancel", **kw)
+        return RequestState.model_validate(resp.json())
 
     def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
         resp = self._request("POST", f"/clusters/{cluster}/fence", json=req.model_dump(mode="json"), timeout=60)

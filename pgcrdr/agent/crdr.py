@@ -17,6 +17,8 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from pgcrdr.agent.models import (
     PreserveResult,
     PromoteRequest,
     PromoteResult,
+    RequestState,
 )
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
 from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
@@ -218,75 +221,129 @@ class CrdrOps:
             conn.execute("CHECKPOINT")  # a restartpoint on a standby leader: harmless
             return lsn_info(conn, node_name(cluster, idx))
 
+    # --- request ids ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _tracked(self, c: ClusterRuntime, request_id: str | None) -> Iterator[None]:
+        """Record what becomes of a request id. A cancelled id is refused (409) and changes
+        nothing: the control plane cancels an id whose answer it lost before it undoes a move,
+        so a late delivery (an agent frozen with the request in its socket) cannot act after
+        the undo."""
+        if request_id is None:
+            yield
+            return
+        Conflict = _errors()[1]
+        with self._lock:  # type: ignore[attr-defined]
+            cur = c.requests.get(request_id)
+            if cur is not None and cur.state == "cancelled":
+                raise Conflict(f"request {request_id} was cancelled by the control plane; nothing was done")
+            c.requests[request_id] = RequestState(request_id=request_id, state="running")
+            if len(c.requests) > 200:  # keep the newest; ids are per operation step
+                for k in list(c.requests)[:-200]:
+                    c.requests.pop(k, None)
+        try:
+            yield
+        except BaseException as exc:
+            state = "refused" if isinstance(exc, Conflict) else "failed"
+            with self._lock:  # type: ignore[attr-defined]
+                c.requests[request_id] = RequestState(request_id=request_id, state=state,  # type: ignore[arg-type]
+                                                      message=str(exc)[:300])
+            raise
+        with self._lock:  # type: ignore[attr-defined]
+            c.requests[request_id] = RequestState(request_id=request_id, state="done")
+
+    def cancel_request(self, cluster: str, request_id: str) -> RequestState:
+        """Cancel ``request_id`` unless it already ran (or runs): its state afterwards."""
+        c = self._cluster(cluster)
+        with self._lock:  # type: ignore[attr-defined]
+            cur = c.requests.get(request_id)
+            if cur is None or cur.state in ("queued", "cancelled"):
+                cur = c.requests[request_id] = RequestState(request_id=request_id, state="cancelled")
+            return cur
+
+    def _check_cancelled(self, c: ClusterRuntime, request_id: str | None) -> None:
+        if request_id is None:
+            return
+        with self._lock:  # type: ignore[attr-defined]
+            cur = c.requests.get(request_id)
+        if cur is not None and cur.state == "cancelled":
+            raise _errors()[1](f"request {request_id} was cancelled by the control plane; nothing was done")
+
     # --- demote --------------------------------------------------------------------------------
 
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
         """Make the cluster a standby cluster of ``req.standby_of``; return once its writer's
         postmaster is gone (not when Patroni has restarted it as a standby, ~2 s later)."""
-        _, Conflict, Timeout = _errors()
-        t0 = time.monotonic()
-        deadline = t0 + req.timeout
         c = self._cluster(cluster)
+        self._check_cancelled(c, req.request_id)
+        t0 = time.monotonic()
         self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
-        steps = {"locked": time.monotonic() - t0}
         try:
-            roles = self._roles(c)
-            steps["roles"] = time.monotonic() - t0
-            writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
-            if not writers:
-                if c.spec.standby_of == req.standby_of:
-                    # Already done (a retry): the last result, or what the disk says now.
-                    if c.last_demote is not None:
-                        return c.last_demote
-                    idx = next((i for i, r in roles.items() if r == "standby_leader"), 1)
-                    name = node_name(cluster, idx)
-                    _, lsn = self._disk_lsn(c.layout.data_dir(name))
-                    return DemoteResult(node=name, final_lsn=lsn or "0/0", writer_down_s=0.0)
-                if c.spec.standby_of is not None and roles:
-                    # A standby cluster pointed at another source: re-point it.
-                    return self._repoint(c, req, roles, t0)
-                if any(proc.is_running(c.nodes[i].pid) for i in (1, 2, 3)):
-                    raise Conflict(f"cluster {cluster} has no running writer right now "
-                                   f"(roles {roles or 'unknown'}); retry once Patroni has elected one")
-                raise Conflict(f"cluster {cluster} is not running; use fence to make a stopped cluster "
-                               "a standby of another")
-            idx = writers[0]
-            name = node_name(cluster, idx)
-            data_dir = c.layout.data_dir(name)
-            pm = proc.postmaster_pid(data_dir)
-            current, _ = dcs.read_config(self.region, cluster, self.settings.host)
-            new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
-            # Persist first: whatever happens next, this cluster only ever comes back as a standby.
-            self._persist_spec(c.layout, new_spec)
-            c.spec = new_spec
-            patch = dcs.dcs_patch(new_spec, current or {}) or {}
-            patch.setdefault("standby_cluster", dcs.standby_cluster_config(req.standby_of))
-            steps["persisted"] = time.monotonic() - t0
-            how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
-            steps["patched"] = time.monotonic() - t0
-            log.info("%s: demoting writer %s to a standby cluster of %s:%s (%s)", cluster, name,
-                     req.standby_of.host, req.standby_of.port, how)
-            pid_file = data_dir / "postmaster.pid"
-            while pid_file.exists() and proc.is_running(pm):
-                if time.monotonic() >= deadline:
-                    raise Timeout(f"writer {name} of {cluster} still running {req.timeout:.0f} s after it was told "
-                                  "to become a standby; the cluster is left as it is (standby_of set)")
-                time.sleep(POLL_DOWN_S)
-            down_s = time.monotonic() - t0
-            cd = self._controldata(data_dir)
-            final = cd.checkpoint_lsn if cd else None
-            if cd is None or cd.state != "shut down":
-                # not a clean shutdown (killed?): the end of WAL is the honest final position
-                _, final = self._disk_lsn(data_dir)
-            result = DemoteResult(node=name, final_lsn=final or "0/0", writer_down_s=round(down_s, 4))
-            c.last_demote = result
-            self._save_result(c, "demote", result)
-            log.info("%s: writer %s down after %.3f s, final LSN %s (%s); steps %s", cluster, name, down_s,
-                     result.final_lsn, cd.state if cd else "no control data",
-                     " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
-            return result
+            with self._tracked(c, req.request_id):
+                return self._demote(c, req, t0)
         finally:
             c.act_lock.release()
+
+    def _demote(self, c: ClusterRuntime, req: DemoteRequest, t0: float) -> DemoteResult:
+        _, Conflict, Timeout = _errors()
+        cluster = c.spec.cluster
+        deadline = t0 + req.timeout
+        steps = {"locked": time.monotonic() - t0}
+        roles = self._roles(c)
+        steps["roles"] = time.monotonic() - t0
+        writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
+        if not writers:
+            if c.spec.standby_of == req.standby_of:
+                # Already done (a retry): the last result, or what the disk says now.
+                if c.last_demote is not None:
+                    return c.last_demote
+                idx = next((i for i, r in roles.items() if r == "standby_leader"), 1)
+                name = node_name(cluster, idx)
+                _, lsn = self._disk_lsn(c.layout.data_dir(name))
+                return DemoteResult(node=name, final_lsn=lsn or "0/0", writer_down_s=0.0)
+            if c.spec.standby_of is not None and roles:
+                # A standby cluster pointed at another source: re-point it.
+                return self._repoint(c, req, roles, t0)
+            if any(proc.is_running(c.nodes[i].pid) for i in (1, 2, 3)):
+                raise Conflict(f"cluster {cluster} has no running writer right now "
+                               f"(roles {roles or 'unknown'}); retry once Patroni has elected one")
+            raise Conflict(f"cluster {cluster} is not running; use fence to make a stopped cluster "
+                           "a standby of another")
+        idx = writers[0]
+        name = node_name(cluster, idx)
+        data_dir = c.layout.data_dir(name)
+        pm = proc.postmaster_pid(data_dir)
+        current, _ = dcs.read_config(self.region, cluster, self.settings.host)
+        new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
+        # Persist first: whatever happens next, this cluster only ever comes back as a standby.
+        self._persist_spec(c.layout, new_spec)
+        c.spec = new_spec
+        patch = dcs.dcs_patch(new_spec, current or {}) or {}
+        patch.setdefault("standby_cluster", dcs.standby_cluster_config(req.standby_of))
+        steps["persisted"] = time.monotonic() - t0
+        how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
+        steps["patched"] = time.monotonic() - t0
+        log.info("%s: demoting writer %s to a standby cluster of %s:%s (%s)", cluster, name,
+                 req.standby_of.host, req.standby_of.port, how)
+        pid_file = data_dir / "postmaster.pid"
+        while pid_file.exists() and proc.is_running(pm):
+            if time.monotonic() >= deadline:
+                raise Timeout(f"writer {name} of {cluster} still running {req.timeout:.0f} s after it was told "
+                              "to become a standby; the cluster is left as it is (standby_of set)")
+            time.sleep(POLL_DOWN_S)
+        down_s = time.monotonic() - t0
+        cd = self._controldata(data_dir)
+        final = cd.checkpoint_lsn if cd else None
+        if cd is None or cd.state != "shut down":
+            # not a clean shutdown (killed?): the end of WAL is the honest final position
+            _, final = self._disk_lsn(data_dir)
+        result = DemoteResult(node=name, final_lsn=final or "0/0", writer_down_s=round(down_s, 4))
+        c.last_demote = result
+        self._save_result(c, "demote", result)
+        log.info("%s: writer %s down after %.3f s, final LSN %s (%s); steps %s", cluster, name, down_s,
+                 result.final_lsn, cd.state if cd else "no control data",
+                 " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
+        return result
 
     def _repoint(self, c: ClusterRuntime, req: DemoteRequest, roles: dict[int, str], t0: float) -> DemoteResult:
         current, _ = dcs.read_config(self.region, c.spec.cluster, self.settings.host)
@@ -306,77 +363,108 @@ class CrdrOps:
     def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
         """Turn a standby cluster into the writer: remove its standby_cluster and poll
         pg_is_in_recovery() every 20 ms (pg_promote(wait) would poll every 100 ms)."""
-        _, Conflict, Timeout = _errors()
-        t0 = time.monotonic()
-        deadline = t0 + req.timeout
         c = self._cluster(cluster)
+        self._check_cancelled(c, req.request_id)
+        t0 = time.monotonic()
         self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
-        steps = {"locked": time.monotonic() - t0}
         try:
-            roles = self._roles(c)
-            steps["roles"] = time.monotonic() - t0
-            writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
-            if writers and c.spec.standby_of is None:
-                if c.last_promote is not None and c.last_promote.node == node_name(cluster, writers[0]):
-                    return c.last_promote
-                name = node_name(cluster, writers[0])
-                with connect_superuser(c.spec, c.ports.pg(writers[0]), self.settings.host) as conn:
-                    info = lsn_info(conn, name)
-                    switch = timeline_switch_point(conn, info.timeline or 1)
-                return PromoteResult(node=name, promoted_s=0.0, switch_lsn=switch, timeline=info.timeline)
-            leaders = [i for i, r in sorted(roles.items()) if r == "standby_leader"]
-            if not leaders:
-                raise Conflict(f"cluster {cluster} has no running standby leader to promote "
-                               f"(roles {roles or 'none running'}); power it on and wait until it streams")
-            idx = leaders[0]
-            name = node_name(cluster, idx)
-            port = c.ports.pg(idx)
-            conn = connect_superuser(c.spec, port, self.settings.host)
-            steps["connected"] = time.monotonic() - t0
-            try:
-                before = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
-                current, _ = dcs.read_config(self.region, cluster, self.settings.host)
-                steps["config read"] = time.monotonic() - t0
-                old_spec = c.spec
-                new_spec = c.spec.model_copy(update={"standby_of": None})
-                # Persist first: an agent restarted after the PATCH must not demote it again.
-                self._persist_spec(c.layout, new_spec)
-                c.spec = new_spec
-                patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
-                try:
-                    how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
-                except Exception:
-                    self._persist_spec(c.layout, old_spec)
-                    c.spec = old_spec
-                    raise
-                steps["patched"] = time.monotonic() - t0
-                log.info("%s: promoting standby leader %s (%s)", cluster, name, how)
-                while True:
-                    try:
-                        if conn.closed:
-                            conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
-                        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                            break
-                    except psycopg.Error:
-                        conn.close()
-                    if time.monotonic() >= deadline:
-                        raise Timeout(f"{name} of {cluster} still in recovery {req.timeout:.0f} s after its "
-                                      "standby_cluster was removed; left as it is (standby_of cleared)")
-                    time.sleep(POLL_PROMOTE_S)
-                promoted_s = time.monotonic() - t0
-                info = lsn_info(conn, name)
-                switch = timeline_switch_point(conn, info.timeline or 1) or before
-            finally:
-                conn.close()
-            result = PromoteResult(node=name, promoted_s=round(promoted_s, 4), switch_lsn=switch,
-                                   timeline=info.timeline)
-            c.last_promote = result
-            self._save_result(c, "promote", result)
-            log.info("%s: %s promoted in %.3f s, timeline %s forks at %s; steps %s", cluster, name, promoted_s,
-                     info.timeline, switch, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
-            return result
+            with self._tracked(c, req.request_id):
+                return self._promote(c, req, t0)
         finally:
             c.act_lock.release()
+
+    def _stop_stuck_writer(self, c: ClusterRuntime, deadline: float) -> dict[int, str]:
+        """A node whose postmaster runs while Patroni reports no running leader (a writer stuck
+        in its shutdown, e.g. waiting on a frozen walsender) is stopped at once; then wait for
+        Patroni to restart a leader. Crash recovery keeps every commit flushed on that node."""
+        killed = []
+        for i in range(1, c.spec.node_count + 1):
+            pm = proc.postmaster_pid(c.layout.data_dir(node_name(c.spec.cluster, i)))
+            if pm:
+                killed += proc.kill_postmaster_tree(pm)
+        if killed:
+            log.warning("%s: writer stuck shutting down: SIGKILLed %s so that it restarts", c.spec.cluster, killed)
+            proc.wait_gone(killed, 5)
+        while time.monotonic() < deadline:
+            roles = self._roles(c)
+            if any(r in ("primary", "master", "standby_leader") for r in roles.values()):
+                return roles
+            time.sleep(0.2)
+        return self._roles(c)
+
+    def _promote(self, c: ClusterRuntime, req: PromoteRequest, t0: float) -> PromoteResult:
+        _, Conflict, Timeout = _errors()
+        cluster = c.spec.cluster
+        deadline = t0 + req.timeout
+        steps = {"locked": time.monotonic() - t0}
+        roles = self._roles(c)
+        steps["roles"] = time.monotonic() - t0
+        writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
+        if writers and c.spec.standby_of is None:
+            if c.last_promote is not None and c.last_promote.node == node_name(cluster, writers[0]):
+                return c.last_promote
+            name = node_name(cluster, writers[0])
+            with connect_superuser(c.spec, c.ports.pg(writers[0]), self.settings.host) as conn:
+                info = lsn_info(conn, name)
+                switch = timeline_switch_point(conn, info.timeline or 1)
+            return PromoteResult(node=name, promoted_s=0.0, switch_lsn=switch, timeline=info.timeline)
+        leaders = [i for i, r in sorted(roles.items()) if r == "standby_leader"]
+        if not leaders and req.stop_stuck_writer and not writers:
+            roles = self._stop_stuck_writer(c, deadline)
+            writers = [i for i, r in sorted(roles.items()) if r in ("primary", "master")]
+            if writers and c.spec.standby_of is None:
+                return self._promote(c, req.model_copy(update={"stop_stuck_writer": False}), t0)
+            leaders = [i for i, r in sorted(roles.items()) if r == "standby_leader"]
+        if not leaders:
+            raise Conflict(f"cluster {cluster} has no running standby leader to promote "
+                           f"(roles {roles or 'none running'}); power it on and wait until it streams")
+        idx = leaders[0]
+        name = node_name(cluster, idx)
+        port = c.ports.pg(idx)
+        conn = connect_superuser(c.spec, port, self.settings.host)
+        steps["connected"] = time.monotonic() - t0
+        try:
+            before = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            current, _ = dcs.read_config(self.region, cluster, self.settings.host)
+            steps["config read"] = time.monotonic() - t0
+            old_spec = c.spec
+            new_spec = c.spec.model_copy(update={"standby_of": None})
+            # Persist first: an agent restarted after the PATCH must not demote it again.
+            self._persist_spec(c.layout, new_spec)
+            c.spec = new_spec
+            patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
+            try:
+                how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
+            except Exception:
+                self._persist_spec(c.layout, old_spec)
+                c.spec = old_spec
+                raise
+            steps["patched"] = time.monotonic() - t0
+            log.info("%s: promoting standby leader %s (%s)", cluster, name, how)
+            while True:
+                try:
+                    if conn.closed:
+                        conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        break
+                except psycopg.Error:
+                    conn.close()
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"{name} of {cluster} still in recovery {req.timeout:.0f} s after its "
+                                  "standby_cluster was removed; left as it is (standby_of cleared)")
+                time.sleep(POLL_PROMOTE_S)
+            promoted_s = time.monotonic() - t0
+            info = lsn_info(conn, name)
+            switch = timeline_switch_point(conn, info.timeline or 1) or before
+        finally:
+            conn.close()
+        result = PromoteResult(node=name, promoted_s=round(promoted_s, 4), switch_lsn=switch,
+                               timeline=info.timeline)
+        c.last_promote = result
+        self._save_result(c, "promote", result)
+        log.info("%s: %s promoted in %.3f s, timeline %s forks at %s; steps %s", cluster, name, promoted_s,
+                 info.timeline, switch, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
+        return result
 
     # --- fence ---------------------------------------------------------------------------------
 

@@ -234,7 +234,10 @@ class LsnInfo(BaseModel):
 
 class DemoteRequest(BaseModel):
     standby_of: StandbySource
-    timeout: float = 30.0
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    # Asked again with the same id, the agent answers the same way; once the id is cancelled
+    # (POST /clusters/C/requests/ID/cancel) a late delivery of it is refused and changes nothing.
+    request_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class DemoteResult(BaseModel):
@@ -244,7 +247,21 @@ class DemoteResult(BaseModel):
 
 
 class PromoteRequest(BaseModel):
-    timeout: float = 30.0
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    request_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Undo of a demote whose writer is stuck shutting down (e.g. a frozen walsender holds its
+    # fast shutdown): stop that postmaster at once (every flushed commit survives crash
+    # recovery), let Patroni restart it, then promote it.
+    stop_stuck_writer: bool = False
+
+
+class RequestState(BaseModel):
+    """What became of a request id: ``cancelled`` means it never ran and never will."""
+
+    request_id: str
+    # refused: it answered 409 and changed nothing; failed: it may have changed something
+    state: Literal["queued", "running", "done", "refused", "failed", "cancelled"]
+    message: str | None = None
 
 
 class PromoteResult(BaseModel):

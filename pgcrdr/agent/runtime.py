@@ -47,6 +47,7 @@ from pgcrdr.agent.models import (
     PromoteResult,
     RebuildState,
     RegionHealth,
+    RequestState,
 )
 from pgcrdr.agent.rebuild import RebuildOps
 from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
@@ -114,6 +115,8 @@ class ClusterRuntime:
     dcs_error: str | None = None
     last_demote: DemoteResult | None = None
     last_promote: PromoteResult | None = None
+    # request ids of demote/promote calls and what became of them (see CrdrOps._tracked)
+    requests: dict[str, RequestState] = field(default_factory=dict)
     # backups (pgcrdr.agent.backups) and failback rebuilds (pgcrdr.agent.rebuild)
     backup_status: BackupStatus | None = None
     backup_thread: threading.Thread | None = None

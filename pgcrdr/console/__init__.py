@@ -117,7 +117,7 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
         r_json = service_out(recovery) if recovery is not None else None
         status = dr_status_json(primary, store)
         running, history = status["operation"], status["history"]
-        done = [o["kind"] for o in history if o["state"] == "done" and o["kind"] != "setup"]
+        done = [o["kind"] for o in history if o["state"] == "done" and o["kind"] not in ("setup", "repair")]
         last_kind = done[-1] if done else None
         offers = offered_actions(p_json, r_json, running)
         view: dict[str, Any] = {

@@ -32,6 +32,7 @@ KIND_LABELS = {
     "failback_promote": "Promote primary to active",
     "switchover": "Switchover to recovery service",
     "switchback": "Switchback to primary service",
+    "repair": "Repair: no node took writes",
 }
 
 

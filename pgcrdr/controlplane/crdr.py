@@ -32,6 +32,9 @@ STEPS["switchback"] = STEPS["switchover"]
 # Where a failback restore may rebuild the failed primary from, cheapest first; "auto" tries each.
 FAILBACK_SOURCES = ("auto", "rewind", "restore", "basebackup")
 STEPS["failback_promote"] = STEPS["switchover"]
+# A pair found with no writer while no operation ran (the reconciler starts it): both sides
+# confirmed not writable, the most advanced is promoted again.
+STEPS["repair"] = ["settle", "promote", "repoint", "records"]
 
 
 def slot_for(svc: ServiceRecord) -> str:
@@ -184,7 +187,7 @@ def delete_integration(store: Store, project: str, integration_id: str) -> None:
 
 
 def _last_kind(store: Store, project: str, pair: str) -> str | None:
-    ops = [o for o in store.list_operations(project, pair) if o.state == "done" and o.kind != "setup"]
+    ops = [o for o in store.list_operations(project, pair) if o.state == "done" and o.kind not in ("setup", "repair")]
     return ops[-1].kind if ops else None
 
 

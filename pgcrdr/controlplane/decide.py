@@ -88,6 +88,11 @@ def service_view(svc: ServiceRecord, obs: Observation) -> ServiceView:
         msg = st.backup.last_error if st.backup and st.backup.last_error else st.message
         return ServiceView("REBUILDING", False, msg, "waiting for the first backup")
     message = st.message
+    if svc.dr_role in (None, "active") and svc.ever_ready and not writer_running(st):
+        # A service shown active must take writes; when none of its nodes does, say so.
+        why = ("its region runs it as a standby cluster; pgcrdr repairs the pair" if st.standby
+               else "waiting for Patroni to elect a leader")
+        message = "; ".join(m for m in (f"no node takes writes right now: {why}", message) if m)
     if st.backup is not None and st.backup.message:
         # a repository problem is shown, and blocks nothing that does not need it
         message = "; ".join(m for m in (st.message, f"backups: {st.backup.message}") if m)
@@ -106,3 +111,26 @@ def needs_first_backup(svc: ServiceRecord, st: ClusterStatus) -> bool:
         return False
     policy = backup_policy(svc.plan)
     return policy.enabled and not st.backup.backups
+
+
+def writer_running(st: ClusterStatus) -> bool:
+    """Whether a node of the cluster runs as its writer (Patroni role primary)."""
+    return any(n.role == "primary" and n.state == "running" for n in st.nodes)
+
+
+def pair_without_writer(a: ServiceRecord, b: ServiceRecord, now: float, fresh_s: float = 10.0) -> str | None:
+    """Why the pair (a, b) needs a repair, or None. It does when the service recorded active
+    was seen recently, in its region, run as a standby cluster with no writer: nobody will make
+    it a writer again by itself (unlike a leader election inside the region, which is Patroni's)."""
+    active = a if a.dr_role == "active" else b if b.dr_role == "active" else None
+    if active is None:
+        return None
+    other = b if active is a else a
+    st = active.status
+    if not active.powered or not active.ever_ready or st is None or active.status_time is None:
+        return None
+    if now - active.status_time > fresh_s or not st.standby or writer_running(st):
+        return None
+    if other.status is not None and not other.status.standby and writer_running(other.status):
+        return f"{active.name} is recorded active but runs as a standby cluster, while {other.name} takes writes"
+    return f"{active.name} is recorded active but its region runs it as a standby cluster"

@@ -12,32 +12,58 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import psycopg
 
 from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.agent.models import (
     DemoteRequest,
     Endpoint,
     FenceRequest,
+    LsnInfo,
     PreserveRequest,
     PromoteRequest,
     RebuildRequest,
-    StandbySource,
 )
-from pgcrdr.controlplane.crdr import slot_for, standby_source_for
-from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.lag import lsn_int, pair_lag
-from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
+from pgcrdr.controlplane.records import OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
+from pgcrdr.controlplane.steps import (
+    STEP_PHASE,
+    Fail,
+    Phase,
+    StepRefused,
+    Transient,
+    Unsafe,
+    Wait,
+    backoff,
+    classify,
+    decide_on_error,
+)
 from pgcrdr.controlplane.store import Store
+from pgcrdr.endpoint.models import EndpointError, PauseTimeout
 
 log = logging.getLogger("pgcrdr.operations")
 
 MAX_LAG_BYTES = 64 * 1024 * 1024  # refuse a planned switch when the target is further behind
-CONFIRM_TIMEOUT_S = 10.0
+CONFIRM_TIMEOUT_S = 10.0  # confirm_lsn outside a pause window (no pooled endpoint)
 IN_SYNC_LAG_BYTES = 16 * 1024 * 1024  # a rebuilt passive side is "in sync" this close to the writer
+# Bounds of single agent calls: a region that does not answer within them is retried (steps.py).
+CALL_TIMEOUT_S = 5.0
+CHECKPOINT_TIMEOUT_S = 60.0  # a CHECKPOINT under load writes every dirty buffer
+PRIMARY_PROBE_TIMEOUT_S = 2.0  # failover: the primary's region is probably gone
+DEMOTE_TIMEOUT_S = 30.0  # demote outside a pause window
+PROMOTE_TIMEOUT_S = 10.0
+PASSIVE_CATCH_UP_BOUND_S = 300.0  # after a planned move: the old writer rejoining as a standby
+UNDO_STEPS = ("undo_settle", "undo_promote_source", "undo_resume")
+
+
+class Reroute(Exception):
+    """The step list was changed (an undo turned into completing the move): run on."""
 
 
 
@@ -55,39 +81,79 @@ class Endpoints(Protocol):
     def resume(self, name: str) -> None: ...
 
 
-class Wait(Exception):
-    """The step cannot finish yet; retry on a later tick (with a reason)."""
-
-
-class Undo(Exception):
-    """The step proved the move unsafe; undo what was done and leave the writer where it was."""
-
-
-class Fail(Exception):
-    """The operation cannot be carried out; say why."""
-
-
 class OperationRunner:
+    """Steps every running operation; operations of different pairs run in parallel, each in
+    its own short-lived thread, so a slow call for one pair never delays another."""
+
     def __init__(self, store: Store, agents: dict[str, AgentClient], endpoints: Endpoints | None,
-                 endpoint_name: Callable[[ServiceRecord], str]):
+                 endpoint_name: Callable[[ServiceRecord], str], pause_deadline_s: float = 5.0,
+                 retry_bound_s: float = 30.0):
         self.store = store
         self.agents = agents
         self.endpoints = endpoints
         self.endpoint_name = endpoint_name
+        self.pause_deadline_s = pause_deadline_s
+        self.retry_bound_s = retry_bound_s
+        self._guard = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._not_before: dict[str, float] = {}  # operation id -> monotonic time of its next try
 
     # --- driving --------------------------------------------------------------------------
-    def advance_all(self) -> None:
+    def advance_all(self, parallel: bool = True) -> None:
+        """Give every running operation a turn: in a thread of its own (``parallel``), or one
+        after the other in this thread (tests)."""
         for op in self.store.running_operations():
-            try:
-                self.advance(op)
-            except Exception:  # one broken operation must not stop the others; it is logged
-                log.exception("operation %s (%s) crashed a step", op.operation_id, op.kind)
+            if time.monotonic() < self._not_before.get(op.operation_id, 0.0):
+                continue  # backing off after a fault
+            if not parallel:
+                self._advance_logged(op.operation_id)
+                continue
+            with self._guard:
+                t = self._threads.get(op.pair)
+                if t is not None and t.is_alive():
+                    continue  # this pair's operation is still stepping
+                t = threading.Thread(target=self._advance_logged, args=(op.operation_id,),
+                                     name=f"op-{op.pair}", daemon=True)
+                self._threads[op.pair] = t
+                t.start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for every operation thread to finish its turn (shutdown, tests)."""
+        deadline = time.monotonic() + timeout
+        with self._guard:
+            threads = list(self._threads.values())
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def _advance_logged(self, operation_id: str) -> None:
+        op = self.store.get_operation(operation_id)
+        if op is None or op.state != "running":
+            return
+        try:
+            said = self.advance(op)
+            log.debug("%s", said)
+        except Exception:  # one broken operation must not stop the others; it is logged
+            log.exception("operation %s (%s) crashed a step", op.operation_id, op.kind)
+            self._not_before[op.operation_id] = time.monotonic() + 1.0
+
+    def window_left(self, op: OperationRecord, now: float | None = None) -> float | None:
+        """Seconds left of the window in which this operation may hold pooled writes (None
+        when it holds none)."""
+        started = op.data.get("pause_started")
+        if started is None or op.data.get("resumed") is not None:
+            return None
+        return started + self.pause_deadline_s - (time.time() if now is None else now)
 
     def advance(self, op: OperationRecord) -> str:
         """Run steps until one has to wait or the operation ends; returns a sentence."""
         while True:
+            self._guard_window(op)
             step = next((s for s in op.steps if s.state in ("pending", "running")), None)
             if step is None:
+                if op.data.get("undo"):
+                    return self._finish(op, "undone", f"{op.kind} undone, {op.source} stays the writer: "
+                                                      f"{op.data['undo']}")
                 return self._finish(op, "done", None)
             if step.state == "pending":
                 step.state, step.started = "running", now_rfc3339()
@@ -96,80 +162,184 @@ class OperationRunner:
             fn = getattr(self, f"step_{step.name}")
             try:
                 detail = fn(op)
+            except Reroute as r:
+                log.info("%s %s: %s", op.kind, op.operation_id, r)
+                continue
             except Wait as w:
                 step.detail = str(w)
                 self.store.put_operation(op)
                 return f"{op.kind}: {step.name} waiting: {w}"
-            except Undo as u:
-                step.state, step.detail = "failed", str(u)
-                self._undo(op)
-                return self._finish(op, "undone", f"{op.kind} undone, {op.source} stays the writer: {u}")
-            except (Fail, AgentError) as f:
-                step.state, step.detail = "failed", str(f)
-                self._fail(op)
-                return self._finish(op, "failed", f"{op.kind} failed at {step.name}: {f}")
+            except Exception as exc:  # typed below: every fault has a decided end
+                said = self._on_error(op, step, exc)
+                if said is None:
+                    continue  # undo begun: its steps run now
+                return said
             step.state, step.finished = "done", now_rfc3339()
             step.duration_s = round(time.time() - op.data[f"t_{step.name}"], 4)
             step.detail = detail
+            op.data.get("failing", {}).pop(step.name, None)
+            op.data.get("attempts", {}).pop(step.name, None)
             self.store.put_operation(op)
+            self._not_before.pop(op.operation_id, None)
             _fault_point(op.kind, step.name)
             log.info("%s %s: %s done in %.3fs%s", op.kind, op.operation_id, step.name, step.duration_s,
                      f" ({detail})" if detail else "")
+
+    def _on_error(self, op: OperationRecord, step: StepRecord, exc: Exception) -> str | None:
+        """Decide what a step's error means (``steps.decide_on_error``) and do it. Returns a
+        sentence when this turn ends, None when an undo was begun and its steps should run."""
+        err: Exception = classify(exc) if isinstance(exc, AgentError) else exc
+        if not isinstance(err, (Transient, StepRefused, Unsafe, Fail)):
+            if isinstance(err, (EndpointError, OSError, psycopg.Error)):
+                err = Transient(f"{type(exc).__name__}: {exc}")
+            else:
+                log.exception("%s %s: %s raised unexpectedly", op.kind, op.operation_id, step.name)
+                err = Transient(f"unexpected {type(exc).__name__}: {exc}")
+        now = time.time()
+        failing = op.data.setdefault("failing", {})
+        since = failing.setdefault(step.name, now)
+        phase = phase_of(op.kind, step.name)
+        dec = decide_on_error(phase, err, now - since, self.retry_bound_s, self.window_left(op, now))
+        if dec.action in ("retry", "wait"):
+            attempts = op.data.setdefault("attempts", {})
+            attempts[step.name] = n = attempts.get(step.name, 0) + 1
+            step.detail = f"{err} ({dec.why}; attempt {n})"
+            self.store.put_operation(op)
+            self._not_before[op.operation_id] = time.monotonic() + backoff(n)
+            return f"{op.kind}: {step.name} will be retried: {err}"
+        step.state, step.detail, step.finished = "failed", f"{err} ({dec.why})", now_rfc3339()
+        if dec.action == "undo":
+            self._begin_undo(op, str(err))
+            return None
+        self._fail(op)
+        return self._finish(op, "failed", f"{op.kind} failed at {step.name}: {err}; nothing was changed"
+                            if phase is Phase.BEFORE else f"{op.kind} failed at {step.name}: {err}")
 
     def _finish(self, op: OperationRecord, state: str, message: str | None) -> str:
         op.state = state  # type: ignore[assignment]
         op.finish_time = now_rfc3339()
         op.message = message or op.message
         self.store.put_operation(op)
+        self._not_before.pop(op.operation_id, None)
         log.info("%s %s finished: %s %s", op.kind, op.operation_id, state, message or "")
         return message or f"{op.kind} {state}"
 
-    # --- helpers --------------------------------------------------------------------------
-    def _svc(self, op: OperationRecord, name: str) -> ServiceRecord:
-        svc = self.store.get_service(op.project, name)
-        if svc is None:
-            raise Fail(f"service {name} disappeared")
-        return svc
-
-    def _agent(self, svc: ServiceRecord) -> AgentClient:
-        return self.agents[svc.cloud]
-
-    def _source_for(self, active: ServiceRecord, passive: ServiceRecord) -> StandbySource:
-        if active.status is None:
-            raise Fail(f"{active.name} has no known endpoint yet")
-        ep = active.status.primary
-        return StandbySource(host=ep.host, port=ep.port, primary_slot_name=slot_for(passive))
-
-    def _put(self, svc: ServiceRecord) -> None:
-        project = self.store.get_project(svc.project)
-        assert project is not None
+    # --- the window in which pooled writes are held ----------------------------------------
+    def _guard_window(self, op: OperationRecord) -> None:
+        """Past the pause deadline the pooler is resumed at once, whatever the step waits for;
+        a move that can still be undone is undone."""
+        left = self.window_left(op)
+        if left is None or left > 0:
+            return
         try:
-            source = standby_source_for(self.store, svc)
-        except LookupError as exc:
-            raise Wait(str(exc)) from None
-        self._agent(svc).put_cluster(cluster_spec(svc, project, source))
-        self.store.update_service(svc.project, svc.name,
-                                  lambda cur: cur.model_copy(update={"applied_generation": svc.generation}))
+            self._resume_pooler(op)
+        except Exception as exc:  # noqa: BLE001 - retried on the next turn; said on the step
+            log.warning("%s %s: resuming the pooler past the deadline failed: %s", op.kind, op.operation_id, exc)
+            return
+        step = next((s for s in op.steps if s.state in ("pending", "running")), None)
+        if step is not None and phase_of(op.kind, step.name) in (Phase.HELD, Phase.MOVING):
+            step.state, step.finished = "failed", now_rfc3339()
+            step.detail = (f"pooled writes were held {self.pause_deadline_s:g} s (the pause deadline) while "
+                           f"{step.name} waited" + (f": {step.detail}" if step.detail else ""))
+            self._begin_undo(op, step.detail)
+        else:
+            self.store.put_operation(op)
 
-    def _update(self, project: str, name: str, **changes: Any) -> ServiceRecord:
-        def change(cur: ServiceRecord) -> ServiceRecord:
-            bump = "generation" if changes.pop("_bump", False) else None
-            upd = dict(changes)
-            if bump:
-                upd["generation"] = cur.generation + 1
-            upd["update_time"] = now_rfc3339()
-            return cur.model_copy(update=upd)
+    def _resume_pooler(self, op: OperationRecord) -> None:
+        """RESUME the pooled endpoint (idempotent) and add the window to the true write pause."""
+        if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
+            return
+        self._endpoint(op, "resume")
+        now = time.time()
+        op.data["resumed"] = now
+        op.data["held_s"] = round(op.data.get("held_s", 0.0) + now - op.data["pause_started"], 4)
+        op.write_pause_s = round(op.data["held_s"], 3)
+        self.store.put_operation(op)
 
-        out = self.store.update_service(project, name, change)
-        if out is None:
-            raise Fail(f"service {name} disappeared")
-        return out
+    # --- undo ------------------------------------------------------------------------------
+    def _begin_undo(self, op: OperationRecord, reason: str) -> None:
+        """Skip what is left of the move and append the steps that put the old writer back."""
+        op.data["undo"] = reason
+        for s in op.steps:
+            if s.state in ("pending", "running"):
+                s.state = "skipped"
+        op.steps += [StepRecord(name=n) for n in UNDO_STEPS]
+        self.store.put_operation(op)
+        log.warning("%s %s: undoing: %s", op.kind, op.operation_id, reason)
 
-    def _endpoint(self, op: OperationRecord, fn: str, *args: Any) -> Any:
-        if self.endpoints is None:
-            return None
-        pair = self._svc(op, op.pair)
-        return getattr(self.endpoints, fn)(self.endpoint_name(pair), *args)
+    def _go_forward(self, op: OperationRecord, why: str, promoted: bool) -> None:
+        """The target was (or may be) promoted after all: complete the move instead."""
+        op.data.pop("undo", None)
+        op.steps = [s for s in op.steps if s.name not in UNDO_STEPS]
+        after = False
+        for s in op.steps:
+            if s.name == "promote":
+                if promoted:
+                    s.state, s.finished, s.detail = "done", now_rfc3339(), why
+                else:
+                    s.state, s.detail = "pending", why
+                after = True
+            elif after and s.state in ("skipped", "failed"):
+                s.state, s.detail = "pending", None
+            elif not after and s.state in ("skipped", "failed"):
+                s.state = "done"  # steps before the promote did their part (confirm_lsn, demote)
+        op.data["forward"] = why
+        self.store.put_operation(op)
+
+    def step_undo_settle(self, op: OperationRecord) -> str:
+        """Before the old writer takes writes again, make sure the target is not and will not
+        be the writer: its promote request is cancelled (a late delivery is then refused), or
+        its answer says it ran, and then the move is completed instead."""
+        src, dst = self._svc(op, op.source), self._svc(op, op.target)
+        said = []
+        if op.data.get("promote_sent"):
+            try:
+                st = self._agent(dst).cancel_request(dst.cluster, f"{op.operation_id}-promote", timeout=3)
+                info = self._agent(dst).lsn(dst.cluster, timeout=3) if st.state in ("cancelled", "refused") else None
+            except AgentError as exc:
+                if exc.status == 409 and "no leader" in str(exc):
+                    info = None
+                    st = None
+                else:
+                    raise Wait(f"cannot tell whether {dst.name} was promoted: {exc}; the move is completed or "
+                               "undone once its region agent answers") from None
+            if st is not None and st.state in ("queued", "running"):
+                raise Wait(f"the promote of {dst.name} is still running; waiting for its end")
+            if (st is not None and st.state == "done") or (info is not None and not info.in_recovery):
+                self._go_forward(op, f"{dst.name} was promoted (its answer had been lost)", promoted=True)
+                raise Reroute(f"{dst.name} is the writer: completing the move")
+            if st is not None and st.state == "failed":
+                # It may have changed something (e.g. its standby_cluster removed, promotion
+                # under way): undoing could make two writers, so the promote is asked again.
+                self._go_forward(op, f"the promote of {dst.name} failed half-way: {st.message}", promoted=False)
+                raise Reroute(f"{dst.name} may become the writer: completing the move")
+            said.append(f"{dst.name} was not promoted")
+        if op.data.get("demote_sent"):
+            try:
+                st = self._agent(src).cancel_request(src.cluster, f"{op.operation_id}-demote", timeout=3)
+            except AgentError as exc:
+                raise Wait(f"cannot reach {src.name}'s region agent to undo: {exc}") from None
+            if st.state in ("queued", "running"):
+                raise Wait(f"the demote of {src.name} is still running (bounded by the pause deadline)")
+            said.append(f"demote of {src.name}: {st.state}")
+        return "; ".join(said) or "nothing had moved"
+
+    def step_undo_promote_source(self, op: OperationRecord) -> str:
+        src = self._svc(op, op.source)
+        if not op.data.get("demote_sent"):
+            return f"{src.name} was never demoted"
+        res = self._agent(src).promote(src.cluster, PromoteRequest(
+            timeout=20.0, request_id=f"{op.operation_id}-undo", stop_stuck_writer=True))
+        return f"{src.name} ({res.node}) takes writes again"
+
+    def step_undo_resume(self, op: OperationRecord) -> str:
+        src = self._svc(op, op.source)
+        if src.status is not None and op.data.get("pause_started") is not None:
+            self._endpoint(op, "repoint", src.status.primary)
+        self._resume_pooler(op)
+        self._restore_states(op)
+        held = op.data.get("held_s")
+        return (f"{src.name} is the writer again" + (f"; pooled writes were held {held:.3f}s" if held else ""))
 
     # --- setup / restore ------------------------------------------------------------------
     def step_rebuild_passive(self, op: OperationRecord) -> str:
@@ -194,6 +364,14 @@ class OperationRunner:
         passive = pair if pair.dr_role == "passive" else peer
         st = passive.status
         if st is None or st.generation < passive.generation or not (st.ready and st.standby):
+            waited = time.time() - op.data.get("t_wait_passive_in_sync", time.time())
+            if op.kind not in ("setup", "failback_restore") and waited > PASSIVE_CATCH_UP_BOUND_S:
+                # The writer moved long ago; the old one is still not streaming. The operation
+                # ends (the pair is usable); the service's status says what is wrong.
+                for s in (pair, peer):
+                    self._update(op.project, s.name, state="RUNNING", ever_ready=True)
+                return (f"{passive.name} is not streaming yet after {waited:.0f} s; the move is complete and "
+                        "the reconciler keeps watching it" + (f" ({st.message})" if st and st.message else ""))
             raise Wait(f"{passive.name} is catching up" + (f": {st.message}" if st and st.message else ""))
         active = peer if passive is pair else pair
         if op.kind in ("setup", "failback_restore"):
@@ -303,8 +481,8 @@ class OperationRunner:
     # --- planned switch -------------------------------------------------------------------
     def step_precheck(self, op: OperationRecord) -> str:
         src, dst = self._svc(op, op.source), self._svc(op, op.target)
-        w = self._agent(src).lsn(src.cluster)
-        r = self._agent(dst).lsn(dst.cluster)
+        w = self._agent(src).lsn(src.cluster, timeout=CALL_TIMEOUT_S)
+        r = self._agent(dst).lsn(dst.cluster, timeout=CALL_TIMEOUT_S)
         if w.in_recovery:
             raise Fail(f"{src.name} is not the writer")
         if not r.in_recovery:
@@ -314,22 +492,57 @@ class OperationRunner:
             raise Fail(f"{dst.name} is {lag} bytes behind {src.name}; retry once replication caught up")
         return f"{dst.name} is {max(lag, 0)} bytes behind"
 
-    def step_pause(self, op: OperationRecord) -> str:
-        op.data["pause_started"] = time.time()
-        took = self._endpoint(op, "pause", 10.0)
-        return f"pooled endpoint paused in {took:.3f}s" if took is not None else "no pooled endpoint"
-
     def step_checkpoint(self, op: OperationRecord) -> str:
         src = self._svc(op, op.source)
-        return f"checkpoint at {self._agent(src).checkpoint(src.cluster).current_lsn}"
+        return f"checkpoint at {self._agent(src).checkpoint(src.cluster, timeout=CHECKPOINT_TIMEOUT_S).current_lsn}"
+
+    def step_pause(self, op: OperationRecord) -> str:
+        if self.endpoints is None:
+            return "no pooled endpoint"
+        if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
+            # The intent is persisted before PAUSE is sent: a control plane killed while PAUSE
+            # waits finds it and ends the window (resume) by the deadline.
+            op.data["pause_started"], op.data["resumed"] = time.time(), None
+            op.data.setdefault("pause_tries", 0)
+            op.data["pause_tries"] += 1
+            self.store.put_operation(op)
+        left = self.window_left(op) or 0.0
+        if left <= 0:
+            raise Transient("the pause deadline passed before PAUSE completed")
+        try:
+            took = self._endpoint(op, "pause", left)
+        except PauseTimeout as exc:
+            op.data["resumed"] = time.time()  # PgBouncerAdmin.pause resumed the pooler itself
+            op.data["held_s"] = round(op.data.get("held_s", 0.0) + op.data["resumed"] - op.data["pause_started"], 4)
+            op.write_pause_s = round(op.data["held_s"], 3)
+            raise Unsafe(f"{exc}; {self._blocking_sessions(op)}") from None
+        return f"pooled endpoint paused in {took:.3f}s"
+
+    def _blocking_sessions(self, op: OperationRecord) -> str:
+        """Who held the PAUSE: the writer's sessions with a transaction open (pg_stat_activity)."""
+        src = self._svc(op, op.source)
+        try:
+            info = self._agent(src).sessions(src.cluster, timeout=CALL_TIMEOUT_S)
+        except (AgentError, AttributeError) as exc:
+            return f"the sessions holding it could not be listed ({exc})"
+        rows = getattr(info, "sessions", [])
+        if not rows:
+            return "no session on the writer held a transaction open when the deadline passed"
+        return "held by " + ", ".join(
+            f"pid {r.pid} (user {r.usename}, application {r.application_name or '-'}, transaction open "
+            f"{r.xact_age_s:.1f} s)" for r in rows[:3])
 
     def step_demote(self, op: OperationRecord) -> str:
         src, dst = self._svc(op, op.source), self._svc(op, op.target)
-        # From here on src can only come back as a standby of dst (its DCS says so).
-        try:
-            res = self._agent(src).demote(src.cluster, DemoteRequest(standby_of=self._source_for(dst, src)))
-        except AgentError as exc:
-            raise Undo(f"demoting {src.name} failed: {exc}") from None
+        left = self.window_left(op)
+        budget = max(0.5, left - 0.2) if left is not None else DEMOTE_TIMEOUT_S
+        if not op.data.get("demote_sent"):
+            op.data["demote_sent"] = True  # from here an undo must ask the source's agent
+            self.store.put_operation(op)
+        # From here on src can only come back as a standby of dst (its DCS says so), until an
+        # undo promotes it again.
+        res = self._agent(src).demote(src.cluster, DemoteRequest(
+            standby_of=self._source_for(dst, src), timeout=budget, request_id=f"{op.operation_id}-demote"))
         op.data["final_lsn"] = res.final_lsn
         op.data["writer_down_s"] = res.writer_down_s
         return f"{src.name} down at {res.final_lsn} after {res.writer_down_s:.3f}s"
@@ -338,19 +551,28 @@ class OperationRunner:
         # Fence, then prove, then promote: the target must hold every WAL record of the old writer.
         dst = self._svc(op, op.target)
         final = lsn_int(op.data["final_lsn"]) or 0
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        seen = None
-        while time.monotonic() < deadline:
-            info = self._agent(dst).lsn(dst.cluster)
-            seen = info.receive_lsn
-            if (lsn_int(info.receive_lsn) or 0) >= final:
-                return f"{dst.name} received {info.receive_lsn} >= {op.data['final_lsn']}"
+        left = self.window_left(op)
+        deadline = time.monotonic() + (left if left is not None else CONFIRM_TIMEOUT_S)
+        seen: str | None = None
+        while True:
+            try:
+                info = self._agent(dst).lsn(dst.cluster, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+                seen = info.receive_lsn
+                if (lsn_int(info.receive_lsn) or 0) >= final:
+                    return f"{dst.name} received {info.receive_lsn} >= {op.data['final_lsn']}"
+            except AgentError as exc:
+                seen = f"no answer: {exc}"
+            if time.monotonic() >= deadline:
+                raise Unsafe(f"{dst.name} did not confirm {op.data['final_lsn']} in time (last: {seen})")
             time.sleep(0.01)
-        raise Undo(f"{dst.name} never received {op.data['final_lsn']} (last seen {seen})")
 
     def step_promote(self, op: OperationRecord) -> str:
         dst = self._svc(op, op.target)
-        res = self._agent(dst).promote(dst.cluster, PromoteRequest())
+        if not op.data.get("promote_sent"):
+            op.data["promote_sent"] = True  # from here an undo must first settle what the target did
+            self.store.put_operation(op)
+        res = self._agent(dst).promote(dst.cluster, PromoteRequest(
+            timeout=PROMOTE_TIMEOUT_S, request_id=f"{op.operation_id}-promote"))
         op.data["switch_lsn"] = res.switch_lsn
         op.data["timeline"] = res.timeline
         op.data["promoted_s"] = res.promoted_s
@@ -359,19 +581,24 @@ class OperationRunner:
     def step_repoint(self, op: OperationRecord) -> str:
         dst = self._svc(op, op.target)
         if dst.status is None:
-            raise Fail(f"{dst.name} has no known endpoint")
+            raise Wait(f"{dst.name} has no known endpoint yet")
         self._endpoint(op, "repoint", dst.status.primary)
-        if op.kind == "failover":
+        if op.kind in ("failover", "repair") and "t_record_lsn" in op.data:
             op.write_pause_s = round(time.time() - op.data["t_record_lsn"], 3)
         return f"Service URI now reaches {dst.name}"
 
     def step_resume(self, op: OperationRecord) -> str:
-        self._endpoint(op, "resume")
-        op.write_pause_s = round(time.time() - op.data.get("pause_started", time.time()), 3)
-        return f"pooled endpoint resumed; writes were held {op.write_pause_s:.3f}s"
+        self._resume_pooler(op)
+        held = op.data.get("held_s") or 0.0
+        op.write_pause_s = round(held, 3)
+        return f"pooled endpoint resumed; writes were held {held:.3f}s"
 
     def step_records(self, op: OperationRecord) -> str:
         src, dst = self._svc(op, op.source), self._svc(op, op.target)
+        if op.kind == "repair" and src.name == dst.name:
+            self._update(op.project, dst.name, state="RUNNING", standby_of=None, _bump=True)
+            self._push_quietly(op, dst.name)
+            return f"{dst.name} is the writer again"
         if op.kind == "failover":
             self._update(op.project, src.name, dr_role="failed", state="POWEROFF", powered=False,
                          standby_of=dst.name, _bump=True)
@@ -384,11 +611,14 @@ class OperationRunner:
         # Send both regions the specs that match what demote/promote/fence already did, so that
         # nothing later (a restart of their agents) undoes the move.
         for name in (dst.name, src.name):
-            try:
-                self._put(self._svc(op, name))
-            except (AgentError, Wait) as exc:  # e.g. the failed region is down: pushed when it returns
-                log.info("%s: spec of %s not pushed yet: %s", op.kind, name, exc)
+            self._push_quietly(op, name)
         return f"{dst.name} is active, {src.name} is {'failed' if op.kind == 'failover' else 'passive'}"
+
+    def _push_quietly(self, op: OperationRecord, name: str) -> None:
+        try:
+            self._put(self._svc(op, name))
+        except (AgentError, Wait) as exc:  # e.g. the failed region is down: pushed when it returns
+            log.info("%s: spec of %s not pushed yet: %s", op.kind, name, exc)
 
     def _flip_integration(self, project: str, active: str, passive: str) -> None:
         with self.store.transaction() as tx:
@@ -399,23 +629,24 @@ class OperationRunner:
     # --- failover -------------------------------------------------------------------------
     def step_record_lsn(self, op: OperationRecord) -> str:
         pri, rec = self._svc(op, op.source), self._svc(op, op.target)
-        live = True
         try:
-            w = self._agent(pri).lsn(pri.cluster)
-            pri_lsn = w.current_lsn or w.receive_lsn
-        except AgentError:
-            live = False
-            pri_lsn = pri.status.lsn.current_lsn if pri.status and pri.status.lsn else None
-        try:
-            r = self._agent(rec).lsn(rec.cluster)
+            r = self._agent(rec).lsn(rec.cluster, timeout=CALL_TIMEOUT_S)
         except AgentError as exc:
-            raise Fail(f"the recovery service {rec.name} cannot be reached: {exc}") from None
+            raise classify(exc).__class__(f"the recovery service {rec.name} cannot be reached: {exc}") from None
         received = r.receive_lsn or r.replay_lsn
-        gap = max(0, (lsn_int(pri_lsn) or 0) - (lsn_int(received) or 0)) if pri_lsn and received else None
-        op.data_loss = {"primary_last_lsn": pri_lsn, "recovery_received_lsn": received, "bytes": gap,
-                        "primary_reachable": live,
-                        "note": "exact" if live else "estimated from the last LSN observed before the outage"}
-        return f"primary at {pri_lsn}, recovery received {received}: {gap} bytes not replicated"
+        try:
+            w = self._agent(pri).lsn(pri.cluster, timeout=PRIMARY_PROBE_TIMEOUT_S)
+            live_lsn = w.current_lsn or w.receive_lsn
+            problem = None
+        except AgentError as exc:
+            live_lsn, problem = None, str(exc)
+        op.data_loss = data_loss_report(live_lsn, problem, pri, received, time.time())
+        b = op.data_loss
+        if b["bytes"] is not None:
+            return f"primary at {live_lsn}, recovery received {received}: {b['bytes']} bytes not replicated"
+        return (f"primary unreachable: data given up unknown (at least {b['lower_bound_bytes']} bytes; last seen "
+                f"{b['primary_last_seen_lsn']}, {b['primary_last_seen_age_s']} s before); recovery received "
+                f"{received}")
 
     def step_fence(self, op: OperationRecord) -> str:
         pri, rec = self._svc(op, op.source), self._svc(op, op.target)
@@ -423,7 +654,10 @@ class OperationRunner:
         # The record says: powered off, may only return as a standby of the recovery service.
         # This holds even if the region is down now: when its agent returns, its clusters are
         # held until the control plane re-sends this spec.
-        pri = self._update(op.project, pri.name, powered=False, standby_of=rec.name, _bump=True)
+        if not op.data.get("fence_recorded"):
+            pri = self._update(op.project, pri.name, powered=False, standby_of=rec.name, _bump=True)
+            op.data["fence_recorded"] = True
+            self.store.put_operation(op)
         try:
             res = self._agent(pri).fence(pri.cluster, FenceRequest(standby_of=source))
             self.store.update_service(op.project, pri.name,
@@ -432,27 +666,49 @@ class OperationRunner:
         except AgentError as exc:
             return f"{pri.name}'s region is unreachable ({exc}); it stays fenced when it returns"
 
-    # --- undo / fail ----------------------------------------------------------------------
-    def _undo(self, op: OperationRecord) -> None:
-        """The target never proved it had everything: the old writer takes its role back."""
-        src = self._svc(op, op.source)
-        try:
-            self._agent(src).promote(src.cluster, PromoteRequest())
-        except AgentError as exc:
-            log.error("undo of %s: promoting %s back failed: %s", op.operation_id, src.name, exc)
-        try:
-            self._endpoint(op, "resume")
-        except Exception as exc:  # the endpoint may not be paused at all
-            log.warning("undo of %s: resume: %s", op.operation_id, exc)
-        op.write_pause_s = round(time.time() - op.data.get("pause_started", time.time()), 3)
-        self._restore_states(op)
-
-    def _fail(self, op: OperationRecord) -> None:
-        if "pause_started" in op.data:
+    # --- repair of a pair left without a writer --------------------------------------------
+    def step_settle(self, op: OperationRecord) -> str:
+        """Both sides must answer. A side that takes writes is the writer (the records follow
+        it); if neither does, the most advanced becomes the writer again: the recorded active
+        one on a tie, and whenever its position is unknown nothing is chosen."""
+        act, pas = self._svc(op, op.source), self._svc(op, op.target)
+        seen: dict[str, LsnInfo | None] = {}
+        for svc in (act, pas):
             try:
-                self._endpoint(op, "resume")
-            except Exception as exc:
-                log.warning("failing %s: resume: %s", op.operation_id, exc)
+                seen[svc.name] = self._agent(svc).lsn(svc.cluster, timeout=CALL_TIMEOUT_S)
+            except AgentError as exc:
+                if exc.status == 409:  # no leader answering: not writable, position unknown
+                    seen[svc.name] = None
+                    continue
+                raise Wait(f"{svc.name} cannot be asked ({exc}); a writer is chosen only once both sides "
+                           "are confirmed") from None
+        writable = [n for n, i in seen.items() if i is not None and not i.in_recovery]
+        if len(writable) > 1:
+            raise Wait(f"both {act.name} and {pas.name} take writes: not choosing; fence one of them")
+
+        def pos(i: LsnInfo | None) -> int | None:
+            return None if i is None else lsn_int(i.receive_lsn or i.replay_lsn or i.current_lsn)
+
+        a, b = pos(seen[act.name]), pos(seen[pas.name])
+        if writable:
+            chosen = act if writable[0] == act.name else pas
+            why = f"{chosen.name} takes writes"
+        elif a is None:
+            raise Wait(f"{act.name} has no leader answering: its position is unknown, so no side is chosen yet")
+        else:
+            chosen = pas if b is not None and b > a else act
+            why = f"{chosen.name} is the most advanced ({seen[act.name] and seen[act.name].receive_lsn} vs " \
+                  f"{seen[pas.name] and seen[pas.name].receive_lsn})"
+        op.source = act.name
+        op.target = chosen.name
+        return f"{why}; it is the writer"
+
+    # --- undo / fail ----------------------------------------------------------------------
+    def _fail(self, op: OperationRecord) -> None:
+        try:
+            self._resume_pooler(op)
+        except Exception as exc:  # noqa: BLE001 - the reconciler resumes orphaned pauses
+            log.warning("failing %s: resume: %s", op.operation_id, exc)
         self._restore_states(op)
 
     def _restore_states(self, op: OperationRecord) -> None:
@@ -464,3 +720,36 @@ class OperationRunner:
                 self._update(op.project, name, dr_role="failed", state="POWEROFF", powered=False)
             else:
                 self._update(op.project, name, state="RUNNING")
+
+
+def phase_of(kind: str, step: str) -> Phase:
+    """The phase of ``step`` in an operation of ``kind``: a planned switch's promote can still
+    be undone (after settling what the target did); a failover's or a repair's cannot."""
+    if kind in ("failover", "repair") and step in ("promote", "repoint", "resume", "records"):
+        return Phase.COMMITTED
+    if step == "promote":
+        return Phase.MOVING
+    return STEP_PHASE[step]
+
+
+def data_loss_report(live_lsn: str | None, problem: str | None, primary: ServiceRecord, received: str | None,
+                     now: float) -> dict[str, Any]:
+    """The data a failover gives up. Exact when the old writer answered; otherwise unknown,
+    with the last position seen, how old it is, and the lower bound it gives (commits made
+    after that observation are not counted: the number is never presented as the loss)."""
+    rec = lsn_int(received)
+    if live_lsn is not None:
+        gap = max(0, (lsn_int(live_lsn) or 0) - (rec or 0)) if rec is not None else None
+        return {"known": gap is not None, "bytes": gap, "primary_last_lsn": live_lsn, "recovery_received_lsn": received,
+                "primary_reachable": True, "note": "exact: the primary answered"}
+    last = primary.status.lsn.current_lsn if primary.status and primary.status.lsn else None
+    age = round(now - primary.status_time, 1) if primary.status_time else None
+    lower = max(0, (lsn_int(last) or 0) - rec) if last is not None and rec is not None else 0
+    return {
+        "known": False, "bytes": None, "lower_bound_bytes": lower,
+        "primary_last_seen_lsn": last, "primary_last_seen_age_s": age,
+        "primary_last_lsn": None, "recovery_received_lsn": received, "primary_reachable": False,
+        "note": (f"unknown: the primary did not answer ({problem}); at least {lower} bytes, from its last position "
+                 f"seen {age if age is not None else '?'} s earlier; its commits after the fork are listed when "
+                 "its region returns (failback restore keeps them)"),
+    }

@@ -12,18 +12,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agent.models import ClusterStatus
 from pgcrdr.config import Settings
-from pgcrdr.controlplane.crdr import standby_source_for
-from pgcrdr.controlplane.decide import Observation, cluster_spec, service_view
+from pgcrdr.controlplane.crdr import new_operation, standby_source_for
+from pgcrdr.controlplane.decide import Observation, cluster_spec, pair_without_writer, service_view
 from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
+from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store
 
 log = logging.getLogger("pgcrdr.reconciler")
+
+OBSERVE_TIMEOUT_S = 5.0  # one region's GET /clusters
+NO_WRITER_GRACE_S = 3.0  # a pair seen without a writer this long (no operation running) is repaired
 
 
 def owned_by_operations(ops: list[OperationRecord]) -> set[tuple[str, str]]:
@@ -49,11 +55,17 @@ class Reconciler:
         self.interval = interval
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token) for r in settings.regions}
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
-        self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name)
+        self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
+                                      pause_deadline_s=settings.pause_deadline_s,
+                                      retry_bound_s=settings.retry_bound_s)
         self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # One observer thread per region: a region that does not answer delays only its own services.
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(settings.regions)), thread_name_prefix="observe")
+        self._first_tick = True
+        self._no_writer_since: dict[tuple[str, str], float] = {}  # pair -> monotonic time first seen
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -64,6 +76,8 @@ class Reconciler:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=30)
+        self.runner.wait_idle(30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for a in self.agents.values():
             a.close()
 
@@ -90,15 +104,132 @@ class Reconciler:
                 log.exception("immediate reconcile of %s/%s failed", project, name)
 
     def tick(self) -> None:
+        if self._first_tick:
+            self._first_tick = False
+            self.recover_pauses()
         self.runner.advance_all()
         busy = owned_by_operations(self.store.running_operations())
-        for svc in self.store.list_services():
-            self.reconcile(svc, in_operation=(svc.project, svc.name) in busy)
-        if busy or self.store.running_operations():
-            self.runner.advance_all()  # steps waiting on what this tick observed finish now
+        self.observe_all(busy)
+        self.runner.advance_all()  # steps waiting on what this tick observed go on now
         if self.endpoints is not None:
-            self.ensure_endpoints(busy)
+            self.resume_orphaned_pauses()
+            self.ensure_endpoints(owned_by_operations(self.store.running_operations()))
+        self.check_writers()
         self.lag.sample(self.store.list_services(), time.time())
+
+    def observe_all(self, busy: set[tuple[str, str]]) -> None:
+        """Reconcile every service, the regions in parallel: one ``GET /clusters`` per region,
+        then a PUT for each service whose spec changed. A region that does not answer delays
+        only its own services."""
+        by_region: dict[str, list[ServiceRecord]] = {}
+        for svc in self.store.list_services():
+            by_region.setdefault(svc.cloud, []).append(svc)
+        futures = [self._pool.submit(self._observe_region, cloud, services, busy)
+                   for cloud, services in by_region.items()]
+        for f in futures:
+            try:
+                f.result(timeout=60)
+            except Exception:  # a bug in one region's pass must not stop the loop; it is logged
+                log.exception("observing a region failed")
+
+    def _observe_region(self, cloud: str, services: list[ServiceRecord], busy: set[tuple[str, str]]) -> None:
+        agent = self.agents.get(cloud)
+        listed: dict[str, ClusterStatus] | None = None
+        if agent is not None:
+            try:
+                listed = {c.cluster: c for c in agent.list_clusters(timeout=OBSERVE_TIMEOUT_S)}
+            except AgentError as exc:
+                for svc in services:
+                    if not svc.deleting:
+                        self._record(svc, Observation(None, agent_error=str(exc)),
+                                     observe_only=(svc.project, svc.name) in busy)
+                return
+        for svc in services:
+            try:
+                self.reconcile(svc, in_operation=(svc.project, svc.name) in busy, listed=listed)
+            except Exception:  # one service's problem must not hide the others'
+                log.exception("reconciling %s/%s failed", svc.project, svc.name)
+
+    # --- a recorded writer must take writes -------------------------------------------------
+    def check_writers(self, now: float | None = None) -> None:
+        """A pair whose active service's region runs no writer (both sides standby clusters),
+        with no operation running, is repaired: after ``NO_WRITER_GRACE_S`` a ``repair``
+        operation confirms neither side is writable and promotes the most advanced one."""
+        now = time.monotonic() if now is None else now
+        services = {(s.project, s.name): s for s in self.store.list_services()}
+        seen = set()
+        for svc in services.values():
+            if svc.dr_kind != "primary" or not svc.dr_peer or svc.deleting:
+                continue
+            peer = services.get((svc.project, svc.dr_peer))
+            if peer is None or peer.deleting:
+                continue
+            key = (svc.project, svc.name)
+            why = pair_without_writer(svc, peer, time.time())
+            if why is None or self.store.running_operation(svc.project, svc.name) is not None:
+                self._no_writer_since.pop(key, None)
+                continue
+            seen.add(key)
+            first = self._no_writer_since.setdefault(key, now)
+            if now - first < NO_WRITER_GRACE_S:
+                continue
+            active = svc if svc.dr_role == "active" else peer
+            other = peer if active is svc else svc
+            with self.store.transaction() as tx:
+                if tx.running_operation(svc.project, svc.name) is not None:
+                    continue
+                op = new_operation(svc.project, svc.name, "repair", active.name, "active", active.name, other.name)
+                op.message = why
+                tx.put_operation(op)
+                for s in (active, other):
+                    cur = tx.service(s.project, s.name)
+                    if cur is not None:
+                        tx.put_service(cur.model_copy(update={
+                            "state": "REBALANCING", "update_time": now_rfc3339(),
+                            "message": f"no node of the pair takes writes ({why}); pgcrdr is repairing it"}))
+            log.warning("pair %s/%s has no writer (%s): repair %s started", svc.project, svc.name, why,
+                        op.operation_id)
+            self._no_writer_since.pop(key, None)
+        for key in list(self._no_writer_since):
+            if key not in seen:
+                self._no_writer_since.pop(key, None)
+
+    # --- pauses left behind ---------------------------------------------------------------
+    def recover_pauses(self) -> None:
+        """At start: an operation killed while its PAUSE was pending or before its move began
+        holds pooled clients for nothing; resume them at once (the operation pauses again)."""
+        for op in self.store.running_operations():
+            if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
+                continue
+            try:
+                pause_done = op.step("pause").state == "done"
+            except KeyError:
+                continue
+            if not pause_done:
+                try:
+                    self.runner._resume_pooler(op)
+                    log.warning("%s %s: resumed the pooler its PAUSE held when the control plane stopped",
+                                op.kind, op.operation_id)
+                except Exception as exc:  # noqa: BLE001 - resume_orphaned_pauses retries
+                    log.warning("resuming the pooler of %s: %s", op.operation_id, exc)
+
+    def resume_orphaned_pauses(self) -> None:
+        """No endpoint stays paused unless a running operation's pause window holds it."""
+        assert self.endpoints is not None
+        holding = set()
+        for op in self.store.running_operations():
+            if self.runner.window_left(op) is not None:
+                pair = self.store.get_service(op.project, op.pair)
+                if pair is not None:
+                    holding.add(self.endpoint_name(pair))
+        for name in self.endpoints.paused_names():
+            if name in holding:
+                continue
+            try:
+                self.endpoints.resume(name)
+                log.warning("endpoint %s was paused with no operation holding it: resumed", name)
+            except Exception as exc:  # noqa: BLE001 - tried again next tick
+                log.warning("resuming orphaned pause of %s: %s", name, exc)
 
     def endpoint_name(self, svc: ServiceRecord) -> str:
         """One Service URI per pair: it is named after the pair's primary (or a lone service)."""
@@ -141,7 +272,8 @@ class Reconciler:
             except Exception:  # reported on the next tick again; a bad endpoint must not stop the loop
                 log.exception("endpoint of %s/%s", svc.project, svc.name)
 
-    def reconcile(self, svc: ServiceRecord, in_operation: bool = False) -> str:
+    def reconcile(self, svc: ServiceRecord, in_operation: bool = False,
+                  listed: dict[str, ClusterStatus] | None = None) -> str:
         """One step for one service; returns a sentence saying what it did.
 
         While an operation moves a service's role, the operation runner alone pushes its spec
@@ -174,7 +306,7 @@ class Reconciler:
                 applied = svc.generation
                 did = f"applied generation {applied}"
             else:
-                status = agent.get_cluster(svc.cluster)
+                status = listed.get(svc.cluster) if listed is not None else agent.get_cluster(svc.cluster)
                 applied = svc.applied_generation
                 did = "observed"
                 if status is None or status.held:
@@ -202,6 +334,7 @@ class Reconciler:
                 update.update(state=view.state, ever_ready=view.ever_ready)
             if obs.status is not None:
                 update["status"] = obs.status
+                update["status_time"] = time.time()
             if applied is not None:
                 # Only what was pushed counts as applied: a change recorded meanwhile bumps
                 # generation again and is pushed next tick.

@@ -68,6 +68,7 @@ class ServiceRecord(BaseModel):
     ever_ready: bool = False  # first readiness after create / power-on moves REBUILDING -> RUNNING
     message: str | None = None
     status: ClusterStatus | None = None
+    status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
 
     @property
     def primary_user(self) -> ServiceUser:
@@ -95,7 +96,8 @@ class StepRecord(BaseModel):
     detail: str | None = None
 
 
-OperationKind = Literal["setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote"]
+OperationKind = Literal["setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote",
+                        "repair"]
 
 
 class OperationRecord(BaseModel):

@@ -23,7 +23,7 @@ from pgcrdr.agent import processes as proc
 from pgcrdr.agent.models import Endpoint
 from pgcrdr.config import Settings
 from pgcrdr.endpoint.control import PgBouncerAdmin, haproxy_command, resolve_ip
-from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus
+from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus, PauseTimeout
 from pgcrdr.endpoint.render import (
     ADMIN_USER,
     HAPROXY_BACKEND,
@@ -280,6 +280,8 @@ class EndpointManager:
                 self._start_pgbouncer(lay, state)
                 if state.get("paused"):
                     self._admin(lay, state).command("PAUSE")  # PgBouncer died while paused: hold again
+                state["pause_pending"] = False  # a new PgBouncer holds no earlier PAUSE
+                self._save(lay, state)
             elif ini_changed or users_changed or tls_changed:
                 target_changed = old_spec is None or old_spec.target != spec.target
                 self._pgbouncer_reload(lay, state, target_changed)
@@ -343,7 +345,13 @@ class EndpointManager:
     def pause(self, name: str, timeout: float = 10.0) -> float:
         """PgBouncer PAUSE: wait for in-flight transactions to finish, then hold new queries
         (clients wait, they get no error). Returns seconds taken. Raises PauseTimeout after
-        ``timeout`` seconds, leaving the pooler resumed. The direct URI is not affected."""
+        ``timeout`` seconds, leaving the pooler resumed. The direct URI is not affected.
+
+        The intent is saved before PAUSE is sent (``pause_pending``), so that a control plane
+        killed while PAUSE waits knows on restart that the pooler may be held (see
+        ``paused_names``). A PgBouncer that answers "already suspended/paused" holds a PAUSE of
+        ours from before such a restart: it is resumed and paused again, within ``timeout``."""
+        t0 = time.monotonic()
         with self._lock(name):
             lay = self.layout(name)
             state = self._load(name)
@@ -351,24 +359,65 @@ class EndpointManager:
                 raise EndpointError(f"PgBouncer of {name} is not running")
             if state.get("paused"):
                 return 0.0
-            took = self._admin(lay, state).pause(timeout)
-            state["paused"] = True
+            state["pause_pending"] = True
+            self._save(lay, state)
+            admin = self._admin(lay, state)
+            try:
+                took = admin.pause(timeout)
+            except PauseTimeout:
+                state["pause_pending"] = False
+                self._save(lay, state)
+                raise
+            except EndpointError as exc:
+                if "already" not in str(exc):
+                    raise
+                log.info("endpoint %s was still paused by an earlier PAUSE: resuming and pausing again", name)
+                self._resume_admin(admin)
+                left = timeout - (time.monotonic() - t0)
+                if left <= 0:
+                    state["pause_pending"] = False
+                    self._save(lay, state)
+                    raise PauseTimeout(f"PAUSE did not complete within {timeout:g}s") from None
+                try:
+                    took = admin.pause(left)
+                except PauseTimeout:
+                    state["pause_pending"] = False
+                    self._save(lay, state)
+                    raise
+            state["paused"], state["pause_pending"] = True, False
             self._save(lay, state)
             return took
 
+    @staticmethod
+    def _resume_admin(admin: PgBouncerAdmin) -> None:
+        try:
+            admin.command("RESUME")
+        except EndpointError as exc:
+            if "not paused" not in str(exc):
+                raise
+
     def resume(self, name: str) -> None:
-        """RESUME: held queries go on, to the current target."""
+        """RESUME: held queries go on, to the current target. Resuming a pooler that is not
+        paused is a success."""
         with self._lock(name):
             lay = self.layout(name)
             state = self._load(name)
             if self._pid(lay.pgbouncer_pid, lay):
-                try:
-                    self._admin(lay, state).command("RESUME")
-                except EndpointError as exc:
-                    if "not paused" not in str(exc):
-                        raise
-            state["paused"] = False
+                self._resume_admin(self._admin(lay, state))
+            state["paused"], state["pause_pending"] = False, False
             self._save(lay, state)
+
+    def paused_names(self) -> list[str]:
+        """Endpoints that are, or may be, paused (a PAUSE completed or was being sent)."""
+        out = []
+        for name in self.names():
+            try:
+                state = self._load(name)
+            except (EndpointError, ValueError):
+                continue
+            if state.get("paused") or state.get("pause_pending"):
+                out.append(name)
+        return out
 
     def remove(self, name: str) -> list[int]:
         """Stop both processes and delete every file of the endpoint. Returns the pids stopped."""
@@ -411,7 +460,7 @@ class EndpointManager:
             problems.append("PgBouncer (pooled URI) is not running")
         if spec.target is None:
             problems.append("no target: new connections are refused")
-        if state.get("paused"):
+        if state.get("paused") or state.get("pause_pending"):
             problems.append("paused: queries on the pooled URI are held")
         host = self.settings.host
         return EndpointStatus(
