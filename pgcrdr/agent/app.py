@@ -22,13 +22,17 @@ from pgcrdr.agent.models import (
     KillResult,
     LsnInfo,
     PreserveRequest,
-    PreserveResult,
+    PreserveState,
     PromoteRequest,
     PromoteResult,
     RebuildRequest,
     RebuildState,
     RegionHealth,
+<<<<<<< HEAD
     RequestState,
+=======
+    SessionsInfo,
+>>>>>>> wip-agent
 )
 from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
 from pgcrdr.agent.validation import source_problems, spec_problems
@@ -138,6 +142,10 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
     def get_lsn(cluster: str) -> LsnInfo:
         return crdr_call(cluster, runtime.lsn)
 
+    @app.get("/clusters/{cluster}/sessions")
+    def get_sessions(cluster: str) -> SessionsInfo:
+        return crdr_call(cluster, runtime.sessions)
+
     @app.post("/clusters/{cluster}/checkpoint")
     def checkpoint(cluster: str) -> LsnInfo:
         return crdr_call(cluster, runtime.checkpoint)
@@ -168,8 +176,15 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
         return crdr_call(cluster, runtime.fence, req)
 
     @app.post("/clusters/{cluster}/preserve")
-    def preserve(cluster: str, req: PreserveRequest) -> PreserveResult:
+    def preserve(cluster: str, req: PreserveRequest) -> PreserveState:
         return crdr_call(cluster, runtime.preserve, req)
+
+    @app.get("/clusters/{cluster}/preserve")
+    def get_preserve(cluster: str) -> PreserveState:
+        st = crdr_call(cluster, runtime.get_preserve)
+        if st is None:
+            raise ApiError(404, f"cluster {cluster!r} has never been preserved")
+        return st
 
     @app.post("/clusters/{cluster}/rebuild")
     def rebuild(cluster: str, req: RebuildRequest) -> RebuildState:

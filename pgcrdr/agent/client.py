@@ -13,19 +13,29 @@ Routes served by the agent (``pgcrdr.agent.app``), all JSON, all requiring
 CRDR primitives (each idempotent; each persists what it changed in the cluster's spec):
 
     GET    /clusters/{cluster}/lsn                  -> LsnInfo        (the leader's WAL positions)
+    GET    /clusters/{cluster}/sessions             -> SessionsInfo   (the leader's client sessions that are
+                                                        active or hold a transaction open, oldest first)
     POST   /clusters/{cluster}/checkpoint            -> LsnInfo        (CHECKPOINT on the writer)
     POST   /clusters/{cluster}/demote   DemoteRequest -> DemoteResult  (writer -> standby cluster; returns
                                                         once the writer is down, with its final LSN)
     POST   /clusters/{cluster}/promote  PromoteRequest -> PromoteResult (standby cluster -> writer)
     POST   /clusters/{cluster}/fence    FenceRequest  -> FenceResult   (stop everything, powered=false,
                                                         may only return as a standby of standby_of)
-    POST   /clusters/{cluster}/preserve PreserveRequest -> PreserveResult (keep the old data dir aside,
-                                                        list commits after the fork point)
+    POST   /clusters/{cluster}/preserve PreserveRequest -> PreserveState (starts keeping the old data dir
+                                                        aside and listing commits after the fork point;
+                                                        the same request_id answers the same job)
+    GET    /clusters/{cluster}/preserve              -> PreserveState  (the last preserve job; 404 if none)
+    POST   /clusters/{cluster}/rebuild  RebuildRequest -> RebuildState (starts a failback rebuild)
+    GET    /clusters/{cluster}/rebuild               -> RebuildState   (the last rebuild; 404 if none)
     POST   /region/outage                            -> {"message"}    (SIGKILL every process of the
                                                         region, agent included, keeping the disk)
 """
 
 from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 
@@ -40,14 +50,22 @@ from pgcrdr.agent.models import (
     LsnInfo,
     PreserveRequest,
     PreserveResult,
+    PreserveState,
     PromoteRequest,
     PromoteResult,
     RebuildRequest,
     RebuildState,
     RegionHealth,
+<<<<<<< HEAD
     RequestState,
+=======
+    SessionsInfo,
+>>>>>>> wip-agent
 )
+from pgcrdr.agent.faults import FaultFile, FaultRule
 from pgcrdr.agent.models import BackupStatus
+
+PRESERVE_POLL_S = 1.0
 
 
 class AgentError(Exception):
@@ -59,8 +77,15 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    def __init__(self, base_url: str, token: str, timeout: float = 10.0):
+    """``faults_file`` and ``region``: consult that fault file (``pgcrdr.agent.faults``) for
+    rules of ``region`` before each request; both are needed, else no fault applies."""
+
+    def __init__(self, base_url: str, token: str, timeout: float = 10.0, faults_file: Path | None = None,
+                 region: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.region = region
+        self._faults = FaultFile(faults_file) if faults_file is not None and region is not None else None
         self._client = httpx.Client(
             base_url=self.base_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
         )
@@ -68,9 +93,33 @@ class AgentClient:
     def close(self) -> None:
         self._client.close()
 
+    def _timed_out(self, rule: FaultRule) -> AgentError:
+        how = "answer lost" if rule.lose_answer else rule.mode
+        return AgentError(f"region agent at {self.base_url} unreachable: timed out (fault injected: {how})")
+
+    def _send(self, method: str, path: str, **kw: object) -> httpx.Response:
+        rule = self._faults.match(self.region, method, path) if self._faults is not None else None
+        if rule is not None:
+            t0 = time.monotonic()
+            timeout = kw.get("timeout")
+            timeout = float(timeout) if isinstance(timeout, int | float) else self.timeout
+            if rule.mode == "fail" and not rule.lose_answer:
+                raise AgentError(f"region agent at {self.base_url} unreachable: connection refused "
+                                 "(fault injected)")
+            if rule.mode == "slow":
+                time.sleep(rule.delay_s)
+            if rule.lose_answer:
+                self._client.request(method, path, **kw).close()  # type: ignore[arg-type]  # executed, answer dropped
+            if rule.mode == "freeze":
+                # as a frozen agent: no answer before the rule ends or this call times out
+                time.sleep(max(0.0, min(rule.until - time.time(), timeout - (time.monotonic() - t0))))
+            if rule.mode == "freeze" or rule.lose_answer:
+                raise self._timed_out(rule)
+        return self._client.request(method, path, **kw)  # type: ignore[arg-type]
+
     def _request(self, method: str, path: str, **kw: object) -> httpx.Response:
         try:
-            resp = self._client.request(method, path, **kw)  # type: ignore[arg-type]
+            resp = self._send(method, path, **kw)
         except httpx.HTTPError as exc:
             raise AgentError(f"region agent at {self.base_url} unreachable: {exc}") from exc
         if resp.status_code >= 400:
@@ -121,9 +170,19 @@ class AgentClient:
         kw = {"timeout": timeout} if timeout is not None else {}
         return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn", **kw).json())
 
+<<<<<<< HEAD
     def checkpoint(self, cluster: str, timeout: float | None = None) -> LsnInfo:
         kw = {"timeout": timeout} if timeout is not None else {}
         return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint", **kw).json())
+=======
+    def sessions(self, cluster: str) -> SessionsInfo:
+        """Client sessions of the cluster's leader that are active or hold a transaction open,
+        oldest transaction first (``pgcrdr.agent.sessions.describe_sessions`` names them)."""
+        return SessionsInfo.model_validate(self._request("GET", f"/clusters/{cluster}/sessions").json())
+
+    def checkpoint(self, cluster: str) -> LsnInfo:
+        return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint").json())
+>>>>>>> wip-agent
 
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
         """Answers within ``req.timeout`` plus a margin for the answer itself."""
@@ -146,10 +205,52 @@ class AgentClient:
         resp = self._request("POST", f"/clusters/{cluster}/fence", json=req.model_dump(mode="json"), timeout=60)
         return FenceResult.model_validate(resp.json())
 
-    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveResult:
-        resp = self._request("POST", f"/clusters/{cluster}/preserve", json=req.model_dump(mode="json"),
-                             timeout=300)
-        return PreserveResult.model_validate(resp.json())
+    def start_preserve(self, cluster: str, req: PreserveRequest) -> PreserveState:
+        resp = self._request("POST", f"/clusters/{cluster}/preserve", json=req.model_dump(mode="json"), timeout=60)
+        return PreserveState.model_validate(resp.json())
+
+    def get_preserve(self, cluster: str) -> PreserveState | None:
+        try:
+            resp = self._request("GET", f"/clusters/{cluster}/preserve")
+        except AgentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return PreserveState.model_validate(resp.json())
+
+    def preserve(self, cluster: str, req: PreserveRequest, timeout: float = 600.0,
+                 poll_s: float = PRESERVE_POLL_S) -> PreserveResult:
+        """Start a preserve and wait for its result (at most ``timeout`` seconds). A preserve of
+        another request still running is waited for first. Raises AgentError: status None when
+        the agent is unreachable, 504 when the bound ran out, 500 when the job failed."""
+        if req.request_id is None:
+            req = req.model_copy(update={"request_id": uuid.uuid4().hex})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.start_preserve(cluster, req)
+                break
+            except AgentError as exc:
+                other = self.get_preserve(cluster) if exc.status == 409 else None
+                if other is None or other.state != "running":
+                    raise
+            if time.monotonic() >= deadline:
+                raise AgentError(f"preserve of {cluster}: request {other.request_id} still running after "
+                                 f"{timeout:.0f} s; ours was not started", status=504)
+            time.sleep(poll_s)
+        while st.state == "running":
+            if time.monotonic() >= deadline:
+                raise AgentError(f"preserve of {cluster} (request {st.request_id}) still running after "
+                                 f"{timeout:.0f} s: {st.message}; poll GET /clusters/{cluster}/preserve", status=504)
+            time.sleep(poll_s)
+            got = self.get_preserve(cluster)
+            if got is None or got.request_id != st.request_id:
+                raise AgentError(f"preserve of {cluster} (request {st.request_id}) is no longer known to the agent",
+                                 status=500)
+            st = got
+        if st.state != "done" or st.result is None:
+            raise AgentError(f"preserve of {cluster} failed: {st.message}", status=500)
+        return st.result
 
     def rebuild(self, cluster: str, req: RebuildRequest) -> RebuildState:
         resp = self._request("POST", f"/clusters/{cluster}/rebuild", json=req.model_dump(mode="json"), timeout=60)

@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ import psycopg
 
 from pgcrdr.agent import dcs
 from pgcrdr.agent import processes as proc
+from pgcrdr.agent.backups import now_iso
 from pgcrdr.agent.layout import node_name
 from pgcrdr.agent.models import (
     DemoteRequest,
@@ -36,12 +38,15 @@ from pgcrdr.agent.models import (
     LsnInfo,
     PreserveRequest,
     PreserveResult,
+    PreserveState,
     PromoteRequest,
     PromoteResult,
     RequestState,
+    SessionsInfo,
 )
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
 from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
+from pgcrdr.agent.sessions import read_sessions
 from pgcrdr.agent.wal import ControlData, commits_after, controldata, end_of_wal, max_lsn, parse_lsn
 
 if TYPE_CHECKING:
@@ -169,6 +174,15 @@ class CrdrOps:
                 setattr(c, f"last_{kind}", model.model_validate_json((c.layout.dir / f"{kind}.json").read_text()))
             except (OSError, ValueError):
                 pass
+        try:
+            job = PreserveState.model_validate_json((c.layout.dir / "preserve-job.json").read_text())
+        except (OSError, ValueError):
+            return
+        if job.state == "running":  # the agent died during the copy
+            job = job.model_copy(update={"state": "failed", "finished": now_iso(),
+                                         "message": "interrupted by an agent restart; request the preserve again"})
+            self._save_result(c, "preserve-job", job)
+        c.preserve = job
 
     def _controldata(self, data_dir: Path) -> ControlData | None:
         if not (data_dir / "global" / "pg_control").exists():
@@ -211,6 +225,16 @@ class CrdrOps:
                                f"{c.status.phase if c.status else 'unknown'}); nothing to read the LSN from")
         with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
             return lsn_info(conn, node_name(cluster, idx))
+
+    def sessions(self, cluster: str) -> SessionsInfo:
+        """Client sessions of the leader that are active or hold a transaction open."""
+        c = self._cluster(cluster)
+        idx = self._leader_index(c)
+        if idx is None:
+            raise _errors()[1](f"cluster {cluster} has no leader answering (phase "
+                               f"{c.status.phase if c.status else 'unknown'}); no sessions to read")
+        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
+            return read_sessions(conn, node_name(cluster, idx))
 
     def checkpoint(self, cluster: str) -> LsnInfo:
         c = self._cluster(cluster)
@@ -527,34 +551,90 @@ class CrdrOps:
         return FenceResult(killed_pids=killed, last_lsn=last)
 
     # --- preserve ------------------------------------------------------------------------------
+    # A job like the rebuild: the POST checks and starts it, a thread copies, GET reports it. The
+    # job state is persisted (preserve-job.json): an agent restarted mid-copy reports it failed.
 
-    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveResult:
-        """Copy the old writer's data directory aside and list its commits after ``fork_lsn``.
-        The cluster must be stopped (fenced)."""
+    def get_preserve(self, cluster: str) -> PreserveState | None:
+        return self._cluster(cluster).preserve
+
+    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveState:
+        """Start keeping the old writer's data directory aside and listing its commits after
+        ``fork_lsn`` (or answer the job of the same ``request_id``, or the result kept by an
+        earlier preserve of the same data). The cluster must be stopped (fenced)."""
         _, Conflict, _ = _errors()
         parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
         c = self._cluster(cluster)
         self._lock_cluster(c, 60)
         try:
+            job = c.preserve
+            if job is not None and req.request_id is not None and job.request_id == req.request_id:
+                return job
+            if c.preserve_active and job is not None:
+                raise Conflict(f"cluster {cluster} is being preserved already (request {job.request_id}, started "
+                               f"{job.started}); poll GET /clusters/{cluster}/preserve")
+            if c.rebuild_active:
+                raise Conflict(f"cluster {cluster} is being rebuilt; its old data can no longer be preserved")
             for i in (1, 2, 3):
                 name = node_name(cluster, i)
                 if proc.postmaster_pid(c.layout.data_dir(name)) or proc.is_running(c.nodes[i].pid):
                     raise Conflict(f"{name} of {cluster} is running; fence the cluster before preserving its data")
+            request_id = req.request_id or uuid.uuid4().hex
             best = self._most_advanced_node(c)
+            job = PreserveState(request_id=request_id, fork_lsn=req.fork_lsn, started=now_iso())
             if best is None:
                 # The disk of the old writer is gone: nothing to keep; the rebuild that follows
                 # restores from the region's backups or copies the active service.
                 log.info("%s: no data directory left to preserve", cluster)
-                return PreserveResult(path="", bytes=0, end_lsn=None, commits=[])
-            name, cd, end = best
+                job = job.model_copy(update={
+                    "state": "done", "finished": job.started, "message": "no data directory left to preserve",
+                    "result": PreserveResult(path="", bytes=0, end_lsn=None, commits=[])})
+            else:
+                name, cd, end = best
+                job.node = name
+                kept = self._kept_preserve(c, req.fork_lsn, name, end)
+                if kept is not None:  # already kept: idempotent
+                    job = job.model_copy(update={"state": "done", "finished": job.started, "result": kept,
+                                                 "message": f"already kept at {kept.path}"})
+                else:
+                    job.message = f"copying the data directory of {name}"
+                    c.preserve_active = True  # from here on nothing starts on this cluster
+            c.preserve = job
+            self._save_result(c, "preserve-job", job)
+        finally:
+            c.act_lock.release()
+        if job.state == "running":
+            assert best is not None
+            threading.Thread(target=self._preserve_run, args=(c, req.fork_lsn, *best),
+                             name=f"preserve-{cluster}", daemon=True).start()
+        return job
+
+    def _kept_preserve(self, c: ClusterRuntime, fork_lsn: str, node: str, end: str | None) -> PreserveResult | None:
+        """The result of an earlier preserve of the same node's data at the same end and fork."""
+        for meta in sorted((c.layout.dir / "preserved").glob("*/preserve.json"), reverse=True):
+            try:
+                old = json.loads(meta.read_text())
+                if old.get("fork_lsn") == fork_lsn and old.get("node") == node and old.get("source_end") == end:
+                    return PreserveResult.model_validate(old["result"])
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def _set_preserve(self, c: ClusterRuntime, **changes: Any) -> None:
+        assert c.preserve is not None
+        c.preserve = c.preserve.model_copy(update=changes)
+        try:
+            self._save_result(c, "preserve-job", c.preserve)
+        except OSError as exc:  # the cluster is being deleted
+            log.info("%s: preserve state not saved: %s", c.spec.cluster, exc)
+
+    def _preserve_run(self, c: ClusterRuntime, fork_lsn: str, name: str, cd: ControlData, end: str | None) -> None:
+        cluster = c.spec.cluster
+        try:
             root = c.layout.dir / "preserved"
-            for meta in sorted(root.glob("*/preserve.json"), reverse=True):
-                try:
-                    old = json.loads(meta.read_text())
-                except (OSError, ValueError):
-                    continue
-                if old.get("fork_lsn") == req.fork_lsn and old.get("node") == name and old.get("source_end") == end:
-                    return PreserveResult.model_validate(old["result"])  # already kept: idempotent
+            # copies an interrupted job left half-done (no preserve.json) are only wasted disk
+            for partial in root.glob("*"):
+                if partial.is_dir() and not (partial / "preserve.json").exists():
+                    shutil.rmtree(partial, ignore_errors=True)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
             dest = root / stamp
             dest.mkdir(parents=True)
@@ -563,18 +643,25 @@ class CrdrOps:
             (dest / "data" / "postmaster.pid").unlink(missing_ok=True)
             size = sum(f.stat().st_size for f in (dest / "data").rglob("*") if f.is_file() and not f.is_symlink())
             commits, wal_end = commits_after(self.settings.pg_bin_dir, dest / "data" / "pg_wal", cd.timeline,
-                                             req.fork_lsn)
+                                             fork_lsn)
             result = PreserveResult(path=str(dest / "data"), bytes=size, end_lsn=max_lsn(end, wal_end),
                                     commits=commits)
-            (dest / "preserve.json").write_text(json.dumps({
-                "fork_lsn": req.fork_lsn, "node": name, "source_end": end, "timeline": cd.timeline,
+            meta = dest / "preserve.json"
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_text(json.dumps({
+                "fork_lsn": fork_lsn, "node": name, "source_end": end, "timeline": cd.timeline,
                 "result": result.model_dump(mode="json"),
             }))
-            log.info("%s: preserved %s of %s at %s (%d bytes); %d commits after %s", cluster, c.layout.data_dir(name),
-                     name, dest, size, len(commits), req.fork_lsn)
-            return result
+            tmp.replace(meta)  # written last: a copy without it is incomplete
+            log.info("%s: preserved %s of %s at %s (%d bytes); %d commits after %s", cluster,
+                     c.layout.data_dir(name), name, dest, size, len(commits), fork_lsn)
+            self._set_preserve(c, state="done", finished=now_iso(), result=result,
+                               message=f"kept at {result.path}; {len(commits)} commits after {fork_lsn}")
+        except Exception as exc:
+            log.exception("%s: preserve failed", cluster)
+            self._set_preserve(c, state="failed", finished=now_iso(), message=f"preserve failed: {exc}")
         finally:
-            c.act_lock.release()
+            c.preserve_active = False
 
     # --- region outage drill -------------------------------------------------------------------
 

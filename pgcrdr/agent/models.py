@@ -283,6 +283,9 @@ class FenceResult(BaseModel):
 
 class PreserveRequest(BaseModel):
     fork_lsn: str  # where the active side's timeline forked from this cluster's history
+    # The job's key: asking again with the same id answers that job (idempotent). None: the
+    # agent picks one (each such request is a new job; the copy itself is still not repeated).
+    request_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class DivergentCommit(BaseModel):
@@ -296,6 +299,41 @@ class PreserveResult(BaseModel):
     bytes: int
     end_lsn: str | None = None
     commits: list[DivergentCommit] = Field(default_factory=list)  # commits after fork_lsn, never replicated
+
+
+class PreserveState(BaseModel):
+    """A preserve job: the copy runs in the background; ``GET .../preserve`` reports it."""
+
+    request_id: str
+    fork_lsn: str
+    node: str | None = None  # whose data directory is kept (the most advanced one)
+    state: Literal["running", "done", "failed"] = "running"
+    message: str | None = None
+    result: PreserveResult | None = None  # once done
+    started: str  # RFC 3339
+    finished: str | None = None
+
+
+class SessionInfo(BaseModel):
+    """One client session on a cluster's leader that is active or holds a transaction open."""
+
+    pid: int
+    usename: str | None = None
+    datname: str | None = None
+    application_name: str | None = None
+    client_addr: str | None = None
+    state: str | None = None  # active, idle in transaction, idle in transaction (aborted), ...
+    xact_age_s: float | None = None  # now() - xact_start
+    query_age_s: float | None = None  # now() - query_start
+    wait_event_type: str | None = None
+    wait_event: str | None = None
+    query: str | None = None  # its first 200 characters
+
+
+class SessionsInfo(BaseModel):
+    node: str  # the leader the sessions were read on
+    in_recovery: bool = False
+    sessions: list[SessionInfo] = Field(default_factory=list)  # oldest transaction first
 
 
 LsnInfo.model_rebuild()

@@ -109,6 +109,9 @@ class RebuildOps:
             if c.rebuild_active:
                 running = c.rebuild.request_id if c.rebuild else "?"
                 raise Conflict(f"cluster {cluster} is being rebuilt already (request {running})")
+            if c.preserve_active:
+                raise Conflict(f"the old data of cluster {cluster} is being preserved; rebuild it once the preserve "
+                               f"is done (GET /clusters/{cluster}/preserve)")
             # A held cluster (its region came back from an outage) starts nothing whatever its
             # last spec says; the control plane sends the standby spec once the rebuild is done.
             if c.spec.powered and c.spec.standby_of is None and not c.held:

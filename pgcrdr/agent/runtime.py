@@ -43,6 +43,7 @@ from pgcrdr.agent.models import (
     ClusterStatus,
     DemoteResult,
     KillResult,
+    PreserveState,
     ProgressUpdate,
     PromoteResult,
     RebuildState,
@@ -127,6 +128,9 @@ class ClusterRuntime:
     backup_pid: int | None = None
     rebuild: RebuildState | None = None
     rebuild_active: bool = False
+    # preserve jobs (pgcrdr.agent.crdr): nothing starts on the cluster while its data is copied
+    preserve: PreserveState | None = None
+    preserve_active: bool = False
 
 
 class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
@@ -248,6 +252,9 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                 raise Conflict(f"cluster {spec.cluster} is being deleted; retry once the DELETE has returned")
             if c is not None and c.rebuild_active and spec.powered:
                 raise Conflict(f"cluster {spec.cluster} is being rebuilt; power it on once the rebuild is done")
+            if c is not None and c.preserve_active and spec.powered:
+                raise Conflict(f"the data of cluster {spec.cluster} is being preserved; power it on once the "
+                               "preserve is done")
             if c is not None:
                 changed = [f for f in ("superuser_password", "replication_password", "rewind_password")
                            if getattr(c.spec, f) != getattr(spec, f)]
@@ -614,9 +621,10 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
     def _start_node(self, c: ClusterRuntime, index: int) -> None:
         s, lay = self.settings, c.layout
         name = node_name(c.spec.cluster, index)
-        if c.held or not c.spec.powered or not c.dcs_synced or c.rebuild_active:
+        if c.held or not c.spec.powered or not c.dcs_synced or c.rebuild_active or c.preserve_active:
             # the spec changed (fence, outage hold) since this tick decided: start nothing
-            log.info("%s: not started (held, powered off or DCS not in line with the spec)", name)
+            log.info("%s: not started (held, powered off, DCS not in line with the spec, or its data is being "
+                     "rebuilt or preserved)", name)
             return
         (lay.dir / "nodes").mkdir(parents=True, exist_ok=True)
         (lay.dir / "nodes").chmod(0o755)

@@ -312,6 +312,54 @@ def drill_kill_node(home: str | None, port_offset: int | None, service: str, nod
                f"it may restart after {restart_after:.0f}s")
 
 
+@drill.command("agent-fault")
+@home_opt
+@offset_opt
+@click.argument("region_name", metavar="REGION")
+@click.option("--mode", type=click.Choice(["freeze", "slow", "fail"]), default=None,
+              help="freeze: calls get no answer until they time out; slow: calls wait --delay first; "
+                   "fail: calls are refused at once.")
+@click.option("--seconds", type=float, default=60.0, show_default=True, help="How long the fault lasts.")
+@click.option("--delay", type=float, default=5.0, show_default=True, help="Seconds added to each call (slow).")
+@click.option("--method", "methods", multiple=True, help="Only calls with this HTTP method (repeatable).")
+@click.option("--path-contains", default=None, help="Only calls whose path contains this, e.g. /promote.")
+@click.option("--lose-answer", is_flag=True,
+              help="The call is sent and executed by the agent, but its answer is lost (a timeout).")
+@click.option("--clear", "clear_rules", is_flag=True, help="Remove every fault of REGION.")
+def drill_agent_fault(home: str | None, port_offset: int | None, region_name: str, mode: str | None,
+                      seconds: float, delay: float, methods: tuple[str, ...], path_contains: str | None,
+                      lose_answer: bool, clear_rules: bool) -> None:
+    """Make REGION's agent look frozen, slow or failing to the control plane for a while (the
+    agent itself runs on). Read by the control plane's agent client from
+    <home>/control/agent-faults.json."""
+    from pgcrdr.agent import faults
+
+    settings = _settings(home, port_offset)
+    _region(settings, region_name)
+    if clear_rules:
+        n = faults.clear(settings.home, region_name)
+        click.echo(f"cleared {n} agent fault(s) of region {region_name}")
+        return
+    if mode is None:
+        raise click.UsageError("give --mode freeze|slow|fail, or --clear")
+    if seconds <= 0:
+        raise click.UsageError("--seconds must be positive")
+    try:
+        rule = faults.FaultRule(region=region_name, mode=mode, until=time.time() + seconds,  # type: ignore[arg-type]
+                                delay_s=delay if mode == "slow" else 0.0, methods=[m.upper() for m in methods],
+                                path_contains=path_contains, lose_answer=lose_answer)
+    except ValueError as exc:
+        raise click.UsageError(f"invalid fault: {exc}") from None
+    path = faults.inject(settings.home, rule)
+    what = {"freeze": "get no answer until they time out", "slow": f"wait {delay:g} s before being sent",
+            "fail": "are refused at once"}[mode]
+    scope = " ".join(filter(None, ["/".join(rule.methods), f"paths containing {path_contains!r}"
+                                   if path_contains else ""])) or "every call"
+    click.echo(f"for {seconds:g} s, the control plane's calls to region {region_name} ({scope}) {what}"
+               f"{'; their answers are lost after the agent executed them' if lose_answer else ''} "
+               f"(rule in {path}; undo with --clear)")
+
+
 @main.group()
 def terraform() -> None:
     """Terraform: pgcrdr's aiven/aiven provider."""

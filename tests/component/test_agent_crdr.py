@@ -3,12 +3,13 @@
 Reads like the runbook, tests in file order sharing two 1-node clusters: ``pga`` in region
 ct-a (the primary service) and ``pgb`` in region ct-b (its recovery copy):
 
-1. pgb is created as a standby cluster of pga and streams; it refuses writes.
+1. pgb is created as a standby cluster of pga and streams; it refuses writes. The sessions
+   holding a transaction open on pga's writer are listed, oldest first.
 2. planned switch pga -> pgb under a writer loop through the endpoints: checkpoint, demote,
    prove pgb holds the final LSN, promote; pga follows pgb; no acknowledged write lost.
 3. failover with a lost tail: pga is cut off, pgb commits rows pga never gets, pgb is fenced,
-   pga promoted; preserve lists pgb's divergent commits; pgb powered on as a standby of pga is
-   pg_rewound and streams.
+   pga promoted; preserve (a polled job) keeps pgb's old data and lists its divergent commits;
+   pgb powered on as a standby of pga is pg_rewound and streams.
 4. region outage of ct-b, agent restarted: its cluster is held (nothing starts) until a PUT.
 """
 
@@ -23,8 +24,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgcrdr.agent.client import AgentClient
 from pgcrdr.agent.layout import RegionLayout
-from pgcrdr.agent.models import ClusterStatus, LsnInfo
+from pgcrdr.agent.models import ClusterStatus, LsnInfo, PreserveRequest, PreserveResult
+from pgcrdr.agent.sessions import describe_sessions
 from pgcrdr.agent.processes import postmaster_pid, processes_under
 from pgcrdr.agent.wal import parse_lsn
 from tests.component.conftest import Agent, make_spec, region_agents, wait_for
@@ -61,6 +64,15 @@ class Pair:
             r = c.post(path, json=body or {})
         assert r.status_code == expect, f"POST {path}: {r.status_code} {r.text}\n{agent.log_tail()}"
         return r.json()
+
+    def get(self, agent: Agent, path: str, expect: int = 200) -> dict:
+        with agent.http() as c:
+            r = c.get(path)
+        assert r.status_code == expect, f"GET {path}: {r.status_code} {r.text}\n{agent.log_tail()}"
+        return r.json()
+
+    def client(self, agent: Agent) -> AgentClient:
+        return AgentClient(agent.settings.agent_url(agent.region), agent.token, timeout=30)
 
     def lsn(self, agent: Agent, cluster: str) -> LsnInfo:
         with agent.http() as c:
@@ -180,8 +192,10 @@ def test_standby_cluster_in_another_region_streams_and_refuses_writes(pair: Pair
         want = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     wait_for("pgb to replay pga's last write",
              lambda: parse_lsn(pair.lsn(pair.b, "pgb").replay_lsn or "0/0") >= parse_lsn(want), 20)
-    with psycopg.connect(dsn(b.replica.port)) as conn:
-        assert conn.execute("SELECT count(*), max(note) FROM notes").fetchone() == (51, "from a")
+    with psycopg.connect(dsn(b.replica.port), autocommit=True) as conn:
+        # the replica endpoint reaches pgb's own replica, which follows pgb's standby leader
+        wait_for("pgb's replica to replay pga's last write", lambda: conn.execute(
+            "SELECT count(*), max(note) FROM notes").fetchone() == (51, "from a"), 10)
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
     # refuses writes: on every node, and its primary endpoint reaches no server at all
     for n in b.nodes:
@@ -196,6 +210,38 @@ def test_standby_cluster_in_another_region_streams_and_refuses_writes(pair: Pair
     with pair.b.http() as c:
         assert c.get("/clusters/pgb").json()["standby"] is True
     print(f"standby cluster bootstrapped and ready in {TIMINGS['standby_bootstrap_s']:.1f}s")
+
+
+def test_sessions_holding_a_transaction_on_the_writer_are_listed_oldest_first(pair: Pair) -> None:
+    port = pair.a.status("pga").primary.port
+    with psycopg.connect(dsn(port) + " application_name=ct-holder") as old, \
+            psycopg.connect(dsn(port) + " application_name=ct-younger") as young, \
+            psycopg.connect(dsn(port) + " application_name=ct-idle") as idle:
+        old_pid = old.execute("SELECT pg_backend_pid()").fetchone()[0]  # psycopg opened a transaction
+        old.execute("SELECT count(*) FROM notes")
+        time.sleep(1.5)
+        young_pid = young.execute("SELECT pg_backend_pid()").fetchone()[0]
+        idle.autocommit = True
+        idle_pid = idle.execute("SELECT pg_backend_pid()").fetchone()[0]  # no transaction left open
+        t0 = time.monotonic()
+        client = pair.client(pair.a)
+        try:
+            info = client.sessions("pga")
+        finally:
+            client.close()
+        asked_s = time.monotonic() - t0
+    pids = [s.pid for s in info.sessions]
+    assert info.node == "pga-1" and not info.in_recovery, info
+    assert old_pid in pids and young_pid in pids and idle_pid not in pids, info
+    assert pids.index(old_pid) < pids.index(young_pid), "the oldest transaction comes first"
+    held = info.sessions[pids.index(old_pid)]
+    assert held.usename == "avnadmin" and held.application_name == "ct-holder", held
+    assert held.state == "idle in transaction" and held.query == "SELECT count(*) FROM notes", held
+    assert held.xact_age_s is not None and 1.4 <= held.xact_age_s <= 1.5 + asked_s + 5, held
+    sentence = describe_sessions(info, limit=1)
+    assert sentence.startswith(f"held by pid {old_pid} (user avnadmin, application ct-holder, transaction open "), \
+        sentence
+    print(f"sessions: {describe_sessions(info)}")
 
 
 def test_planned_switch_a_to_b_loses_no_acknowledged_write(pair: Pair) -> None:
@@ -275,11 +321,33 @@ def test_fence_promote_preserve_and_rewind_the_old_writer(pair: Pair) -> None:
     promoted = pair.post(pair.a, "/clusters/pga/promote", {"timeout": 20})
     fork = promoted["switch_lsn"]
     assert parse_lsn(fork) < parse_lsn(tail_end)
-    kept = pair.post(pair.b, "/clusters/pgb/preserve", {"fork_lsn": fork})
+    pair.get(pair.b, "/clusters/pgb/preserve", expect=404)  # never preserved yet
+    t0 = time.monotonic()
+    job = pair.post(pair.b, "/clusters/pgb/preserve", {"fork_lsn": fork, "request_id": "keep-1"})
+    answered_s = time.monotonic() - t0
+    assert job["request_id"] == "keep-1" and job["state"] in ("running", "done") and job["node"], job
+    # the same request answers the same job
+    again = pair.post(pair.b, "/clusters/pgb/preserve", {"fork_lsn": fork, "request_id": "keep-1"})
+    assert (again["request_id"], again["started"]) == ("keep-1", job["started"]), again
+    done = wait_for("the preserve to finish", lambda: (
+        st := pair.get(pair.b, "/clusters/pgb/preserve"))["state"] != "running" and st, 120)
+    assert done["state"] == "done" and done["request_id"] == "keep-1" and done["finished"], done
+    kept = done["result"]
     assert kept["path"].startswith(str(lay_b.dir / "preserved")) and kept["bytes"] > 10_000_000, kept
     assert len(kept["commits"]) >= 5, kept["commits"]
     assert all(parse_lsn(c["lsn"]) >= parse_lsn(fork) and c["xid"] > 0 and c["commit_time"] for c in kept["commits"])
-    assert pair.post(pair.b, "/clusters/pgb/preserve", {"fork_lsn": fork}) == kept  # idempotent
+    # idempotent: another request for the same data answers the kept copy at once, copying nothing
+    other = pair.post(pair.b, "/clusters/pgb/preserve", {"fork_lsn": fork, "request_id": "keep-2"})
+    assert other["state"] == "done" and other["result"] == kept, other
+    assert len(list((lay_b.dir / "preserved").glob("*/data"))) == 1
+    # the synchronous client call the control plane uses (start, then poll) answers the same
+    client = pair.client(pair.b)
+    try:
+        assert client.preserve("pgb", PreserveRequest(fork_lsn=fork), poll_s=0.2) == PreserveResult(**kept)
+        assert client.get_preserve("pgb").result == PreserveResult(**kept)  # type: ignore[union-attr]
+    finally:
+        client.close()
+    print(f"preserve answered in {answered_s:.3f}s (job {job['state']}), done at {done['finished']}")
     print(f"fence killed {fenced['killed_pids']}, last LSN {fenced['last_lsn']}; pga promoted in "
           f"{promoted['promoted_s']:.3f}s forking at {fork}; preserved {kept['bytes']} bytes with "
           f"{len(kept['commits'])} divergent commits")
