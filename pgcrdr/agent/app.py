@@ -28,11 +28,8 @@ from pgcrdr.agent.models import (
     RebuildRequest,
     RebuildState,
     RegionHealth,
-<<<<<<< HEAD
     RequestState,
-=======
     SessionsInfo,
->>>>>>> wip-agent
 )
 from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
 from pgcrdr.agent.validation import source_problems, spec_problems

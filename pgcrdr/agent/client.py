@@ -56,11 +56,8 @@ from pgcrdr.agent.models import (
     RebuildRequest,
     RebuildState,
     RegionHealth,
-<<<<<<< HEAD
     RequestState,
-=======
     SessionsInfo,
->>>>>>> wip-agent
 )
 from pgcrdr.agent.faults import FaultFile, FaultRule
 from pgcrdr.agent.models import BackupStatus
@@ -170,19 +167,15 @@ class AgentClient:
         kw = {"timeout": timeout} if timeout is not None else {}
         return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn", **kw).json())
 
-<<<<<<< HEAD
+    def sessions(self, cluster: str, timeout: float | None = None) -> SessionsInfo:
+        """Client sessions of the cluster's leader that are active or hold a transaction open,
+        oldest transaction first (``pgcrdr.agent.sessions.describe_sessions`` names them)."""
+        kw = {"timeout": timeout} if timeout is not None else {}
+        return SessionsInfo.model_validate(self._request("GET", f"/clusters/{cluster}/sessions", **kw).json())
+
     def checkpoint(self, cluster: str, timeout: float | None = None) -> LsnInfo:
         kw = {"timeout": timeout} if timeout is not None else {}
         return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint", **kw).json())
-=======
-    def sessions(self, cluster: str) -> SessionsInfo:
-        """Client sessions of the cluster's leader that are active or hold a transaction open,
-        oldest transaction first (``pgcrdr.agent.sessions.describe_sessions`` names them)."""
-        return SessionsInfo.model_validate(self._request("GET", f"/clusters/{cluster}/sessions").json())
-
-    def checkpoint(self, cluster: str) -> LsnInfo:
-        return LsnInfo.model_validate(self._request("POST", f"/clusters/{cluster}/checkpoint").json())
->>>>>>> wip-agent
 
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
         """Answers within ``req.timeout`` plus a margin for the answer itself."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import psycopg
 
 from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agent.sessions import describe_sessions
 from pgcrdr.agent.models import (
     DemoteRequest,
     Endpoint,
@@ -523,14 +524,9 @@ class OperationRunner:
         src = self._svc(op, op.source)
         try:
             info = self._agent(src).sessions(src.cluster, timeout=CALL_TIMEOUT_S)
-        except (AgentError, AttributeError) as exc:
+        except AgentError as exc:
             return f"the sessions holding it could not be listed ({exc})"
-        rows = getattr(info, "sessions", [])
-        if not rows:
-            return "no session on the writer held a transaction open when the deadline passed"
-        return "held by " + ", ".join(
-            f"pid {r.pid} (user {r.usename}, application {r.application_name or '-'}, transaction open "
-            f"{r.xact_age_s:.1f} s)" for r in rows[:3])
+        return describe_sessions(info)
 
     def step_demote(self, op: OperationRecord) -> str:
         src, dst = self._svc(op, op.source), self._svc(op, op.target)
