@@ -88,7 +88,7 @@ def service_view(svc: ServiceRecord, obs: Observation) -> ServiceView:
         msg = st.backup.last_error if st.backup and st.backup.last_error else st.message
         return ServiceView("REBUILDING", False, msg, "waiting for the first backup")
     message = st.message
-    if svc.dr_role in (None, "active") and svc.ever_ready and not writer_running(st):
+    if svc.dr_role in (None, "active") and svc.ever_ready and st.nodes and not writer_running(st):
         # A service shown active must take writes; when none of its nodes does, say so.
         why = ("its region runs it as a standby cluster; pgcrdr repairs the pair" if st.standby
                else "waiting for Patroni to elect a leader")
