@@ -281,9 +281,13 @@ def create_app(
                 raise Refused(409, f"{service} is part of a disaster recovery pair and cannot be powered off; "
                                    "delete the recovery service first or use the disaster_recovery_role")
             body.pop("powered")
-        svc = manager.update_service(project, service, body)
-        if role is not None:
-            crdr.request_role(store, project, service, role, failback_source=failback_source)
+        if role is None:
+            svc = manager.update_service(project, service, body)
+        else:
+            # The other fields and the role change in one transaction: a refused role change (or a
+            # refused field) leaves the service exactly as it was.
+            crdr.update_and_request_role(store, project, service, manager.service_change(body), role,
+                                         failback_source=failback_source)
             svc = manager.service(project, service)
         ctx.wake()
         return {"service": out(svc)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pgcrdr.config import Settings
@@ -111,6 +112,20 @@ def _check_maintenance(m: Any) -> dict | None:
             raise Refused(400, f"Invalid maintenance.time {m['time']!r}; use HH:MM:SS")
         out["time"] = m["time"]
     return out
+
+
+def _apply_changes(cur: ServiceRecord, changes: dict[str, Any]) -> ServiceRecord | None:
+    if not changes:
+        return None
+    data = cur.model_dump()
+    data.update(changes)
+    data["update_time"] = now_rfc3339()
+    if any(k in changes for k in ("plan", "user_config", "powered")):
+        data["generation"] = cur.generation + 1
+    if "powered" in changes:
+        data["state"] = "REBUILDING" if changes["powered"] else "POWEROFF"
+        data["ever_ready"] = False
+    return ServiceRecord.model_validate(data)
 
 
 class ServiceManager:
@@ -277,7 +292,27 @@ class ServiceManager:
         return issue_server_cert(ca, [self.settings.host, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
 
     def update_service(self, project: str, name: str, body: dict[str, Any]) -> ServiceRecord:
-        svc = self.service(project, name)
+        self.service(project, name)
+        out = self.store.update_service(project, name, self.service_change(body))
+        if out is None:
+            raise not_found_service(name)
+        return out
+
+    def service_change(self, body: dict[str, Any]) -> Callable[[ServiceRecord], ServiceRecord | None]:
+        """What a ``PUT service`` body does to the stored record, as a function for a store
+        transaction: it validates against the record it is given (raising :class:`Refused`, so the
+        transaction writes nothing) and returns the new record, or None when nothing changes.
+        Used alone, or together with a role change in one transaction (``crdr.update_and_request_role``)."""
+
+        def change(svc: ServiceRecord) -> ServiceRecord | None:
+            if svc.deleting:
+                raise not_found_service(svc.name)
+            return _apply_changes(svc, self._service_changes(svc, body))
+
+        return change
+
+    def _service_changes(self, svc: ServiceRecord, body: dict[str, Any]) -> dict[str, Any]:
+        name = svc.name
         changes: dict[str, Any] = {}
         if body.get("plan") is not None:
             plan = self._check_plan(body["plan"])
@@ -324,24 +359,7 @@ class ServiceManager:
                 changes["powered"] = body["powered"]
         if isinstance(body.get("tech_emails"), list):
             changes["tech_emails"] = [e for e in body["tech_emails"] if isinstance(e, dict)]
-
-        def apply(cur: ServiceRecord) -> ServiceRecord | None:
-            if not changes:
-                return None
-            data = cur.model_dump()
-            data.update(changes)
-            data["update_time"] = now_rfc3339()
-            if any(k in changes for k in ("plan", "user_config", "powered")):
-                data["generation"] = cur.generation + 1
-            if "powered" in changes:
-                data["state"] = "REBUILDING" if changes["powered"] else "POWEROFF"
-                data["ever_ready"] = False
-            return ServiceRecord.model_validate(data)
-
-        out = self.store.update_service(project, name, apply)
-        if out is None:
-            raise not_found_service(name)
-        return out
+        return changes
 
     def delete_service(self, project: str, name: str) -> None:
         svc = self.service(project, name)
@@ -416,11 +434,23 @@ class ServiceManager:
                 f"{svc.dr_peer} and it is replicated here",
             )
 
-    def _mirror_to_peer(self, svc: ServiceRecord, fn: Any) -> None:
-        """Users and databases of a pair are one set: the passive copy gets them by replication,
-        its record gets them here (so it has them when it becomes the writer)."""
-        if svc.dr_peer:
-            self.store.update_service(svc.project, svc.dr_peer, fn)
+    def _change_pair(self, project: str, name: str, add: Callable[[ServiceRecord], ServiceRecord],
+                     mirror: Callable[[ServiceRecord], ServiceRecord]) -> None:
+        """``add`` to the service and ``mirror`` to its DR peer, in one transaction: a refusal
+        (``add`` raising) writes nothing on either side.
+
+        Users and databases of a pair are one set: the passive copy gets them by replication, its
+        record gets them here (so it has them when it becomes the writer). ``mirror`` brings the
+        peer's record in line and never refuses: the active service's set is the reference."""
+        with self.store.transaction() as tx:
+            cur = tx.service(project, name)
+            if cur is None or cur.deleting:
+                raise not_found_service(name)
+            self._require_powered(cur)
+            tx.put_service(add(cur))
+            peer = tx.service(project, cur.dr_peer) if cur.dr_peer else None
+            if peer is not None and not peer.deleting:
+                tx.put_service(mirror(peer))
 
     def create_database(self, project: str, name: str, dbname: Any) -> None:
         svc = self.service(project, name)
@@ -428,16 +458,17 @@ class ServiceManager:
         if not isinstance(dbname, str) or not DB_NAME_RE.match(dbname) or dbname in RESERVED_DBS:
             raise Refused(400, f"Invalid database name {dbname!r}: use letters, digits, '_' or '-' (max 63)")
 
+        def with_db(cur: ServiceRecord) -> ServiceRecord:
+            dbs = cur.databases if dbname in cur.databases else [*cur.databases, dbname]
+            return cur.model_copy(update={"databases": dbs, "generation": cur.generation + 1,
+                                          "update_time": now_rfc3339()})
+
         def add(cur: ServiceRecord) -> ServiceRecord:
             if dbname in cur.databases:
                 raise Refused(409, f"Database {dbname} already exists")
-            return cur.model_copy(
-                update={"databases": [*cur.databases, dbname], "generation": cur.generation + 1,
-                        "update_time": now_rfc3339()}
-            )
+            return with_db(cur)
 
-        self._change(project, name, add)
-        self._mirror_to_peer(svc, add)
+        self._change_pair(project, name, add, with_db)
 
     def create_user(self, project: str, name: str, username: Any) -> ServiceUser:
         svc = self.service(project, name)
@@ -446,16 +477,17 @@ class ServiceManager:
             raise Refused(400, f"Invalid or reserved username {username!r}")
         user = ServiceUser(username=username, password=new_password(), type="normal")
 
+        def with_user(cur: ServiceRecord) -> ServiceRecord:
+            users = [u for u in cur.users if u.username != username]
+            return cur.model_copy(update={"users": [*users, user], "generation": cur.generation + 1,
+                                          "update_time": now_rfc3339()})
+
         def add(cur: ServiceRecord) -> ServiceRecord:
             if any(u.username == username for u in cur.users):
                 raise Refused(409, f"User {username} already exists")
-            return cur.model_copy(
-                update={"users": [*cur.users, user], "generation": cur.generation + 1,
-                        "update_time": now_rfc3339()}
-            )
+            return with_user(cur)
 
-        self._change(project, name, add)
-        self._mirror_to_peer(svc, add)
+        self._change_pair(project, name, add, with_user)
         return user
 
     def user(self, project: str, name: str, username: str) -> ServiceUser:
