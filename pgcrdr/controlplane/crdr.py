@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 
 from pgcrdr.agent.models import StandbySource
-from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
 from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store
@@ -123,7 +123,7 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
     """POST /integration of type disaster_recovery: pair two services, or (reversed) switch roles."""
     itype = body.get("integration_type")
     if itype != "disaster_recovery":
-        raise Refused(400, f"Integration type {itype!r} is not supported; pgcrdr supports disaster_recovery")
+        raise Refused(400, f"Integration type {clip_repr(itype)} is not supported; pgcrdr supports disaster_recovery")
     src_name, dst_name = body.get("source_service"), body.get("dest_service")
     if not isinstance(src_name, str) or not isinstance(dst_name, str):
         raise Refused(400, "source_service and dest_service are required")
@@ -180,7 +180,7 @@ def delete_integration(store: Store, project: str, integration_id: str) -> None:
     """Remove the integration object. Roles do not change (the pair keeps replicating)."""
     with store.transaction() as tx:
         if not any(i.integration_id == integration_id for i in tx.integrations(project)):
-            raise Refused(404, f"Service integration {integration_id} does not exist")
+            raise Refused(404, f"Service integration {clip(integration_id)} does not exist")
         tx.delete_integration(integration_id)
 
 
