@@ -7,7 +7,6 @@ mistake is a 4xx, never a 500 or a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -17,10 +16,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pgcrdr.api.bodies import BodyLimitMiddleware, json_body
 from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog, crdr
-from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.errors import Refused, clip
 from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, verify_password
@@ -29,7 +29,13 @@ from pgcrdr.security.tokens import new_token
 log = logging.getLogger("pgcrdr.api")
 
 
+# The last guard on the size of an answer: a message quotes at most a short prefix of any value
+# the user sent (``clip``), so only a message built carelessly is ever cut here.
+MAX_MESSAGE_CHARS = 1000
+
+
 def error_body(status: int, message: str) -> dict:
+    message = clip(message, MAX_MESSAGE_CHARS)
     return {"message": message, "errors": [{"message": message, "status": status}]}
 
 
@@ -40,25 +46,14 @@ def error_response(status: int, message: str) -> JSONResponse:
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
+        # loc may hold the user's own keys, msg may quote the user's value: both are clipped.
+        loc = ".".join(clip(x) for x in e.get("loc", ()) if x not in ("body",))
         if e.get("type") == "json_invalid":
             return "Malformed JSON in request body"
-        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+        parts.append(f"{clip(loc or 'body')}: {clip(e.get('msg'))}")
+        if len(parts) == 5:
+            break
     return "Invalid request: " + "; ".join(parts)
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object (a missing body is an empty object)."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(400, f"Malformed JSON in request body: {exc}") from None
-    if not isinstance(data, dict):
-        raise Refused(400, "Request body must be a JSON object")
-    return data
 
 
 class Context:
@@ -84,6 +79,8 @@ def create_app(
         redoc_url=None,
     )
     app.state.ctx = ctx
+    # Every body the app reads, on any route (the console's included), is bounded; see bodies.py.
+    app.add_middleware(BodyLimitMiddleware, error_body=error_body)
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:
@@ -96,10 +93,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return error_response(404, f"No such API endpoint: {request.method} {request.url.path}")
+            return error_response(404, f"No such API endpoint: {clip(request.method)} {clip(request.url.path)}")
         if exc.status_code == 405:
-            return error_response(405, f"Method {request.method} is not allowed on {request.url.path}")
-        return error_response(exc.status_code, str(exc.detail))
+            return error_response(405, f"Method {clip(request.method)} is not allowed on {clip(request.url.path)}")
+        return error_response(exc.status_code, clip(exc.detail))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -195,14 +192,14 @@ def create_app(
     def service_type(project: str, stype: str, _: str = Auth) -> dict:
         manager.project(project)
         if stype not in catalog.SERVICE_TYPES:
-            raise Refused(404, f"Service type {stype} does not exist; available service types: pg")
+            raise Refused(404, f"Service type {clip(stype)} does not exist; available service types: pg")
         return catalog.SERVICE_TYPES[stype]
 
     @app.get("/v1/project/{project}/service-types/{stype}/plans/{plan}")
     def service_plan(project: str, stype: str, plan: str, _: str = Auth) -> dict:
         manager.project(project)
         if stype not in catalog.SERVICE_TYPES or plan not in catalog.PLANS:
-            raise Refused(404, f"Plan {stype}:{plan} does not exist")
+            raise Refused(404, f"Plan {clip(stype)}:{clip(plan)} does not exist")
         return catalog.plan_detail_json(catalog.PLANS[plan])
 
     @app.get("/v1/service_versions")
@@ -281,9 +278,13 @@ def create_app(
                 raise Refused(409, f"{service} is part of a disaster recovery pair and cannot be powered off; "
                                    "delete the recovery service first or use the disaster_recovery_role")
             body.pop("powered")
-        svc = manager.update_service(project, service, body)
-        if role is not None:
-            crdr.request_role(store, project, service, role, failback_source=failback_source)
+        if role is None:
+            svc = manager.update_service(project, service, body)
+        else:
+            # The other fields and the role change in one transaction: a refused role change (or a
+            # refused field) leaves the service exactly as it was.
+            crdr.update_and_request_role(store, project, service, manager.service_change(body), role,
+                                         failback_source=failback_source)
             svc = manager.service(project, service)
         ctx.wake()
         return {"service": out(svc)}
@@ -355,7 +356,7 @@ def create_app(
         manager.project(project)
         integ = store.get_integration(project, integration_id)
         if integ is None:
-            raise Refused(404, f"Service integration {integration_id} does not exist")
+            raise Refused(404, f"Service integration {clip(integration_id)} does not exist")
         return integ
 
     @app.get("/v1/project/{project}/integration/{integration_id}")

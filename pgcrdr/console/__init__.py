@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 from pgcrdr.api.serialize import dr_status_json
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog
-from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane.errors import not_found_project, not_found_service
 from pgcrdr.controlplane.lag import LagHistory, pair_lag
 from pgcrdr.controlplane.records import ServiceRecord
 from pgcrdr.controlplane.store import Store
@@ -95,7 +95,7 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
     # --- view models (JSON, token required) -------------------------------------------------
     def _service(project: str, name: str) -> ServiceRecord:
         if store.get_project(project) is None:
-            raise Refused(404, f"Project {project} does not exist")
+            raise not_found_project(project)
         svc = store.get_service(project, name)
         if svc is None or svc.deleting:
             raise not_found_service(name)
@@ -104,7 +104,7 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
     @app.get("/console/api/project/{project}/services", include_in_schema=False)
     def services_view(project: str, _: str = auth) -> dict:
         if store.get_project(project) is None:
-            raise Refused(404, f"Project {project} does not exist")
+            raise not_found_project(project)
         return {"services": [_summary(service_out(s), s.dr_kind) for s in store.list_services(project)
                              if not s.deleting]}
 

@@ -8,9 +8,10 @@ the integration, the operation) is written, or nothing is. The operation runner
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from pgcrdr.agent.models import StandbySource
-from pgcrdr.controlplane.errors import Refused, not_found_service
+from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
 from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store
@@ -125,7 +126,7 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
     """POST /integration of type disaster_recovery: pair two services, or (reversed) switch roles."""
     itype = body.get("integration_type")
     if itype != "disaster_recovery":
-        raise Refused(400, f"Integration type {itype!r} is not supported; pgcrdr supports disaster_recovery")
+        raise Refused(400, f"Integration type {clip_repr(itype)} is not supported; pgcrdr supports disaster_recovery")
     src_name, dst_name = body.get("source_service"), body.get("dest_service")
     if not isinstance(src_name, str) or not isinstance(dst_name, str):
         raise Refused(400, "source_service and dest_service are required")
@@ -182,7 +183,7 @@ def delete_integration(store: Store, project: str, integration_id: str) -> None:
     """Remove the integration object. Roles do not change (the pair keeps replicating)."""
     with store.transaction() as tx:
         if not any(i.integration_id == integration_id for i in tx.integrations(project)):
-            raise Refused(404, f"Service integration {integration_id} does not exist")
+            raise Refused(404, f"Service integration {clip(integration_id)} does not exist")
         tx.delete_integration(integration_id)
 
 
@@ -210,27 +211,37 @@ def _start_role_change(tx, svc: ServiceRecord, peer: ServiceRecord, role: str, c
 def request_role(store: Store, project: str, name: str, role: str,
                  failback_source: str | None = None) -> tuple[OperationRecord | None, str]:
     """PUT service {"disaster_recovery_role": role}. Returns the operation started (or None) and why."""
-    last = None
-    svc0 = store.get_service(project, name)
-    if svc0 is None or svc0.deleting:
-        raise not_found_service(name)
-    pair = svc0.name if svc0.dr_kind == "primary" else (svc0.dr_peer or svc0.name)
-    last = _last_kind(store, project, pair)
+    return update_and_request_role(store, project, name, None, role, failback_source)
+
+
+def update_and_request_role(
+    store: Store, project: str, name: str, change: Callable[[ServiceRecord], ServiceRecord | None] | None,
+    role: str, failback_source: str | None = None,
+) -> tuple[OperationRecord | None, str]:
+    """PUT service with other fields and ``disaster_recovery_role``: ``change`` (the other fields,
+    see ``ServiceManager.service_change``) and the role change in one transaction, so a refusal of
+    either writes nothing. The role is planned on the record as ``change`` leaves it."""
     with store.transaction() as tx:
         svc = tx.service(project, name)
         if svc is None or svc.deleting:
             raise not_found_service(name)
+        if change is not None:
+            changed = change(svc)
+            if changed is not None:
+                tx.put_service(changed)
+                svc = changed
+        pair = svc.name if svc.dr_kind == "primary" else (svc.dr_peer or svc.name)
         peer = tx.service(project, svc.dr_peer) if svc.dr_peer else None
         running = tx.running_operation(project, pair)
-        change = plan_role_change(svc, peer, role, running, last_kind=last)
-        if isinstance(change, NoChange):
-            return None, change.why
+        decision = plan_role_change(svc, peer, role, running, last_kind=_last_kind(store, project, pair))
+        if isinstance(decision, NoChange):
+            return None, decision.why
         assert peer is not None
-        if failback_source not in (None, "auto") and change.kind != "failback_restore":
+        if failback_source not in (None, "auto") and decision.kind != "failback_restore":
             raise Refused(409, f"failback_source applies to restoring a failed primary; this request is a "
-                               f"{change.kind.replace('_', ' ')}")
-        op = _start_role_change(tx, svc, peer, role, change)
-        if change.kind == "failback_restore" and failback_source not in (None, "auto"):
+                               f"{decision.kind.replace('_', ' ')}")
+        op = _start_role_change(tx, svc, peer, role, decision)
+        if decision.kind == "failback_restore" and failback_source not in (None, "auto"):
             op.data["sources"] = [failback_source]
             tx.put_operation(op)
-        return op, change.why
+        return op, decision.why

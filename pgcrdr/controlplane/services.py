@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import DEFAULT_PG_VERSION, PG_VERSIONS, PLANS, SERVICE_TYPES
-from pgcrdr.controlplane.errors import Refused, not_found_project, not_found_service
+from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_project, not_found_service
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUser
 from pgcrdr.controlplane.store import Store
 from pgcrdr.endpoint.render import allocate_ports
@@ -57,12 +58,13 @@ def _check_user_config(uc: Any) -> dict:
     unknown = sorted(set(uc) - known)
     if unknown:
         raise Refused(
-            400, f"Invalid user_config: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            400,
+            f"Invalid user_config: unknown key(s) {clip(', '.join(unknown))}; known keys: {', '.join(sorted(known))}",
         )
     if "pg_version" in uc and str(uc["pg_version"]) not in PG_VERSIONS:
         raise Refused(
             400,
-            f"Invalid user_config: pg_version {uc['pg_version']} is not available; "
+            f"Invalid user_config: pg_version {clip(uc['pg_version'])} is not available; "
             f"available versions: {', '.join(PG_VERSIONS)}",
         )
     if "ip_filter" in uc and not (
@@ -72,7 +74,8 @@ def _check_user_config(uc: Any) -> dict:
     if "admin_username" in uc:
         name = uc["admin_username"]
         if not isinstance(name, str) or not USER_NAME_RE.match(name) or name in RESERVED_ROLES:
-            raise Refused(400, f"Invalid user_config: admin_username {name!r} is not a valid or allowed role name")
+            raise Refused(
+                400, f"Invalid user_config: admin_username {clip_repr(name)} is not a valid or allowed role name")
     pg = uc.get("pg")
     if pg is not None:
         if not isinstance(pg, dict):
@@ -80,7 +83,7 @@ def _check_user_config(uc: Any) -> dict:
         props = SERVICE_TYPES["pg"]["user_config_schema"]["properties"]["pg"]["properties"]
         for k, v in pg.items():
             if k not in props:
-                raise Refused(400, f"Invalid user_config: unknown pg setting {k}; known: {', '.join(props)}")
+                raise Refused(400, f"Invalid user_config: unknown pg setting {clip(k)}; known: {', '.join(props)}")
             lo, hi = props[k]["minimum"], props[k]["maximum"]
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise Refused(400, f"Invalid user_config: pg.{k} must be an integer between {lo} and {hi}")
@@ -104,13 +107,27 @@ def _check_maintenance(m: Any) -> dict | None:
     out = {}
     if m.get("dow") is not None:
         if m["dow"] not in DOWS:
-            raise Refused(400, f"Invalid maintenance.dow {m['dow']!r}; use one of {', '.join(sorted(DOWS))}")
+            raise Refused(400, f"Invalid maintenance.dow {clip_repr(m['dow'])}; use one of {', '.join(sorted(DOWS))}")
         out["dow"] = m["dow"]
     if m.get("time") is not None:
         if not isinstance(m["time"], str) or not TIME_RE.match(m["time"]):
-            raise Refused(400, f"Invalid maintenance.time {m['time']!r}; use HH:MM:SS")
+            raise Refused(400, f"Invalid maintenance.time {clip_repr(m['time'])}; use HH:MM:SS")
         out["time"] = m["time"]
     return out
+
+
+def _apply_changes(cur: ServiceRecord, changes: dict[str, Any]) -> ServiceRecord | None:
+    if not changes:
+        return None
+    data = cur.model_dump()
+    data.update(changes)
+    data["update_time"] = now_rfc3339()
+    if any(k in changes for k in ("plan", "user_config", "powered")):
+        data["generation"] = cur.generation + 1
+    if "powered" in changes:
+        data["state"] = "REBUILDING" if changes["powered"] else "POWEROFF"
+        data["ever_ready"] = False
+    return ServiceRecord.model_validate(data)
 
 
 class ServiceManager:
@@ -127,7 +144,7 @@ class ServiceManager:
 
     def create_project(self, name: str) -> ProjectRecord:
         if not isinstance(name, str) or not PROJECT_NAME_RE.match(name):
-            raise Refused(400, f"Invalid project name {name!r}: use 1-63 letters, digits, '-' or '_'")
+            raise Refused(400, f"Invalid project name {clip_repr(name)}: use 1-63 letters, digits, '-' or '_'")
         ca = make_ca(f"pgcrdr project CA {name}")
         rec = ProjectRecord(
             name=name,
@@ -155,14 +172,14 @@ class ServiceManager:
     def _check_plan(self, plan: Any) -> str:
         if not isinstance(plan, str) or plan not in PLANS:
             raise Refused(
-                400, f"Plan {plan!r} is not available for service type pg; available plans: {', '.join(PLANS)}"
+                400, f"Plan {clip_repr(plan)} is not available for service type pg; available plans: {', '.join(PLANS)}"
             )
         return plan
 
     def _check_cloud(self, cloud: Any) -> str:
         names = [r.cloud_name for r in self.settings.regions]
         if not isinstance(cloud, str) or cloud not in names:
-            raise Refused(400, f"Cloud {cloud!r} is not available; available clouds: {', '.join(names)}")
+            raise Refused(400, f"Cloud {clip_repr(cloud)} is not available; available clouds: {', '.join(names)}")
         return cloud
 
     def create_service(self, project: str, body: dict[str, Any]) -> ServiceRecord:
@@ -171,12 +188,12 @@ class ServiceManager:
         if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
             raise Refused(
                 400,
-                f"Invalid service_name {name!r}: use 2-64 lowercase letters, digits and '-', "
+                f"Invalid service_name {clip_repr(name)}: use 2-64 lowercase letters, digits and '-', "
                 "starting with a letter and not ending with '-'",
             )
         stype = body.get("service_type")
         if stype not in SERVICE_TYPES:
-            raise Refused(400, f"Unknown service type {stype!r}; available service types: pg")
+            raise Refused(400, f"Unknown service type {clip_repr(stype)}; available service types: pg")
         plan = self._check_plan(body.get("plan"))
         cloud = body.get("cloud")
         cloud = proj.default_cloud if cloud in (None, "") else self._check_cloud(cloud)
@@ -244,7 +261,8 @@ class ServiceManager:
             itype = integ.get("integration_type") if isinstance(integ, dict) else None
             if itype != "disaster_recovery":
                 raise Refused(
-                    400, f"Integration type {itype!r} is not supported at service creation; use disaster_recovery"
+                    400,
+                    f"Integration type {clip_repr(itype)} is not supported at service creation; use disaster_recovery",
                 )
             if source is not None:
                 raise Refused(400, "Only one disaster_recovery integration can be given")
@@ -277,7 +295,27 @@ class ServiceManager:
         return issue_server_cert(ca, [self.settings.host, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
 
     def update_service(self, project: str, name: str, body: dict[str, Any]) -> ServiceRecord:
-        svc = self.service(project, name)
+        self.service(project, name)
+        out = self.store.update_service(project, name, self.service_change(body))
+        if out is None:
+            raise not_found_service(name)
+        return out
+
+    def service_change(self, body: dict[str, Any]) -> Callable[[ServiceRecord], ServiceRecord | None]:
+        """What a ``PUT service`` body does to the stored record, as a function for a store
+        transaction: it validates against the record it is given (raising :class:`Refused`, so the
+        transaction writes nothing) and returns the new record, or None when nothing changes.
+        Used alone, or together with a role change in one transaction (``crdr.update_and_request_role``)."""
+
+        def change(svc: ServiceRecord) -> ServiceRecord | None:
+            if svc.deleting:
+                raise not_found_service(svc.name)
+            return _apply_changes(svc, self._service_changes(svc, body))
+
+        return change
+
+    def _service_changes(self, svc: ServiceRecord, body: dict[str, Any]) -> dict[str, Any]:
+        name = svc.name
         changes: dict[str, Any] = {}
         if body.get("plan") is not None:
             plan = self._check_plan(body["plan"])
@@ -293,7 +331,7 @@ class ServiceManager:
             self._check_cloud(body["cloud"])
             raise Refused(
                 400,
-                f"Moving service {name} from {svc.cloud} to {body['cloud']} is not supported; "
+                f"Moving service {name} from {svc.cloud} to {clip(body['cloud'])} is not supported; "
                 "create a disaster-recovery copy in the other cloud instead",
             )
         if "user_config" in body:
@@ -324,24 +362,7 @@ class ServiceManager:
                 changes["powered"] = body["powered"]
         if isinstance(body.get("tech_emails"), list):
             changes["tech_emails"] = [e for e in body["tech_emails"] if isinstance(e, dict)]
-
-        def apply(cur: ServiceRecord) -> ServiceRecord | None:
-            if not changes:
-                return None
-            data = cur.model_dump()
-            data.update(changes)
-            data["update_time"] = now_rfc3339()
-            if any(k in changes for k in ("plan", "user_config", "powered")):
-                data["generation"] = cur.generation + 1
-            if "powered" in changes:
-                data["state"] = "REBUILDING" if changes["powered"] else "POWEROFF"
-                data["ever_ready"] = False
-            return ServiceRecord.model_validate(data)
-
-        out = self.store.update_service(project, name, apply)
-        if out is None:
-            raise not_found_service(name)
-        return out
+        return changes
 
     def delete_service(self, project: str, name: str) -> None:
         svc = self.service(project, name)
@@ -416,46 +437,60 @@ class ServiceManager:
                 f"{svc.dr_peer} and it is replicated here",
             )
 
-    def _mirror_to_peer(self, svc: ServiceRecord, fn: Any) -> None:
-        """Users and databases of a pair are one set: the passive copy gets them by replication,
-        its record gets them here (so it has them when it becomes the writer)."""
-        if svc.dr_peer:
-            self.store.update_service(svc.project, svc.dr_peer, fn)
+    def _change_pair(self, project: str, name: str, add: Callable[[ServiceRecord], ServiceRecord],
+                     mirror: Callable[[ServiceRecord], ServiceRecord]) -> None:
+        """``add`` to the service and ``mirror`` to its DR peer, in one transaction: a refusal
+        (``add`` raising) writes nothing on either side.
+
+        Users and databases of a pair are one set: the passive copy gets them by replication, its
+        record gets them here (so it has them when it becomes the writer). ``mirror`` brings the
+        peer's record in line and never refuses: the active service's set is the reference."""
+        with self.store.transaction() as tx:
+            cur = tx.service(project, name)
+            if cur is None or cur.deleting:
+                raise not_found_service(name)
+            self._require_powered(cur)
+            tx.put_service(add(cur))
+            peer = tx.service(project, cur.dr_peer) if cur.dr_peer else None
+            if peer is not None and not peer.deleting:
+                tx.put_service(mirror(peer))
 
     def create_database(self, project: str, name: str, dbname: Any) -> None:
         svc = self.service(project, name)
         self._require_powered(svc)
         if not isinstance(dbname, str) or not DB_NAME_RE.match(dbname) or dbname in RESERVED_DBS:
-            raise Refused(400, f"Invalid database name {dbname!r}: use letters, digits, '_' or '-' (max 63)")
+            raise Refused(400, f"Invalid database name {clip_repr(dbname)}: use letters, digits, '_' or '-' (max 63)")
+
+        def with_db(cur: ServiceRecord) -> ServiceRecord:
+            dbs = cur.databases if dbname in cur.databases else [*cur.databases, dbname]
+            return cur.model_copy(update={"databases": dbs, "generation": cur.generation + 1,
+                                          "update_time": now_rfc3339()})
 
         def add(cur: ServiceRecord) -> ServiceRecord:
             if dbname in cur.databases:
                 raise Refused(409, f"Database {dbname} already exists")
-            return cur.model_copy(
-                update={"databases": [*cur.databases, dbname], "generation": cur.generation + 1,
-                        "update_time": now_rfc3339()}
-            )
+            return with_db(cur)
 
-        self._change(project, name, add)
-        self._mirror_to_peer(svc, add)
+        self._change_pair(project, name, add, with_db)
 
     def create_user(self, project: str, name: str, username: Any) -> ServiceUser:
         svc = self.service(project, name)
         self._require_powered(svc)
         if not isinstance(username, str) or not USER_NAME_RE.match(username) or username in RESERVED_ROLES:
-            raise Refused(400, f"Invalid or reserved username {username!r}")
+            raise Refused(400, f"Invalid or reserved username {clip_repr(username)}")
         user = ServiceUser(username=username, password=new_password(), type="normal")
+
+        def with_user(cur: ServiceRecord) -> ServiceRecord:
+            users = [u for u in cur.users if u.username != username]
+            return cur.model_copy(update={"users": [*users, user], "generation": cur.generation + 1,
+                                          "update_time": now_rfc3339()})
 
         def add(cur: ServiceRecord) -> ServiceRecord:
             if any(u.username == username for u in cur.users):
                 raise Refused(409, f"User {username} already exists")
-            return cur.model_copy(
-                update={"users": [*cur.users, user], "generation": cur.generation + 1,
-                        "update_time": now_rfc3339()}
-            )
+            return with_user(cur)
 
-        self._change(project, name, add)
-        self._mirror_to_peer(svc, add)
+        self._change_pair(project, name, add, with_user)
         return user
 
     def user(self, project: str, name: str, username: str) -> ServiceUser:
@@ -463,7 +498,7 @@ class ServiceManager:
         for u in svc.users:
             if u.username == username:
                 return u
-        raise Refused(404, f"User {username} does not exist on service {name}")
+        raise Refused(404, f"User {clip(username)} does not exist on service {clip(name)}")
 
     def set_tags(self, project: str, name: str, tags: Any) -> None:
         self.service(project, name)

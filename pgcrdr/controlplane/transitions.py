@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.errors import Refused, clip_repr
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 
 ROLES = ("active", "passive", "failed")
@@ -59,7 +59,7 @@ def plan_role_change(
     """Decide what a ``disaster_recovery_role`` request means. Raises :class:`Refused`."""
     name = svc.name
     if requested not in ROLES:
-        raise Refused(400, f"Invalid disaster_recovery_role {requested!r}; use one of: {', '.join(ROLES)}")
+        raise Refused(400, f"Invalid disaster_recovery_role {clip_repr(requested)}; use one of: {', '.join(ROLES)}")
     if peer is None or svc.dr_role is None:
         raise Refused(
             400,
