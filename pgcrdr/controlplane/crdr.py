@@ -214,6 +214,17 @@ def request_role(store: Store, project: str, name: str, role: str,
     return update_and_request_role(store, project, name, None, role, failback_source)
 
 
+def superseded_by(running: OperationRecord, role: str) -> bool:
+    """A repair that has not chosen a writer yet (it waits for a side that does not answer)
+    gives way to a failover: it must never stand between a user and the recovery region."""
+    if running.kind != "repair" or role != "failed":
+        return False
+    try:
+        return running.step("settle").state != "done"
+    except KeyError:
+        return False
+
+
 def update_and_request_role(
     store: Store, project: str, name: str, change: Callable[[ServiceRecord], ServiceRecord | None] | None,
     role: str, failback_source: str | None = None,
@@ -233,6 +244,12 @@ def update_and_request_role(
         pair = svc.name if svc.dr_kind == "primary" else (svc.dr_peer or svc.name)
         peer = tx.service(project, svc.dr_peer) if svc.dr_peer else None
         running = tx.running_operation(project, pair)
+        if running is not None and superseded_by(running, role):
+            running.state, running.finish_time = "failed", now_rfc3339()
+            running.message = (f"superseded by a request to make {name} {role}: the repair had not changed "
+                               "anything yet (a side could not be asked)")
+            tx.put_operation(running)
+            running = None
         decision = plan_role_change(svc, peer, role, running, last_kind=_last_kind(store, project, pair))
         if isinstance(decision, NoChange):
             return None, decision.why

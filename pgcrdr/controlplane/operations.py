@@ -149,6 +149,9 @@ class OperationRunner:
     def advance(self, op: OperationRecord) -> str:
         """Run steps until one has to wait or the operation ends; returns a sentence."""
         while True:
+            stored = self.store.get_operation(op.operation_id)
+            if stored is None or stored.state != "running":
+                return f"{op.kind} {op.operation_id} ended meanwhile ({stored.state if stored else 'deleted'})"
             self._guard_window(op)
             step = next((s for s in op.steps if s.state in ("pending", "running")), None)
             if step is None:

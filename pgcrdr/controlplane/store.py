@@ -67,12 +67,19 @@ class Tx:
         ).fetchone()
         return OperationRecord.model_validate_json(row[0]) if row else None
 
-    def put_operation(self, op: OperationRecord) -> None:
+    def put_operation(self, op: OperationRecord) -> bool:
+        """Write ``op``. An operation that ended (done, failed, undone; e.g. superseded by a
+        user's request) never becomes running again: such a write is dropped (False)."""
+        if op.state == "running":
+            row = self.db.execute("SELECT state FROM operations WHERE operation_id=?", (op.operation_id,)).fetchone()
+            if row is not None and row[0] != "running":
+                return False
         self.db.execute(
             "INSERT OR REPLACE INTO operations(operation_id, project, pair, state, create_time, doc) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (op.operation_id, op.project, op.pair, op.state, op.create_time, op.model_dump_json()),
         )
+        return True
 
 
 def hash_token(token: str) -> str:
@@ -261,6 +268,6 @@ class Store:
             ).fetchall()
         return [OperationRecord.model_validate_json(r[0]) for r in rows]
 
-    def put_operation(self, op: OperationRecord) -> None:
+    def put_operation(self, op: OperationRecord) -> bool:
         with self._tx() as db:
-            Tx(db).put_operation(op)
+            return Tx(db).put_operation(op)
