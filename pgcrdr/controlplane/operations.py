@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import psycopg
 
 from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.sessions import describe_sessions
 from pgcrdr.agent.models import (
     DemoteRequest,
     Endpoint,
@@ -29,7 +28,11 @@ from pgcrdr.agent.models import (
     PreserveRequest,
     PromoteRequest,
     RebuildRequest,
+    StandbySource,
 )
+from pgcrdr.agent.sessions import describe_sessions
+from pgcrdr.controlplane.crdr import slot_for, standby_source_for
+from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.lag import lsn_int, pair_lag
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
@@ -345,6 +348,53 @@ class OperationRunner:
         held = op.data.get("held_s")
         return (f"{src.name} is the writer again" + (f"; pooled writes were held {held:.3f}s" if held else ""))
 
+    # --- helpers --------------------------------------------------------------------------
+    def _svc(self, op: OperationRecord, name: str) -> ServiceRecord:
+        svc = self.store.get_service(op.project, name)
+        if svc is None:
+            raise Fail(f"service {name} disappeared")
+        return svc
+
+    def _agent(self, svc: ServiceRecord) -> AgentClient:
+        return self.agents[svc.cloud]
+
+    def _source_for(self, active: ServiceRecord, passive: ServiceRecord) -> StandbySource:
+        if active.status is None:
+            raise Fail(f"{active.name} has no known endpoint yet")
+        ep = active.status.primary
+        return StandbySource(host=ep.host, port=ep.port, primary_slot_name=slot_for(passive))
+
+    def _put(self, svc: ServiceRecord) -> None:
+        project = self.store.get_project(svc.project)
+        assert project is not None
+        try:
+            source = standby_source_for(self.store, svc)
+        except LookupError as exc:
+            raise Wait(str(exc)) from None
+        self._agent(svc).put_cluster(cluster_spec(svc, project, source))
+        self.store.update_service(svc.project, svc.name,
+                                  lambda cur: cur.model_copy(update={"applied_generation": svc.generation}))
+
+    def _update(self, project: str, name: str, **changes: Any) -> ServiceRecord:
+        def change(cur: ServiceRecord) -> ServiceRecord:
+            bump = "generation" if changes.pop("_bump", False) else None
+            upd = dict(changes)
+            if bump:
+                upd["generation"] = cur.generation + 1
+            upd["update_time"] = now_rfc3339()
+            return cur.model_copy(update=upd)
+
+        out = self.store.update_service(project, name, change)
+        if out is None:
+            raise Fail(f"service {name} disappeared")
+        return out
+
+    def _endpoint(self, op: OperationRecord, fn: str, *args: Any) -> Any:
+        if self.endpoints is None:
+            return None
+        pair = self._svc(op, op.pair)
+        return getattr(self.endpoints, fn)(self.endpoint_name(pair), *args)
+
     # --- setup / restore ------------------------------------------------------------------
     def step_rebuild_passive(self, op: OperationRecord) -> str:
         passive_name = op.service
@@ -631,7 +681,8 @@ class OperationRunner:
         try:
             r = self._agent(rec).lsn(rec.cluster, timeout=CALL_TIMEOUT_S)
         except AgentError as exc:
-            raise classify(exc).__class__(f"the recovery service {rec.name} cannot be reached: {exc}") from None
+            # 409 here means no leader answers right now (e.g. restarting): worth asking again too
+            raise Transient(f"the recovery service {rec.name} cannot be reached: {exc}") from None
         received = r.receive_lsn or r.replay_lsn
         try:
             w = self._agent(pri).lsn(pri.cluster, timeout=PRIMARY_PROBE_TIMEOUT_S)

@@ -1,0 +1,266 @@
+"""The operation runner against fake region agents and a fake pooler: every step of a planned
+switch and of a failover x every way a call can go wrong (timeout, refused connection, 409, 5xx,
+lost answer), short (within the pause window) and long (past it). Whatever happens, the
+operation ends, never with two writers, and with exactly one writer that the records and the
+Service URI agree on; pooled writes are never left held."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.controlplane.operations import OperationRunner
+from pgcrdr.controlplane.steps import Phase, StepRefused, Transient, decide_on_error
+from tests.unit.fake_region import FAULT_KINDS, FakeAgent, FakeCluster, FakeEndpoints, Fault, World
+
+P = "/v1/project/pgcrdr"
+EU, US = "local-europe-west1", "local-us-east1"
+PAUSE_DEADLINE = 0.3
+RETRY_BOUND = 0.6
+LONG = 1.0  # past the pause window and the retry bound: the fault outlasts what may be waited
+SHORT = 0.05
+
+
+def _create(api, name, cloud, dr_for=None):
+    body = {"service_name": name, "service_type": "pg", "plan": "startup-4", "cloud": cloud, "user_config": {}}
+    if dr_for:
+        body["service_integrations"] = [{"integration_type": "disaster_recovery", "source_service": dr_for}]
+    r = api.post(f"{P}/service", json=body)
+    assert r.status_code == 200, r.text
+
+
+def _set_running(api, name, standby):
+    svc = api.store.get_service("pgcrdr", name)
+    ep = Endpoint(host=svc.cluster, port=1)  # the endpoint's host names the cluster it reaches
+    status = ClusterStatus(cluster=svc.cluster, region=svc.cloud, ready=True, standby=standby, primary=ep,
+                           replica=ep, generation=99)
+    api.store.update_service("pgcrdr", name, lambda cur: cur.model_copy(
+        update={"state": "RUNNING", "ever_ready": True, "status": status, "applied_generation": cur.generation}))
+
+
+class Rig:
+    """A pair (pg-a in EU active, pg-b in US passive) on a real store, fake regions, a runner."""
+
+    def __init__(self, api):
+        self.api, self.store = api, api.store
+        _create(api, "pg-a", EU)
+        _create(api, "pg-b", US, dr_for="pg-a")
+        _set_running(api, "pg-a", standby=False)
+        _set_running(api, "pg-b", standby=True)
+        for op in self.store.running_operations():  # the copy is built: its setup is over
+            op.state = "done"
+            self.store.put_operation(op)
+        self.a = self.store.get_service("pgcrdr", "pg-a").cluster
+        self.b = self.store.get_service("pgcrdr", "pg-b").cluster
+        self.world = World()
+        self.world.clusters[self.a] = FakeCluster(self.a, writer=True, lsn=0x3000100)
+        self.world.clusters[self.b] = FakeCluster(self.b, writer=False, received=0x3000000)
+        self.world.current_step = self.current_step
+        self.agents = {EU: FakeAgent(self.world, EU), US: FakeAgent(self.world, US)}
+        self.endpoints = FakeEndpoints(self.world)
+        self.endpoints.target = self.a
+        self.runner = OperationRunner(self.store, self.agents, self.endpoints, lambda svc: "ep",  # type: ignore[arg-type]
+                                      pause_deadline_s=PAUSE_DEADLINE, retry_bound_s=RETRY_BOUND)
+
+    def current_step(self) -> str | None:
+        ops = self.store.running_operations()
+        if not ops:
+            return None
+        return next((s.name for s in ops[0].steps if s.state in ("pending", "running")), None)
+
+    def request(self, name, role):
+        r = self.api.put(f"{P}/service/{name}", json={"disaster_recovery_role": role, "plan": "startup-4",
+                                                     "user_config": {}})
+        assert r.status_code == 200, r.text
+
+    def observe(self) -> None:
+        """What the reconciler would record: each region applied its spec; standby or writer."""
+        for name in ("pg-a", "pg-b"):
+            def change(cur):
+                c = self.world.clusters[cur.cluster]
+                st = cur.status.model_copy(update={"generation": cur.generation, "standby": not c.writer})
+                return cur.model_copy(update={"status": st, "status_time": time.time()})
+            self.store.update_service("pgcrdr", name, change)
+
+    def drive(self, limit: float = 10.0) -> dict:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not self.store.running_operations():
+                ops = self.store.list_operations("pgcrdr", "pg-a")
+                return ops[-1].model_dump()
+            self.runner._not_before.clear()  # no backoff waits in unit tests
+            self.runner.advance_all(parallel=False)
+            self.observe()
+            assert not self.world.violations, self.world.violations
+            time.sleep(0.005)
+        op = self.store.running_operations()[0]
+        raise AssertionError(f"operation did not end: {[(s.name, s.state, s.detail) for s in op.steps]}")
+
+    def assert_one_writer(self, op: dict) -> str:
+        writers = self.world.writers()
+        assert len(writers) == 1, (writers, op["state"], op["message"])
+        writer = writers[0]
+        a, b = self.store.get_service("pgcrdr", "pg-a"), self.store.get_service("pgcrdr", "pg-b")
+        recorded = a if a.dr_role == "active" else b
+        assert recorded.cluster == writer, (op["state"], op["message"], [(s["name"], s["state"], s["detail"])
+                                                                          for s in op["steps"]])
+        assert self.endpoints.target == writer
+        assert not self.endpoints.paused, "pooled writes left held"
+        assert {a.state, b.state} <= {"RUNNING", "POWEROFF"}, (a.state, b.state)
+        return writer
+
+
+SWITCH_CALLS = [
+    ("precheck", "lsn", "a"), ("precheck", "lsn", "b"), ("checkpoint", "checkpoint", "a"),
+    ("demote", "demote", "a"), ("confirm_lsn", "lsn", "b"), ("promote", "promote", "b"),
+    ("records", "put_cluster", None),
+]
+
+
+@pytest.mark.parametrize("duration", [SHORT, LONG], ids=["short", "long"])
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+@pytest.mark.parametrize("step,method,which", SWITCH_CALLS, ids=[f"{s}-{m}-{w}" for s, m, w in SWITCH_CALLS])
+def test_switchover_fault_ends_with_exactly_one_writer(api, step, method, which, kind, duration):
+    rig = Rig(api)
+    cluster = {"a": rig.a, "b": rig.b, None: None}[which]
+    region = US if which == "b" else EU
+    agents = [rig.agents[region]] if which else list(rig.agents.values())
+    for agent in agents:
+        agent.faults.append(Fault(step, method, cluster, kind, duration))
+    rig.request("pg-b", "active")
+    op = rig.drive()
+    writer = rig.assert_one_writer(op)
+    assert op["state"] in ("done", "undone", "failed")
+    if op["state"] == "done":
+        assert writer == rig.b
+    else:
+        assert writer == rig.a and op["message"]
+    if duration == SHORT and kind in ("timeout", "refused", "5xx", "lost"):
+        assert op["state"] == "done", op["message"]  # a short fault is ridden out by retries
+    if op["write_pause_s"] is not None:
+        assert op["write_pause_s"] <= PAUSE_DEADLINE + 0.5
+
+
+@pytest.mark.parametrize("kind", ["timeout", "refused", "5xx"])
+@pytest.mark.parametrize("method", ["pause", "repoint", "resume"])
+def test_switchover_endpoint_fault_ends_with_exactly_one_writer(api, method, kind):
+    rig = Rig(api)
+    step = {"pause": "pause", "repoint": "repoint", "resume": "resume"}[method]
+    rig.endpoints.faults.append(Fault(step, method, "endpoint", kind, LONG))
+    rig.request("pg-b", "active")
+    op = rig.drive()
+    rig.assert_one_writer(op)
+
+
+def test_target_stalled_after_demote_is_undone_at_once(api):
+    """Item 1 of the issue: the recovery region's agent stops answering while demote runs.
+    Before: failed at confirm_lsn with nobody writable. Now: undone within the pause window,
+    the old writer takes writes again without waiting for the stalled agent."""
+    rig = Rig(api)
+    rig.agents[US].faults.append(Fault("confirm_lsn", "lsn", rig.b, "timeout", 30.0))
+    rig.request("pg-b", "active")
+    t0 = time.monotonic()
+    op = rig.drive()
+    assert op["state"] == "undone" and "stays the writer" in op["message"]
+    assert rig.assert_one_writer(op) == rig.a
+    assert time.monotonic() - t0 < 5.0
+    assert [s["name"] for s in op["steps"]][-3:] == ["undo_settle", "undo_promote_source", "undo_resume"]
+
+
+def test_promote_answer_lost_past_the_window_completes_the_move(api):
+    """The target promoted but its answer was lost and its agent then stalled past the window:
+    the pooler is resumed at the deadline, nothing is undone while the target cannot be asked,
+    and the move completes once it answers (it says it ran the promote)."""
+    rig = Rig(api)
+    rig.agents[US].faults.append(Fault("promote", "promote", rig.b, "lost", 0.05))
+    rig.agents[US].faults.append(Fault("undo_settle", "cancel_request", rig.b, "timeout", LONG))
+    rig.request("pg-b", "active")
+    op = rig.drive()
+    assert op["state"] == "done", op["message"]
+    assert rig.assert_one_writer(op) == rig.b
+
+
+def test_open_transaction_undoes_the_switchover_naming_the_session(api):
+    rig = Rig(api)
+    rig.endpoints.open_transaction = True
+    rig.request("pg-b", "active")
+    op = rig.drive()
+    assert op["state"] == "undone"
+    assert "pid 4242" in op["message"] and "holder" in op["message"]
+    assert rig.assert_one_writer(op) == rig.a
+    assert rig.endpoints.pauses == 1  # not retried every tick
+    assert op["write_pause_s"] <= PAUSE_DEADLINE + 0.2
+
+
+FAILOVER_CALLS = [("record_lsn", "lsn", "b"), ("promote", "promote", "b"), ("records", "put_cluster", "b")]
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+@pytest.mark.parametrize("step,method,which", FAILOVER_CALLS, ids=[f"{s}-{m}" for s, m, _ in FAILOVER_CALLS])
+def test_failover_fault_ends_with_the_recovery_writing(api, step, method, which, kind):
+    """The primary's region is down; the recovery's agent misbehaves at one step for a while
+    (within the retry bound): the failover still ends with the recovery as the one writer."""
+    rig = Rig(api)
+    rig.agents[EU].down = True
+    rig.world.clusters[rig.a].writer = False  # the region died with its writer
+    rig.agents[US].faults.append(Fault(step, method, rig.b, kind, RETRY_BOUND / 2))
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    assert op["state"] == "done", op["message"]
+    assert rig.assert_one_writer(op) == rig.b
+    assert op["data_loss"]["known"] is False and op["data_loss"]["bytes"] is None
+
+
+def test_failover_with_the_recovery_unreachable_fails_changing_nothing(api):
+    rig = Rig(api)
+    rig.agents[EU].down = True
+    rig.agents[US].down = True
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    assert op["state"] == "failed" and "cannot be reached" in op["message"] and "nothing was changed" in op["message"]
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    assert (a.dr_role, b.dr_role) == ("active", "passive")
+
+
+def test_data_given_up_is_unknown_when_the_primary_cannot_be_asked(api):
+    """Item 6: a stale last-seen LSN is not the loss; it gives a lower bound and its age."""
+    rig = Rig(api)
+    a = rig.store.get_service("pgcrdr", "pg-a")
+    from pgcrdr.agent.models import LsnInfo
+
+    st = a.status.model_copy(update={"lsn": LsnInfo(node="x", in_recovery=False, current_lsn="0/3000200")})
+    rig.store.update_service("pgcrdr", "pg-a", lambda cur: cur.model_copy(
+        update={"status": st, "status_time": time.time() - 7}))
+    rig.agents[EU].down = True
+    rig.world.clusters[rig.a].writer = False
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    loss = op["data_loss"]
+    assert loss["bytes"] is None and loss["known"] is False
+    assert loss["lower_bound_bytes"] == 0x200 and loss["primary_last_seen_lsn"] == "0/3000200"
+    assert 6 <= loss["primary_last_seen_age_s"] < 60
+    assert "unknown" in loss["note"]
+
+
+def test_data_given_up_is_exact_when_the_primary_answers(api):
+    rig = Rig(api)
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    assert op["data_loss"]["known"] is True and op["data_loss"]["bytes"] == 0x100
+
+
+@pytest.mark.parametrize("phase,error,failing,window,expected", [
+    (Phase.BEFORE, Transient("x"), 0.0, None, "retry"),
+    (Phase.BEFORE, Transient("x"), 31.0, None, "fail"),
+    (Phase.BEFORE, StepRefused("x"), 0.0, None, "fail"),
+    (Phase.HELD, Transient("x"), 0.0, 1.0, "retry"),
+    (Phase.HELD, Transient("x"), 0.0, -0.1, "undo"),
+    (Phase.MOVING, StepRefused("x"), 0.0, 1.0, "undo"),
+    (Phase.COMMITTED, StepRefused("x"), 100.0, -5.0, "wait"),
+    (Phase.COMMITTED, Transient("x"), 1e6, -5.0, "retry"),
+    (Phase.UNDOING, Transient("x"), 1e6, None, "retry"),
+])
+def test_error_decisions_by_phase(phase, error, failing, window, expected):
+    assert decide_on_error(phase, error, failing, 30.0, window).action == expected
