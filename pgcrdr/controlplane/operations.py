@@ -165,6 +165,7 @@ class OperationRunner:
             if step.state == "pending":
                 step.state, step.started = "running", now_rfc3339()
                 op.data[f"t_{step.name}"] = time.time()
+                op.data.setdefault("began_at", op.data[f"t_{step.name}"])  # epoch s, for reports
                 self.store.put_operation(op)
             fn = getattr(self, f"step_{step.name}")
             try:
@@ -625,6 +626,7 @@ class OperationRunner:
         op.data["switch_lsn"] = res.switch_lsn
         op.data["timeline"] = res.timeline
         op.data["promoted_s"] = res.promoted_s
+        op.data["promoted_at"] = time.time()
         return f"{dst.name} writable after {res.promoted_s:.3f}s (timeline {res.timeline})"
 
     def step_repoint(self, op: OperationRecord) -> str:
@@ -645,16 +647,19 @@ class OperationRunner:
     def step_records(self, op: OperationRecord) -> str:
         src, dst = self._svc(op, op.source), self._svc(op, op.target)
         if op.kind == "repair" and src.name == dst.name:
-            self._update(op.project, dst.name, state="RUNNING", standby_of=None, _bump=True)
+            self._update(op.project, dst.name, state="RUNNING", standby_of=None, message=None, _bump=True)
             self._push_quietly(op, dst.name)
+            if dst.dr_peer:
+                self._update(op.project, dst.dr_peer, state="RUNNING", message=None)
             return f"{dst.name} is the writer again"
         if op.kind == "failover":
             self._update(op.project, src.name, dr_role="failed", state="POWEROFF", powered=False,
                          standby_of=dst.name, _bump=True)
             self._update(op.project, dst.name, dr_role="active", state="RUNNING", standby_of=None, _bump=True)
         else:
-            self._update(op.project, src.name, dr_role="passive", state="REBALANCING", standby_of=dst.name,
-                         _bump=True)
+            # a repair has no wait_passive_in_sync step: the reconciler reports the old side's state
+            self._update(op.project, src.name, dr_role="passive", standby_of=dst.name, _bump=True,
+                         state="RUNNING" if op.kind == "repair" else "REBALANCING")
             self._update(op.project, dst.name, dr_role="active", state="RUNNING", standby_of=None, _bump=True)
         self._flip_integration(op.project, active=dst.name, passive=src.name)
         # Send both regions the specs that match what demote/promote/fence already did, so that

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agent.faults import faults_path
 from pgcrdr.agent.models import ClusterStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.crdr import new_operation, standby_source_for
@@ -47,13 +48,36 @@ def owned_by_operations(ops: list[OperationRecord]) -> set[tuple[str, str]]:
     return owned
 
 
+def start_repair(store: Store, primary: ServiceRecord, peer: ServiceRecord, why: str) -> OperationRecord | None:
+    """Record a ``repair`` operation for the pair (None when an operation runs already)."""
+    active = primary if primary.dr_role == "active" else peer
+    other = peer if active is primary else primary
+    with store.transaction() as tx:
+        if tx.running_operation(primary.project, primary.name) is not None:
+            return None
+        op = new_operation(primary.project, primary.name, "repair", active.name, "active", active.name, other.name)
+        op.message = why
+        tx.put_operation(op)
+        for s in (active, other):
+            cur = tx.service(s.project, s.name)
+            if cur is not None:
+                tx.put_service(cur.model_copy(update={
+                    "state": "REBALANCING", "update_time": now_rfc3339(),
+                    "message": f"no node of the pair takes writes ({why}); pgcrdr is repairing it"}))
+    return op
+
+
 class Reconciler:
     def __init__(self, store: Store, settings: Settings, agent_token: str, interval: float = 1.0,
                  endpoints: Any = None):
         self.store = store
         self.settings = settings
         self.interval = interval
-        self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token) for r in settings.regions}
+        # Drills and tests may make a region's agent look frozen, slow or failing from here
+        # (``pgcrdr drill agent-fault``; pgcrdr.agent.faults).
+        faults = faults_path(settings.home)
+        self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token, faults_file=faults,
+                                                 region=r.cloud_name) for r in settings.regions}
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
                                       pause_deadline_s=settings.pause_deadline_s,
@@ -173,22 +197,10 @@ class Reconciler:
             first = self._no_writer_since.setdefault(key, now)
             if now - first < NO_WRITER_GRACE_S:
                 continue
-            active = svc if svc.dr_role == "active" else peer
-            other = peer if active is svc else svc
-            with self.store.transaction() as tx:
-                if tx.running_operation(svc.project, svc.name) is not None:
-                    continue
-                op = new_operation(svc.project, svc.name, "repair", active.name, "active", active.name, other.name)
-                op.message = why
-                tx.put_operation(op)
-                for s in (active, other):
-                    cur = tx.service(s.project, s.name)
-                    if cur is not None:
-                        tx.put_service(cur.model_copy(update={
-                            "state": "REBALANCING", "update_time": now_rfc3339(),
-                            "message": f"no node of the pair takes writes ({why}); pgcrdr is repairing it"}))
-            log.warning("pair %s/%s has no writer (%s): repair %s started", svc.project, svc.name, why,
-                        op.operation_id)
+            op = start_repair(self.store, svc, peer, why)
+            if op is not None:
+                log.warning("pair %s/%s has no writer (%s): repair %s started", svc.project, svc.name, why,
+                            op.operation_id)
             self._no_writer_since.pop(key, None)
         for key in list(self._no_writer_since):
             if key not in seen:

@@ -105,7 +105,8 @@ def _plan(svc: ServiceRecord, peer: ServiceRecord, requested: str, last_kind: st
         if svc.dr_role == "passive":
             raise Refused(
                 409,
-                f"{name} is passive: {peer.name} is already the writer, there is nothing to fail over",
+                f"{name} is passive: {peer.name} is already the writer, there is nothing to fail over; "
+                f"to move writes back to {name}, set {name} to active",
             )
         if peer.state == "REBUILDING" or (peer.status is not None and not peer.status.standby):
             raise Refused(
@@ -162,7 +163,9 @@ def _planned_switch(to: ServiceRecord, frm: ServiceRecord, last_kind: str | None
             "retry once its replication has caught up",
         )
     if peer.dr_role != "active":
-        raise Refused(409, f"{peer.name} is {peer.dr_role}, not active: there is no writer to switch from")
+        raise Refused(409, f"{peer.name} is {peer.dr_role}, not active: there is no writer to switch from; "
+                           f"wait for the operation on the pair to end, or restore {peer.name} first "
+                           "(set it to passive)")
     if svc.dr_kind == "recovery":
         return RoleChange("switchover", source=peer.name, target=name, why=f"planned switch to {name}")
     kind = "failback_promote" if last_kind == "failback_restore" else "switchback"

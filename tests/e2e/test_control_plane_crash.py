@@ -95,7 +95,10 @@ def crash_during(p: RunningPlatform, service: str, role: str, kind: str, step: s
     subprocess.run([str(VENV_BIN / "pgcrdr"), "up", "--detach"], env=p.env, check=True, capture_output=True,
                    timeout=120)
     op = wait_for(f"the {kind} to finish after the restart", lambda: last_op(p), timeout=240)
-    assert op["kind"] == kind and op["state"] == "done", op
+    # Killed inside the window in which pooled writes are held (after pause or demote), the
+    # move may be undone when the restart outlasts the pause deadline: both ends are clean.
+    ends = ("done", "undone") if step in ("pause", "demote") else ("done",)
+    assert op["kind"] == kind and op["state"] in ends, op
     return op
 
 
@@ -119,8 +122,16 @@ def test_switchover_survives_a_control_plane_crash_at_every_step(pair: RunningPl
     probe.start()
     try:
         for service, role, kind, step in SWITCH_POINTS:
-            crash_during(p, service, role, kind, step)
-            active = REC if service == REC else PRI
+            if p.service(PROJECT, service)["disaster_recovery_role"] == "active":
+                # an earlier move was undone: first move the writer away from ``service``
+                other = PRI if service == REC else REC
+                with p.api() as c:
+                    c.put(f"/v1/project/{PROJECT}/service/{other}", json={"disaster_recovery_role": "active"})
+                wait_for("the move away", lambda: last_op(p) is not None, timeout=120)
+                if p.service(PROJECT, service)["disaster_recovery_role"] == "active":
+                    continue
+            op = crash_during(p, service, role, kind, step)
+            active = service if op["state"] == "done" else (PRI if service == REC else REC)
             assert p.service(PROJECT, active)["disaster_recovery_role"] == "active"
             n = len(writer.log.ok)
             wait_for(f"writes after {kind}:{step}", lambda n=n: len(writer.log.ok) > n + 10, timeout=60)
@@ -142,7 +153,13 @@ def test_failback_survives_a_control_plane_crash(pair: RunningPlatform):
     wait_for("the failover", lambda: (last_op(p) or {}).get("kind") == "failover", timeout=120)
     crash_during(p, PRI, "passive", "failback_restore", "preserve")
     assert p.service(PROJECT, PRI)["disaster_recovery_role"] == "passive"
-    crash_during(p, PRI, "active", "failback_promote", "demote")
+    op = crash_during(p, PRI, "active", "failback_promote", "demote")
+    if op["state"] == "undone":  # the restart outlasted the pause deadline: the recovery writes again
+        assert p.service(PROJECT, REC)["disaster_recovery_role"] == "active"
+        with p.api() as c:
+            c.put(f"/v1/project/{PROJECT}/service/{PRI}", json={"disaster_recovery_role": "active"}).raise_for_status()
+        op = wait_for("the promote asked again", lambda: last_op(p), timeout=120)
+        assert op["state"] == "done", op
     assert p.service(PROJECT, PRI)["disaster_recovery_role"] == "active"
     assert p.service(PROJECT, REC)["disaster_recovery_role"] == "passive"
     writers = [n for n, dsn in node_dsns(p).items()

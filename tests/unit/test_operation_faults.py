@@ -264,3 +264,109 @@ def test_data_given_up_is_exact_when_the_primary_answers(api):
 ])
 def test_error_decisions_by_phase(phase, error, failing, window, expected):
     assert decide_on_error(phase, error, failing, 30.0, window).action == expected
+
+
+# --- a pair left without a writer is repaired ---------------------------------------------------
+
+def test_pair_without_writer_is_seen_only_when_the_active_runs_as_a_standby_cluster(api):
+    from pgcrdr.controlplane.decide import pair_without_writer
+
+    rig = Rig(api)
+    rig.observe()
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    now = time.time()
+    assert pair_without_writer(a, b, now) is None  # a writes (no primary node listed: not judged)
+    rig.world.clusters[rig.a].writer = False  # a demoted and never promoted back
+    rig.observe()
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    assert "runs it as a standby cluster" in pair_without_writer(a, b, now)
+    assert pair_without_writer(a, b, now + 60) is None  # a stale observation proves nothing
+
+
+def test_repair_promotes_the_recorded_active_when_both_are_standbys(api):
+    from pgcrdr.controlplane.reconciler import start_repair
+
+    rig = Rig(api)
+    rig.world.clusters[rig.a].writer = False
+    rig.world.clusters[rig.a].received = rig.world.clusters[rig.a].lsn  # demoted: it holds its own WAL
+    rig.world.clusters[rig.b].received = rig.world.clusters[rig.a].lsn
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    op = start_repair(rig.store, a, b, "a runs as a standby cluster")
+    assert op is not None and rig.store.get_service("pgcrdr", "pg-a").state == "REBALANCING"
+    assert start_repair(rig.store, a, b, "again") is None  # one operation per pair
+    rig.endpoints.target = None
+    done = rig.drive()
+    assert done["kind"] == "repair" and done["state"] == "done", done["message"]
+    assert rig.assert_one_writer(done) == rig.a
+
+
+def test_repair_follows_the_side_that_takes_writes(api):
+    """The records say a is active but b writes (e.g. a promote whose outcome was never
+    recorded): the records and the Service URI follow b; a is not promoted."""
+    from pgcrdr.controlplane.reconciler import start_repair
+
+    rig = Rig(api)
+    rig.world.clusters[rig.a].writer = False
+    rig.world.clusters[rig.b].writer = True
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    start_repair(rig.store, a, b, "b writes")
+    done = rig.drive()
+    assert done["state"] == "done", done["message"]
+    assert rig.assert_one_writer(done) == rig.b
+
+
+def test_repair_waits_while_a_side_cannot_be_asked_and_gives_way_to_a_failover(api):
+    from pgcrdr.controlplane.reconciler import start_repair
+
+    rig = Rig(api)
+    rig.world.clusters[rig.a].writer = False
+    rig.agents[US].down = True
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    start_repair(rig.store, a, b, "a runs as a standby cluster")
+    for _ in range(5):
+        rig.runner._not_before.clear()
+        rig.runner.advance_all(parallel=False)
+    assert rig.world.writers() == []  # nothing chosen while pg-b cannot be asked
+    rig.agents[US].down = False
+    rig.agents[EU].down = True
+    rig.request("pg-a", "failed")  # the user's failover supersedes the waiting repair
+    done = rig.drive()
+    assert done["kind"] == "failover" and done["state"] == "done", done["message"]
+    assert rig.assert_one_writer(done) == rig.b
+    repair = next(o for o in rig.store.list_operations("pgcrdr", "pg-a") if o.kind == "repair")
+    assert repair.state == "failed" and "superseded" in repair.message
+
+
+def test_operations_of_different_pairs_do_not_wait_for_each_other(api):
+    """A pair whose agent call takes 2 s does not delay another pair's switchover."""
+    rig = Rig(api)
+    _create(api, "pg-c", EU)
+    _create(api, "pg-d", US, dr_for="pg-c")
+    _set_running(api, "pg-c", standby=False)
+    _set_running(api, "pg-d", standby=True)
+    for op in rig.store.running_operations():
+        op.state = "done"
+        rig.store.put_operation(op)
+    c, d = rig.store.get_service("pgcrdr", "pg-c").cluster, rig.store.get_service("pgcrdr", "pg-d").cluster
+    rig.world.clusters[c] = FakeCluster(c, writer=True, lsn=0x3000100)
+    rig.world.clusters[d] = FakeCluster(d, writer=False, received=0x3000100)
+    slow_lsn = rig.agents[EU].lsn
+
+    def slow(cluster, timeout=None):
+        if cluster == rig.a:
+            time.sleep(2.0)
+        return slow_lsn(cluster, timeout)
+    rig.agents[EU].lsn = slow  # type: ignore[method-assign]
+    rig.runner.pause_deadline_s = 5.0
+    rig.request("pg-b", "active")
+    rig.request("pg-d", "active")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        rig.runner.advance_all(parallel=True)
+        ops = {o.pair: o for o in rig.store.list_operations("pgcrdr") if o.kind == "switchover"}
+        if ops.get("pg-c") and ops["pg-c"].step("promote").state == "done":
+            break
+        time.sleep(0.02)
+    took = time.monotonic() - t0
+    rig.runner.wait_idle(10)
+    assert took < 1.5, f"pg-c's switchover waited {took:.1f}s behind pg-a's slow call"

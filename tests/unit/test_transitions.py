@@ -86,3 +86,74 @@ def test_no_peer_and_running_operation():
 def test_failover_refused_while_recovery_still_rebuilding():
     rebuilding = svc("pg-dr", "recovery", "passive", state="REBUILDING", ready=False)
     assert "still being built" in refused(PRI_ACTIVE, rebuilding, "failed").message
+
+
+# --- the table as a whole: every state reachable, every state can return, every refusal a remedy --
+
+# What each operation leaves behind (crdr.md, "The cycle"): (primary role, recovery role).
+AFTER = {
+    "failover": ("failed", "active"),
+    "failback_restore": ("passive", "active"),
+    "failback_promote": ("active", "passive"),
+    "switchover": ("passive", "active"),
+    "switchback": ("active", "passive"),
+}
+STATE_OF = {"active": "RUNNING", "passive": "RUNNING", "failed": "POWEROFF"}
+REMEDY_WORDS = ("set ", "wait", "retry", "create", "restore", "use ", "delete", "fence", "bring")
+
+
+def _pair(pri_role: str, rec_role: str, rec_state: str = "RUNNING") -> tuple[ServiceRecord, ServiceRecord]:
+    return (svc("pg", "primary", pri_role, state=STATE_OF[pri_role]),
+            svc("pg-dr", "recovery", rec_role, state=rec_state if rec_role != "failed" else "POWEROFF"))
+
+
+def _moves(roles: tuple[str, str], last_kind: str | None) -> list[tuple[str, str, tuple[str, str]]]:
+    """Every accepted request from ``roles``: (service asked, role asked, roles after)."""
+    pri, rec = _pair(*roles)
+    out = []
+    for who, me, peer in (("pg", pri, rec), ("pg-dr", rec, pri)):
+        for role in ("active", "passive", "failed"):
+            try:
+                change = plan_role_change(me, peer, role, last_kind=last_kind)
+            except Refused:
+                continue
+            if isinstance(change, RoleChange):
+                out.append((who, role, AFTER[change.kind]))
+    return out
+
+
+def test_every_documented_state_is_reachable_and_can_return_to_the_start():
+    start = ("active", "passive")
+    seen, todo = {start}, [start]
+    while todo:
+        roles = todo.pop()
+        for last in (None, "failback_restore"):
+            for _, _, after in _moves(roles, last):
+                if after not in seen:
+                    seen.add(after)
+                    todo.append(after)
+    assert seen == {("active", "passive"), ("failed", "active"), ("passive", "active")}
+    for roles in seen - {start}:  # a way back to the primary writing, from every state
+        frontier, back = {roles}, False
+        for _ in range(3):
+            frontier = {after for r in frontier for last in (None, "failback_restore") for _, _, after in _moves(r, last)}
+            back = back or start in frontier
+        assert back, f"no way back from {roles}"
+
+
+# every (primary role, recovery role) a pair can be in, with the recovery RUNNING or REBUILDING
+PAIR_STATES = [(p_, r, st) for p_, r in (("active", "passive"), ("failed", "active"), ("passive", "active"))
+               for st in ("RUNNING", "REBUILDING")]
+
+
+@pytest.mark.parametrize("pri_role,rec_role,rec_state", PAIR_STATES)
+@pytest.mark.parametrize("asker", ["pg", "pg-dr"])
+@pytest.mark.parametrize("role", ["active", "passive", "failed", "primary"])
+def test_every_refusal_says_what_to_do_instead(pri_role, rec_role, rec_state, asker, role):
+    pri, rec = _pair(pri_role, rec_role, rec_state)
+    me, peer = (pri, rec) if asker == "pg" else (rec, pri)
+    try:
+        plan_role_change(me, peer, role)
+    except Refused as exc:
+        assert exc.status in (400, 409)
+        assert any(w in exc.message.lower() for w in REMEDY_WORDS), exc.message
