@@ -136,7 +136,8 @@ def test_every_documented_state_is_reachable_and_can_return_to_the_start():
     for roles in seen - {start}:  # a way back to the primary writing, from every state
         frontier, back = {roles}, False
         for _ in range(3):
-            frontier = {after for r in frontier for last in (None, "failback_restore") for _, _, after in _moves(r, last)}
+            frontier = {after for r in frontier for last in (None, "failback_restore")
+                        for _, _, after in _moves(r, last)}
             back = back or start in frontier
         assert back, f"no way back from {roles}"
 
