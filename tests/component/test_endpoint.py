@@ -363,6 +363,63 @@ def test_pause_timeout_raises_and_leaves_the_pooler_resumed(env: Env) -> None:
     holder.close()
 
 
+def _pause_left_by_a_dead_admin(env: Env, name: str) -> None:
+    """What a control plane killed while PAUSE waits leaves behind: PAUSE sent on an admin
+    connection that then dies (PgBouncer keeps pausing), and the intent saved."""
+    from pgcrdr.endpoint.control import PgBouncerAdmin
+    from pgcrdr.endpoint.render import ADMIN_USER
+
+    m = env.manager
+    lay = m.layout(name)
+    state = m._load(name)
+    state["pause_pending"] = True
+    m._save(lay, state)
+    admin = PgBouncerAdmin(lay.socket_dir, state["spec"]["pooled_port"], ADMIN_USER, state["admin_password"])
+    conn = admin.connect()
+    conn.pgconn.send_query(b"PAUSE")
+    time.sleep(0.3)
+    conn.close()
+
+
+def test_a_pause_left_by_a_dead_control_plane_is_found_and_resumed(env: Env) -> None:
+    """A restarted control plane (a new manager) sees the endpoint as possibly paused, RESUME
+    frees held clients at once, and a new PAUSE over the old one ("already suspended/paused")
+    is taken as ours: resumed and paused again within its deadline."""
+    d, p = env.ports[0], env.ports[1]
+    env.manager.ensure(env.spec("pg-demo", d, p, env.pg2))
+    holder = connect(p, pooled=True, autocommit=False)
+    holder.execute("SELECT 1")  # a transaction stays open: the PAUSE waits on it
+    _pause_left_by_a_dead_admin(env, "pg-demo")
+    restarted = EndpointManager(env.settings)
+    assert "pg-demo" in restarted.paused_names()
+    done = threading.Event()
+
+    def query() -> None:
+        with connect(p, pooled=True) as c:
+            c.execute("SELECT 1")
+        done.set()
+    threading.Thread(target=query, daemon=True).start()
+    assert not done.wait(1.0), "a pooled query went through a paused PgBouncer"
+    t0 = time.monotonic()
+    restarted.resume("pg-demo")
+    assert done.wait(5.0) and time.monotonic() - t0 < 2.0, "held clients not freed by RESUME"
+    assert restarted.paused_names() == []
+    restarted.resume("pg-demo")  # resuming a pooler that is not paused is a success
+    # the old PAUSE pending again: a new PAUSE takes it over and keeps to its own deadline
+    _pause_left_by_a_dead_admin(env, "pg-demo")
+    t0 = time.monotonic()
+    with pytest.raises(PauseTimeout):
+        restarted.pause("pg-demo", timeout=1.5)
+    assert time.monotonic() - t0 < 4
+    assert restarted.paused_names() == []
+    with connect(p, pooled=True) as c:  # not held
+        c.execute("SELECT 1")
+    holder.rollback()
+    holder.close()
+    assert restarted.pause("pg-demo", timeout=5) >= 0  # nothing open: PAUSE completes
+    restarted.resume("pg-demo")
+
+
 def test_no_target_refuses_new_connections_and_cuts_old_ones(env: Env) -> None:
     d, p = env.ports[0], env.ports[1]
     m = env.manager
