@@ -180,12 +180,12 @@ class AgentClient:
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
         """Answers within ``req.timeout`` plus a margin for the answer itself."""
         resp = self._request("POST", f"/clusters/{cluster}/demote", json=req.model_dump(mode="json"),
-                             timeout=req.timeout + 2)
+                             timeout=req.timeout + 1)
         return DemoteResult.model_validate(resp.json())
 
     def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
         resp = self._request("POST", f"/clusters/{cluster}/promote", json=req.model_dump(mode="json"),
-                             timeout=req.timeout + 2)
+                             timeout=req.timeout + 1)
         return PromoteResult.model_validate(resp.json())
 
     def cancel_request(self, cluster: str, request_id: str, timeout: float | None = None) -> RequestState:

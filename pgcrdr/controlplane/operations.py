@@ -101,6 +101,8 @@ class OperationRunner:
         self._guard = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._not_before: dict[str, float] = {}  # operation id -> monotonic time of its next try
+        # operation id -> when the watchdog resumed its pooler (epoch s); read by its own thread
+        self._resumed_by_watchdog: dict[str, float] = {}
 
     # --- driving --------------------------------------------------------------------------
     def advance_all(self, parallel: bool = True) -> None:
@@ -120,6 +122,27 @@ class OperationRunner:
                                      name=f"op-{op.pair}", daemon=True)
                 self._threads[op.pair] = t
                 t.start()
+
+    def enforce_deadlines(self) -> list[str]:
+        """Watchdog, run by the reconciler's own thread: whatever an operation's thread is
+        blocked on (an agent call that does not answer), its pooler is resumed once its pause
+        deadline has passed. The operation's thread records it and undoes the move when it can
+        still be undone. Returns the operations concerned."""
+        out = []
+        for op in self.store.running_operations():
+            left = self.window_left(op)
+            if left is None or left > 0 or op.operation_id in self._resumed_by_watchdog:
+                continue
+            try:
+                self._endpoint(op, "resume")
+            except Exception as exc:  # noqa: BLE001 - tried again next tick
+                log.warning("%s %s: watchdog resume failed: %s", op.kind, op.operation_id, exc)
+                continue
+            self._resumed_by_watchdog[op.operation_id] = time.time()
+            log.warning("%s %s: pause deadline passed while a step was blocked: pooler resumed", op.kind,
+                        op.operation_id)
+            out.append(op.operation_id)
+        return out
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait for every operation thread to finish its turn (shutdown, tests)."""
@@ -257,8 +280,10 @@ class OperationRunner:
         """RESUME the pooled endpoint (idempotent) and add the window to the true write pause."""
         if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
             return
-        self._endpoint(op, "resume")
-        now = time.time()
+        now = self._resumed_by_watchdog.pop(op.operation_id, None)
+        if now is None:
+            self._endpoint(op, "resume")
+            now = time.time()
         op.data["resumed"] = now
         op.data["held_s"] = round(op.data.get("held_s", 0.0) + now - op.data["pause_started"], 4)
         op.write_pause_s = round(op.data["held_s"], 3)
@@ -621,8 +646,10 @@ class OperationRunner:
         if not op.data.get("promote_sent"):
             op.data["promote_sent"] = True  # from here an undo must first settle what the target did
             self.store.put_operation(op)
+        left = self.window_left(op)
+        budget = PROMOTE_TIMEOUT_S if left is None else max(1.0, min(PROMOTE_TIMEOUT_S, left))
         res = self._agent(dst).promote(dst.cluster, PromoteRequest(
-            timeout=PROMOTE_TIMEOUT_S, request_id=f"{op.operation_id}-promote"))
+            timeout=budget, request_id=f"{op.operation_id}-promote"))
         op.data["switch_lsn"] = res.switch_lsn
         op.data["timeline"] = res.timeline
         op.data["promoted_s"] = res.promoted_s

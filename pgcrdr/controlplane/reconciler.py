@@ -132,6 +132,8 @@ class Reconciler:
             self._first_tick = False
             self.recover_pauses()
         self.runner.advance_all()
+        if self.endpoints is not None:
+            self.runner.enforce_deadlines()
         busy = owned_by_operations(self.store.running_operations())
         self.observe_all(busy)
         self.runner.advance_all()  # steps waiting on what this tick observed go on now

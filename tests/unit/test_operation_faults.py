@@ -370,3 +370,32 @@ def test_operations_of_different_pairs_do_not_wait_for_each_other(api):
     took = time.monotonic() - t0
     rig.runner.wait_idle(10)
     assert took < 1.5, f"pg-c's switchover waited {took:.1f}s behind pg-a's slow call"
+
+
+def test_pooled_writes_are_resumed_at_the_deadline_even_while_a_call_blocks(api):
+    """The watchdog (the reconciler's thread) resumes the pooler once the pause deadline has
+    passed, while the operation's own thread is still blocked in an agent call."""
+    rig = Rig(api)
+    promote = rig.agents[US].promote
+
+    def blocking(cluster, req):
+        time.sleep(1.5)
+        return promote(cluster, req)
+    rig.agents[US].promote = blocking  # type: ignore[method-assign]
+    rig.request("pg-b", "active")
+    t0 = time.monotonic()
+    held_until = None
+    while time.monotonic() - t0 < 10:
+        rig.runner.advance_all(parallel=True)
+        rig.runner.enforce_deadlines()
+        rig.observe()
+        if held_until is None and rig.endpoints.pauses and not rig.endpoints.paused:
+            held_until = time.monotonic() - t0
+        if not rig.store.running_operations():
+            break
+        time.sleep(0.02)
+    rig.runner.wait_idle(10)
+    assert held_until is not None and held_until < PAUSE_DEADLINE + 0.6, held_until
+    op = rig.store.list_operations("pgcrdr", "pg-a")[-1]
+    assert op.state in ("done", "undone")
+    rig.assert_one_writer(op.model_dump())
