@@ -487,13 +487,31 @@ class OperationRunner:
         failover = next((o for o in reversed(self.store.list_operations(op.project, op.pair))
                          if o.kind == "failover" and o.state == "done"), None)
         fork = (failover.data.get("switch_lsn") if failover else None) or "0/0"
+        # The copy runs in the agent's background and is polled: a large data directory never
+        # holds a request (nor this pair's thread) open.
+        tries = int(op.data.get("preserve_try", 1))
+        req_id = f"{op.operation_id}-preserve-{tries}"
+        agent = self._agent(failed)
         try:
-            res = self._agent(failed).preserve(failed.cluster, PreserveRequest(fork_lsn=fork))
+            st = agent.get_preserve(failed.cluster)
+            if st is None or st.request_id != req_id:
+                if st is not None and st.state == "running":
+                    raise Wait(f"an earlier copy of {failed.name}'s data ({st.request_id}) is still running")
+                st = agent.start_preserve(failed.cluster, PreserveRequest(fork_lsn=fork, request_id=req_id))
         except AgentError as exc:
             if exc.status is None:
                 raise Fail(f"the region {failed.cloud} of {failed.name} is unreachable; bring it back first "
                            f"(pgcrdr region up {failed.cloud}) and retry") from None
             raise
+        if st.state == "running":
+            raise Wait(f"keeping {failed.name}'s old data directory aside ({st.node or 'its most advanced node'})")
+        if st.state == "failed" or st.result is None:
+            if "interrupted" in (st.message or "") and tries < 3:
+                op.data["preserve_try"] = tries + 1
+                self.store.put_operation(op)
+                raise Wait(f"the copy of {failed.name}'s data was interrupted by an agent restart; asking again")
+            raise Fail(st.message or "keeping the old data aside failed")
+        res = st.result
         op.data["preserved"] = res.model_dump(mode="json")
         if failover is not None and failover.data_loss is not None and res.path:
             failover.data_loss["divergent_commits"] = len(res.commits)

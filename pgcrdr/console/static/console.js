@@ -356,9 +356,17 @@ function dataGivenUp(op) {
   if (op.kind !== "failover") return "–";
   const d = op.data_loss;
   if (!d) return "unknown";
-  let out = d.bytes === null || d.bytes === undefined ? "unknown" : fmtBytes(d.bytes);
-  if (d.divergent_commits !== undefined) out += `, ${d.divergent_commits} commit(s)`;
-  if (d.note && d.note !== "exact") out += ` (${d.note})`;
+  let out;
+  if (d.bytes === null || d.bytes === undefined) {
+    // The primary could not be asked: the figure is unknown; say what bounds it and how old it is.
+    out = "unknown";
+    if (d.lower_bound_bytes !== undefined) out += ` (at least ${fmtBytes(d.lower_bound_bytes)}`
+      + (d.primary_last_seen_age_s !== null && d.primary_last_seen_age_s !== undefined
+        ? `, from a position seen ${d.primary_last_seen_age_s} s before` : "") + ")";
+  } else {
+    out = fmtBytes(d.bytes);
+  }
+  if (d.divergent_commits !== undefined) out += `, ${d.divergent_commits} commit(s) kept`;
   return out;
 }
 
