@@ -183,6 +183,7 @@ class Reconciler:
         operation confirms neither side is writable and promotes the most advanced one."""
         now = time.monotonic() if now is None else now
         services = {(s.project, s.name): s for s in self.store.list_services()}
+        running = {(o.project, o.pair) for o in self.store.running_operations()}
         seen = set()
         for svc in services.values():
             if svc.dr_kind != "primary" or not svc.dr_peer or svc.deleting:
@@ -192,7 +193,7 @@ class Reconciler:
                 continue
             key = (svc.project, svc.name)
             why = pair_without_writer(svc, peer, time.time())
-            if why is None or self.store.running_operation(svc.project, svc.name) is not None:
+            if why is None or key in running:
                 self._no_writer_since.pop(key, None)
                 continue
             seen.add(key)

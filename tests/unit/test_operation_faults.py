@@ -399,3 +399,23 @@ def test_pooled_writes_are_resumed_at_the_deadline_even_while_a_call_blocks(api)
     op = rig.store.list_operations("pgcrdr", "pg-a")[-1]
     assert op.state in ("done", "undone")
     rig.assert_one_writer(op.model_dump())
+
+
+def test_the_reconciler_starts_a_repair_after_the_grace_period(api, tmp_path):
+    from pgcrdr.config import Settings
+    from pgcrdr.controlplane.reconciler import NO_WRITER_GRACE_S, Reconciler
+
+    rig = Rig(api)
+    rig.world.clusters[rig.a].writer = False
+    rig.observe()
+    rec = Reconciler(rig.store, Settings.from_env(home=tmp_path / "h"), "token")
+    try:
+        rec.check_writers(now=100.0)
+        assert not rig.store.running_operations()  # seen once: within the grace period
+        rec.check_writers(now=100.0 + NO_WRITER_GRACE_S + 0.1)
+        ops = rig.store.running_operations()
+        assert [o.kind for o in ops] == ["repair"] and "standby cluster" in (ops[0].message or "")
+        rec.check_writers(now=200.0)  # one operation per pair
+        assert len(rig.store.running_operations()) == 1
+    finally:
+        rec.stop()
