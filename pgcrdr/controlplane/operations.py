@@ -597,6 +597,10 @@ class OperationRunner:
     def step_pause(self, op: OperationRecord) -> str:
         if self.endpoints is None:
             return "no pooled endpoint"
+        if op.data.get("pause_interrupted"):
+            # The control plane died while PAUSE waited; its restart freed the pooled clients.
+            # Pausing again would hold them a second time for what held the first PAUSE.
+            raise Unsafe(f"the control plane restarted while PAUSE waited; {self._blocking_sessions(op)}")
         if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
             # The intent is persisted before PAUSE is sent: a control plane killed while PAUSE
             # waits finds it and ends the window (resume) by the deadline.

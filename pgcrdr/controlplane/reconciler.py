@@ -211,8 +211,9 @@ class Reconciler:
 
     # --- pauses left behind ---------------------------------------------------------------
     def recover_pauses(self) -> None:
-        """At start: an operation killed while its PAUSE was pending or before its move began
-        holds pooled clients for nothing; resume them at once (the operation pauses again)."""
+        """At start: an operation killed while its PAUSE was pending holds pooled clients for
+        nothing; resume them at once (the operation is then undone: pausing again would hold
+        them a second time for whatever held the first PAUSE)."""
         for op in self.store.running_operations():
             if op.data.get("pause_started") is None or op.data.get("resumed") is not None:
                 continue
@@ -222,6 +223,7 @@ class Reconciler:
                 continue
             if not pause_done:
                 try:
+                    op.data["pause_interrupted"] = True
                     self.runner._resume_pooler(op)
                     log.warning("%s %s: resumed the pooler its PAUSE held when the control plane stopped",
                                 op.kind, op.operation_id)

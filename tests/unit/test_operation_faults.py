@@ -419,3 +419,31 @@ def test_the_reconciler_starts_a_repair_after_the_grace_period(api, tmp_path):
         assert len(rig.store.running_operations()) == 1
     finally:
         rec.stop()
+
+
+def test_a_restart_while_pause_waits_frees_pooled_clients_and_undoes_the_move(api, tmp_path):
+    from pgcrdr.config import Settings
+    from pgcrdr.controlplane.reconciler import Reconciler
+
+    rig = Rig(api)
+    rig.request("pg-b", "active")
+    op = rig.store.running_operations()[0]
+    for s in op.steps:  # as a control plane killed while PAUSE waited leaves it
+        if s.name in ("precheck", "checkpoint"):
+            s.state = "done"
+    op.step("pause").state = "running"
+    op.data["pause_started"] = time.time()
+    rig.store.put_operation(op)
+    rig.endpoints.paused = True
+    rec = Reconciler(rig.store, Settings.from_env(home=tmp_path / "h"), "token")
+    rec.runner, rec.endpoints = rig.runner, rig.endpoints
+    try:
+        rec.recover_pauses()
+        assert not rig.endpoints.paused  # freed at the first tick, before any step runs
+        done = rig.drive()
+    finally:
+        rec.stop()
+    assert done["state"] == "undone" and "restarted while PAUSE waited" in done["message"]
+    assert "pid 4242" in done["message"]
+    assert rig.endpoints.pauses == 0  # not paused a second time
+    rig.assert_one_writer(done)
