@@ -209,8 +209,9 @@ def _wait_roles(client: ApiClient, project: str, src: str, dst: str, seen_ops: s
         dr = client.disaster_recovery(project, src) if s is not None else {}
         running = dr.get("operation")
         for op in dr.get("history") or []:
-            if op["operation_id"] not in seen_ops and op.get("state") == "failed":
-                raise ApiError(None, f"The {op['kind']} operation failed: {op.get('message')}")
+            if op["operation_id"] not in seen_ops and op.get("state") in ("failed", "undone"):
+                # undone: the move could not be completed safely and the old writer writes again
+                raise ApiError(None, f"The {op['kind']} operation {op['state']}: {op.get('message')}")
         now = f"{summary(s)}, {summary(d)}" + (f", {running['kind']} running" if running else "")
         return running is None and s is not None and d is not None and bool(done(s, d)), now
 

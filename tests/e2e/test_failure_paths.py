@@ -173,8 +173,14 @@ def test_stalled_recovery_agent_during_a_switchover_is_undone_at_once(p: Running
     wait_for("the pair to be RUNNING again", lambda: p.service(PROJECT, pri)["state"] == "RUNNING"
              and p.service(PROJECT, rec)["state"] == "RUNNING", timeout=60)
     finish_load(p, pri, w, probe)
-    # and once the agent answers again a switchover works
-    request(p, rec, "active")
+    # and once the agent answers and the copy streams again (after the undo the primary is on a
+    # new timeline: 409 "not streaming" until it follows), a switchover works
+    def accepted() -> bool:
+        with p.api() as c:
+            r = c.put(f"/v1/project/{PROJECT}/service/{rec}", json={"disaster_recovery_role": "active"})
+        assert r.status_code in (200, 409), r.text
+        return r.status_code == 200
+    wait_for("the switchover to be accepted", accepted, timeout=120, interval=1.0)
     op = wait_for("the retried switchover", lambda: last_op(p, pri), timeout=120)
     assert op["state"] == "done", op
     print(f"stalled agent: undone, writes resumed {resumed:.2f}s after the freeze")
