@@ -115,8 +115,20 @@ class Reconciler:
                 self.tick()
             except Exception:  # a bug in one tick must not stop the loop; it is logged
                 log.exception("reconciler tick failed")
-            self._wake.wait(self.interval)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
+
+    def _next_wait(self) -> float:
+        """The tick interval, shortened so that the watchdog runs right when a pause window ends."""
+        wait = self.interval
+        try:
+            for op in self.store.running_operations():
+                left = self.runner.window_left(op)
+                if left is not None:
+                    wait = min(wait, max(0.02, left + 0.01))
+        except Exception:  # noqa: BLE001 - the store is read again next tick
+            log.exception("reading the pause windows failed")
+        return wait
 
     def reconcile_now(self, project: str, name: str) -> None:
         """Push one service's change at once (so a create answers with its endpoints)."""
@@ -131,9 +143,9 @@ class Reconciler:
         if self._first_tick:
             self._first_tick = False
             self.recover_pauses()
-        self.runner.advance_all()
         if self.endpoints is not None:
-            self.runner.enforce_deadlines()
+            self.runner.enforce_deadlines()  # first: a window that ended is closed now
+        self.runner.advance_all()
         busy = owned_by_operations(self.store.running_operations())
         self.observe_all(busy)
         self.runner.advance_all()  # steps waiting on what this tick observed go on now
