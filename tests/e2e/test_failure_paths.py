@@ -218,7 +218,8 @@ def test_control_plane_killed_while_pause_waits_resumes_pooled_clients(p: Runnin
     within 2 s, and the operation ends (undone, naming the session) instead of retrying forever."""
     pri = "fp-crash"
     rec = make_pair(p, pri)
-    holder = open_transaction(pooled(p, pri), 30, threading.Event())
+    uri = pooled(p, pri)  # read now: the API is down for a while below
+    holder = open_transaction(uri, 30, threading.Event())
     request(p, rec, "active")
     wait_step(p, pri, ("pause",))
     time.sleep(0.5)  # PAUSE is sent and waits on the open transaction
@@ -229,7 +230,7 @@ def test_control_plane_killed_while_pause_waits_resumes_pooled_clients(p: Runnin
     held = threading.Event()
 
     def query() -> None:
-        with psycopg.connect(pooled(p, pri), prepare_threshold=None, connect_timeout=60) as conn:
+        with psycopg.connect(uri, prepare_threshold=None, connect_timeout=60) as conn:
             conn.execute("SELECT 1")
         held.set()
     q = threading.Thread(target=query, daemon=True)
