@@ -639,7 +639,7 @@ function initDisasterRecovery() {
           el("td", { class: "st-" + op.state, "data-testid": "result" }, op.state, op.message ? ` — ${op.message}` : ""),
           el("td", { "data-testid": "write-pause" }, op.write_pause_s === null ? "–" : fmtSeconds(op.write_pause_s)),
           el("td", { "data-testid": "data-given-up" }, dataGivenUp(op)),
-          el("td", {}, el("details", {}, el("summary", {}, `${op.steps.length} steps`), stepList(op)))))))
+          el("td", {}, el("details", {}, el("summary", {}, `${op.steps.length} step${op.steps.length === 1 ? "" : "s"}`), stepList(op)))))))
       : el("p", { class: "muted" }, "No operations yet."));
     if (!cycle.hidden) renderCycle(v);
   }
