@@ -103,8 +103,9 @@ def test_failover_by_api(tf: Terraform, platform: RunningPlatform):
     assert "aiven_service_integration.disaster_recovery will be updated in-place" in proc.stdout, proc.stdout
     assert "0 to add, 1 to change, 0 to destroy" in proc.stdout
     # A configuration that matches reality (recovery active) plans nothing.
+    # (Only the example's output changes: it reads the roles the failover set.)
     tf.write(reverse_integration(tf.read("main.tf")))
-    tf.plan_is_empty("failover: plan (config reversed)")
+    tf.plan_changes_no_resource("failover: plan (config reversed)")
 
 
 def test_failback_as_the_seed_says(tf: Terraform, platform: RunningPlatform):
