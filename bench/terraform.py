@@ -23,15 +23,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import start_platform, stop_platform, wait_for  # noqa: E402
-from tests.terraform_helpers import PROJECT, SERVICES, Terraform, header, restored, setup  # noqa: E402
+from tests.terraform_helpers import PROJECT, Terraform, reverse_integration  # noqa: E402
 
 PRI, REC = "tfb-pri", "tfb-rec"
 
 
 def one_run(tf: Terraform) -> None:
     p = tf.platform
-    base = header(PRI, REC) + SERVICES
-    tf.write(base + setup())
+    tf.use_example("setup")
     tf.run("plan", step="plan (3 to add)")
     tf.apply("apply: setup (create both + pair)")
     tf.plan_is_empty("plan (no changes)")
@@ -46,17 +45,17 @@ def one_run(tf: Terraform) -> None:
     wait_for("the failover", lambda: p.service(PROJECT, REC)["disaster_recovery_role"] == "active"
              and p.service(PROJECT, PRI)["state"] == "POWEROFF", timeout=180)
     tf.apply("apply: failback (in-place update)")
-    tf.write(base + setup("recovery", "primary"))
+    tf.write(reverse_integration(tf.read("main.tf")))
     tf.apply("apply: switchover (reverse)")
-    tf.write(base + setup())
+    tf.use_example("setup")
     tf.apply("apply: switchback (reverse)")
     for addr in ("aiven_service_integration.disaster_recovery", "aiven_postgresql.primary",
                  "aiven_postgresql.recovery"):
         tf.run("state", "rm", addr, step="state rm")
-    tf.write(base)
+    tf.use_example("failback", "versions.tf", "variables.tf", "services.tf")
     tf.run("import", "aiven_postgresql.primary", f"{PROJECT}/{PRI}", step="import")
     tf.run("import", "aiven_postgresql.recovery", f"{PROJECT}/{REC}", step="import")
-    tf.write(base + restored())
+    tf.use_example("failback")
     tf.apply("apply: integration over an existing pair (adopt)")
     tf.run("output", "disaster_recovery_status", step="output")
     tf.run("destroy", "-auto-approve", step="destroy (integration, then both)")
@@ -68,6 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     p = start_platform(6000)
     tf = Terraform.create(p)
+    tf.variables = {"primary_service_name": PRI, "recovery_service_name": REC}
     try:
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}", file=sys.stderr)

@@ -34,16 +34,24 @@ from pgcrdr.controlplane.store import Store
 from pgcrdr.console.views import (
     KIND_LABELS,
     last_problem,
+    node_rows,
     offered_actions,
     offers_json,
+    operation_duration_s,
+    operation_now,
     recovery_cycle,
     role_label,
+    service_uri_note,
+    status_message_now,
 )
 
 HERE = Path(__file__).resolve().parent
 
 
-def _summary(svc: dict, kind: str | None) -> dict:
+def _summary(svc: dict, kind: str | None, running: dict | None = None, history: list[dict] | None = None,
+             now: float | None = None) -> dict:
+    """A service as the console shows it (``history`` oldest first: what the pair's operations
+    make stale in its status message)."""
     return {
         "service_name": svc["service_name"],
         "cloud_name": svc["cloud_name"],
@@ -54,7 +62,8 @@ def _summary(svc: dict, kind: str | None) -> dict:
         "kind": kind,
         "label": role_label(svc),
         "node_states": svc["node_states"],
-        "status_message": svc.get("status_message"),
+        "nodes": node_rows(svc, running),
+        "status_message": status_message_now(svc, running, history or [], time.time() if now is None else now),
     }
 
 
@@ -117,20 +126,30 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
         r_json = service_out(recovery) if recovery is not None else None
         status = dr_status_json(primary, store)
         running, history = status["operation"], status["history"]
+        # Durations to the millisecond (the records' timestamps are whole seconds).
+        records = {o.operation_id: o for o in store.list_operations(project, primary.name)}
+        for o in history:
+            rec = records.get(o["operation_id"])
+            o["duration_s"] = operation_duration_s(o["steps"], rec.data) if rec is not None else None
+        now = time.time()
         done = [o["kind"] for o in history if o["state"] == "done" and o["kind"] not in ("setup", "repair")]
         last_kind = done[-1] if done else None
         offers = offered_actions(p_json, r_json, running)
+        p_view = _summary(p_json, "primary" if recovery is not None else None, running, history, now)
+        r_view = _summary(r_json, "recovery", running, history, now) if r_json is not None else None
+        me, peer = (p_view, r_view) if svc.name == primary.name else (r_view, p_view)
         view: dict[str, Any] = {
             "service_name": svc.name,
-            "primary": _summary(p_json, "primary" if recovery is not None else None),
-            "recovery": _summary(r_json, "recovery") if r_json is not None else None,
-            "operation": running,
+            "primary": p_view,
+            "recovery": r_view,
+            "service_uri_note": service_uri_note(me, peer),
+            "operation": operation_now(running),
             "problem": last_problem(history),
             "history": list(reversed(history)),
             "kind_labels": KIND_LABELS,
             "actions": offers_json(offers),
             "clouds": [catalog.cloud_json(r) for r in settings.regions if r.cloud_name != primary.cloud],
-            "now": time.time(),
+            "now": now,
         }
         if recovery is not None and r_json is not None:
             cur = pair_lag(primary, recovery, time.time())

@@ -10,6 +10,7 @@ The tests in this module run in order and share one platform, one browser tab an
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 from playwright.sync_api import expect
@@ -50,6 +51,18 @@ def labels(c: Console, primary: str, recovery: str, timeout: float = OPERATION_S
     expect(c.page.get_by_test_id(f"{prefix}primary-label")).to_have_text(primary, timeout=timeout * 1000)
     expect(c.page.get_by_test_id(f"{prefix}recovery-label")).to_have_text(recovery, timeout=timeout * 1000)
     expect(c.page.get_by_test_id("last-problem")).to_be_hidden()  # no operation failed on the way
+
+
+# Words the API uses for nodes that a person should not have to read (shown in words instead).
+RAW_WORDS = re.compile(r"syncing_data|leaving|master|finalize: done|prepare: 0 %")
+# One duration format: "543 ms" below 1 s, "1.25 s" / "12.5 s" above.
+DURATION = re.compile(r"^(\d{1,3} ms|\d+\.\d{1,2} s|–)$")
+
+
+def no_raw_words(c: Console) -> None:
+    for where in ("#pair", "#cycle-dialog"):
+        text = c.page.locator(where).inner_text()
+        assert not RAW_WORDS.search(text), f"{where}: {text}"
 
 
 def open_actions(c: Console) -> None:
@@ -197,6 +210,12 @@ def test_failback_as_the_seed_console_tab(console: Console):
     page.goto(f"/console/project/{PROJECT}")
     page.get_by_role("link", name=PRI, exact=True).click()
     expect(page.get_by_test_id("service-state")).to_have_text("POWEROFF")
+    # The failed primary says where its Service URI leads now, and that its nodes are off.
+    expect(page.get_by_test_id("service-uri-note")).to_contain_text(
+        f"The Service URI now reaches the recovery service {REC}, which is active")
+    expect(page.get_by_test_id("standby-uris")).to_have_text("none (the service is powered off)")
+    expect(page.get_by_test_id("node-state").first).to_have_text("powered off")
+    c.shot("failed-primary-overview")
     # 2. Click "Disaster recovery" in the sidebar.
     page.get_by_role("navigation", name="Service").get_by_role("link", name="Disaster recovery").click()
     # 3. On the "Cross-region disaster recovery" page, click Actions > "Failback to primary region".
@@ -209,13 +228,26 @@ def test_failback_as_the_seed_console_tab(console: Console):
     expect(wizard).to_be_visible()
     expect(wizard.get_by_role("button", name="Promote primary to active")).to_be_disabled()
     c.shot("failback-wizard")
-    # 4.1 Click "Restore primary service": the primary shows Rebuilding until it is Passive.
+    # 4.1 Click "Restore primary service": it replaces the primary's data, so the console asks
+    # first (its own dialog); Cancel changes nothing.
     wizard.get_by_role("button", name="Restore primary service").click()
+    confirm = page.get_by_role("dialog", name="Restore primary service")
+    expect(confirm).to_contain_text(f"This replaces the data of {PRI} with a copy of {REC}")
+    c.shot("restore-confirm")
+    confirm.get_by_role("button", name="Cancel").click()
+    expect(confirm).to_be_hidden()
+    expect(wizard).to_be_visible()
+    assert state_role(p, PRI) == {"state": "POWEROFF", "disaster_recovery_role": "failed"}
+    wizard.get_by_role("button", name="Restore primary service").click()
+    confirm.get_by_role("button", name="Restore", exact=True).click()
+    expect(confirm).to_be_hidden()
+    # The primary shows Rebuilding until it is Passive.
     expect(wizard.get_by_test_id("wizard-primary-label")).to_have_text("Rebuilding")
     assert state_role(p, PRI) == {"state": "REBUILDING", "disaster_recovery_role": "passive"}
     assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "active"}
     expect(wizard.locator("[data-step=restore] .step-progress")).to_contain_text("Rebuilding")
     c.shot("restore-rebuilding")
+    no_raw_words(c)
     labels(c, "Passive", "Active", wizard=True, timeout=BUILD_S)
     wait_idle(p)
     assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
@@ -224,6 +256,10 @@ def test_failback_as_the_seed_console_tab(console: Console):
     # 4.2 Click "Promote primary to active": primary Active, recovery Passive.
     wizard.get_by_role("button", name="Promote primary to active").click()
     labels(c, "Active", "Passive", wizard=True)
+    # Once the roles flipped, nothing says the pair has no writer.
+    for where in (wizard.locator(".cycle-operation"), page.locator("#pair")):
+        expect(where).not_to_contain_text("no writer")
+        expect(where).not_to_contain_text("no node takes writes")
     wait_idle(p)
     assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
     assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
@@ -234,6 +270,7 @@ def test_failback_as_the_seed_console_tab(console: Console):
     expect(wizard).to_be_hidden()
     labels(c, "Active", "Passive")
     expect(page.get_by_test_id("replication-direction")).to_have_text(f"{PRI} → {REC}")
+    no_raw_words(c)
     c.shot("failback-done")
 
 
@@ -249,6 +286,10 @@ def test_history_and_lag_chart(console: Console):
     expect(promote.get_by_test_id("write-pause")).to_contain_text("s")
     promote.locator("summary").click()  # the steps with their durations
     expect(promote.locator("details li").first).to_contain_text("done in")
+    # One duration format everywhere, to the millisecond (a failover is not "0 ms").
+    for cell in page.locator("#history-table [data-testid=duration], #history-table [data-testid=write-pause]").all():
+        assert DURATION.match(cell.inner_text()), cell.inner_text()
+    assert failover.get_by_test_id("duration").inner_text() not in ("0 ms", "–")
     with p.api() as api:
         ops = api.get(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery").json()["history"]
     failover_api = next(o for o in ops if o["kind"] == "failover")
@@ -258,6 +299,9 @@ def test_history_and_lag_chart(console: Console):
     wait_for("lag samples drawn in the chart",
              lambda: int(chart.get_attribute("data-samples") or 0) > 3, timeout=30)
     assert chart.locator("polyline").count() >= 1
+    # Scaled to the highest sample with headroom: the line never runs along the top of the chart.
+    peak, top = float(chart.get_attribute("data-peak")), float(chart.get_attribute("data-axis-max"))
+    assert peak * 1.1 <= top <= max(1024, peak) * 3, (peak, top)
     c.shot("history-and-lag")
 
 
@@ -293,3 +337,47 @@ def test_refused_action_shows_the_server_message(console: Console):
     wait_idle(p)
     assert state_role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "active"}
     assert state_role(p, REC) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
+
+
+def test_undone_repair_and_unknown_loss_are_shown(console: Console):
+    """Cases this pair did not go through, drawn by the page from the view model: the view model's
+    answer is extended (Playwright route) with an undone switchover, a repair and a failover whose
+    data given up is unknown; the real page must show each."""
+    c, page = console, console.page
+    view_url = f"**/console/api/project/{PROJECT}/service/{PRI}/disaster-recovery"
+    base = {"service": PRI, "requested_role": "active", "create_time": "2025-01-01T00:00:00Z",
+            "finish_time": "2025-01-01T00:00:01Z", "write_pause_s": None, "data_loss": None, "details": {},
+            "steps": [{"name": "settle", "state": "done", "started": None, "finished": None, "duration_s": 0.0123,
+                       "detail": None}]}
+    extra = [
+        {**base, "operation_id": "t-undone", "kind": "switchover", "from": PRI, "to": REC, "state": "undone",
+         "message": f"switchover undone, {PRI} stays the writer: pooled writes were held 5 s (the pause deadline)",
+         "write_pause_s": 5.0004, "duration_s": 5.4321},
+        {**base, "operation_id": "t-repair", "kind": "repair", "from": PRI, "to": PRI, "state": "done",
+         "message": None, "write_pause_s": 0.7, "duration_s": 0.912},
+        {**base, "operation_id": "t-lost", "kind": "failover", "from": PRI, "to": REC, "state": "done",
+         "message": None, "write_pause_s": 0.25, "duration_s": 1.5,
+         "data_loss": {"known": False, "bytes": None, "lower_bound_bytes": 2048, "primary_last_seen_age_s": 3.2}},
+    ]
+
+    def extend(route):
+        resp = route.fetch()
+        body = resp.json()
+        body["history"] = extra + body["history"]
+        route.fulfill(response=resp, json=body)
+
+    page.route(view_url, extend)
+    try:
+        undone = page.locator("#history-table tr[data-kind=switchover]").filter(has_text="undone").first
+        expect(undone.get_by_test_id("result")).to_have_text(
+            f"undone — switchover undone, {PRI} stays the writer: pooled writes were held 5 s (the pause deadline)")
+        expect(undone.get_by_test_id("duration")).to_have_text("5.43 s")
+        repair = page.locator("#history-table tr[data-kind=repair]")
+        expect(repair).to_contain_text("Repair: no node took writes")
+        expect(repair.get_by_test_id("duration")).to_have_text("912 ms")
+        lost = page.locator("#history-table tr[data-kind=failover]").first
+        expect(lost.get_by_test_id("data-given-up")).to_have_text(
+            "unknown (at least 2.0 kB, from a position seen 3.20 s before)")
+        c.shot("history-undone-repair-unknown-loss")
+    finally:
+        page.unroute(view_url, extend)

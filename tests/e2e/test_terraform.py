@@ -1,10 +1,13 @@
 """The seed's Terraform tab, with the real `terraform` binary and pgcrdr's aiven/aiven provider
-(installed by `pgcrdr terraform install`) against real clusters:
+(installed by `pgcrdr terraform install`) against real clusters, running the files of
+``examples/terraform/`` as shipped (copied unchanged; only variables set, as TF_VAR_*):
 
-setup (the Aiven CRDR setup page's HCL) -> failover by API -> failback (the seed: import both
-services, re-establish the integration with the primary as source, apply, output) -> switchover
-by reversing the integration -> switchback -> a second failover by API, failed back by applying
-the unchanged configuration (an in-place update) -> refused changes -> destroy.
+setup (``examples/terraform/setup``) -> failover by API -> failback (``examples/terraform/failback``,
+the seed: import both services with ``services.tf``, then the whole example: re-establish the
+integration with the primary as source, apply, output) -> switchover by reversing the
+integration (the one edit a user makes) -> switchback (the example again) -> a second failover by
+API, failed back by applying the unchanged example (an in-place update) -> refused changes ->
+destroy.
 
 After every step the roles and states are checked through the API, and `terraform plan
 -detailed-exitcode` must report no changes when the configuration matches reality.
@@ -20,15 +23,18 @@ import psycopg
 import pytest
 
 from tests.helpers import RunningPlatform, wait_for
-from tests.terraform_helpers import PROJECT, SERVICES, Terraform, header, restored, setup
+from tests.terraform_helpers import PRI_CLOUD, PROJECT, REC_CLOUD, Terraform, reverse_integration
 
 PRI, REC = "tf-primary", "tf-primary-dr"
-BASE = header(PRI, REC) + SERVICES
+# The failback example's first step alone: the services, to import them.
+FAILBACK_STEP1 = ("versions.tf", "variables.tf", "services.tf")
 
 
 @pytest.fixture(scope="module")
 def tf(platform: RunningPlatform):
     t = Terraform.create(platform)
+    t.variables = {"project_name": PROJECT, "primary_service_name": PRI, "recovery_service_name": REC,
+                   "primary_cloud_region": PRI_CLOUD, "recovery_cloud_region": REC_CLOUD}
     try:
         yield t
     finally:
@@ -69,7 +75,7 @@ def output_status(tf: Terraform) -> dict:
 
 
 def test_setup_with_the_crdr_setup_page_hcl(tf: Terraform, platform: RunningPlatform):
-    tf.write(BASE + setup())
+    assert tf.use_example("setup") == ["main.tf", "outputs.tf", "variables.tf", "versions.tf"]
     tf.apply("setup: apply")
     # apply returned once the pair was in place: no waiting here.
     assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
@@ -77,6 +83,8 @@ def test_setup_with_the_crdr_setup_page_hcl(tf: Terraform, platform: RunningPlat
     shown = tf.run("state", "show", "aiven_service_integration.disaster_recovery", step="state show").stdout
     assert re.search(rf'source_service_name\s+= "{PRI}"', shown), shown
     tf.plan_is_empty("setup: plan")
+    assert output_status(tf) == {PRI: {"state": "RUNNING", "disaster_recovery_role": "active"},
+                                 REC: {"state": "RUNNING", "disaster_recovery_role": "passive"}}
     write_row(platform, "setup")
 
 
@@ -95,8 +103,9 @@ def test_failover_by_api(tf: Terraform, platform: RunningPlatform):
     assert "aiven_service_integration.disaster_recovery will be updated in-place" in proc.stdout, proc.stdout
     assert "0 to add, 1 to change, 0 to destroy" in proc.stdout
     # A configuration that matches reality (recovery active) plans nothing.
-    tf.write(BASE + setup("recovery", "primary"))
-    tf.plan_is_empty("failover: plan (config reversed)")
+    # (Only the example's output changes: it reads the roles the failover set.)
+    tf.write(reverse_integration(tf.read("main.tf")))
+    tf.plan_changes_no_resource("failover: plan (config reversed)")
 
 
 def test_failback_as_the_seed_says(tf: Terraform, platform: RunningPlatform):
@@ -105,12 +114,12 @@ def test_failback_as_the_seed_says(tf: Terraform, platform: RunningPlatform):
                  "aiven_postgresql.recovery"):
         tf.run("state", "rm", addr, step="state rm")
     # 1. Ensure both services exist and are healthy; re-import them.
-    tf.write(BASE)
+    tf.use_example("failback", *FAILBACK_STEP1)
     tf.run("import", "aiven_postgresql.primary", f"{PROJECT}/{PRI}", step="failback: import primary")
     tf.run("import", "aiven_postgresql.recovery", f"{PROJECT}/{REC}", step="failback: import recovery")
     tf.plan_is_empty("failback: plan after import")
     # 2. Re-establish CRDR with the original primary as active. 3. Apply.
-    tf.write(BASE + restored("primary", "recovery"))
+    tf.use_example("failback")
     tf.apply("failback: apply")
     assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
     assert integrations(platform) == [(PRI, REC)]
@@ -125,7 +134,7 @@ def test_failback_as_the_seed_says(tf: Terraform, platform: RunningPlatform):
 
 
 def test_switchover_by_reversing_the_integration(tf: Terraform, platform: RunningPlatform):
-    tf.write(BASE + restored("recovery", "primary"))
+    tf.write(reverse_integration(tf.read("failback.tf")), "failback.tf")
     proc = tf.run("plan", step="switchover: plan")
     assert "0 to add, 1 to change, 0 to destroy" in proc.stdout, proc.stdout
     tf.apply("switchover: apply")
@@ -138,7 +147,7 @@ def test_switchover_by_reversing_the_integration(tf: Terraform, platform: Runnin
 
 
 def test_switchback(tf: Terraform, platform: RunningPlatform):
-    tf.write(BASE + restored("primary", "recovery"))
+    tf.use_example("failback")
     tf.apply("switchback: apply")
     assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
     assert integrations(platform) == [(PRI, REC)]
@@ -146,8 +155,8 @@ def test_switchback(tf: Terraform, platform: RunningPlatform):
 
 
 def test_failback_by_applying_the_unchanged_configuration(tf: Terraform, platform: RunningPlatform):
-    """A second failover by API; the configuration still says the primary is active, so `apply`
-    alone performs the failback (restore, then promote) as an in-place update."""
+    """A second failover by API; the example still says the primary is active, so `apply` of the
+    unchanged files alone performs the failback (restore, then promote) as an in-place update."""
     write_row(platform, "switchback")
     with platform.api() as c:
         r = c.put(f"/v1/project/{PROJECT}/service/{PRI}", json={"disaster_recovery_role": "failed"})
@@ -163,43 +172,42 @@ def test_failback_by_applying_the_unchanged_configuration(tf: Terraform, platfor
 
 
 def test_refused_changes_fail_with_the_servers_message_and_change_nothing(tf: Terraform, platform: RunningPlatform):
-    good = BASE + restored("primary", "recovery")
+    tf.use_example("failback")
     before = {n: platform.service(PROJECT, n)["plan"] for n in (PRI, REC)}
     # A plan that does not exist, with the real provider's resource name.
-    tf.write(good + '\nresource "aiven_pg" "bad" {\n  project = var.project_name\n  service_name = "tf-bad"\n'
-                    '  plan = "nope-4"\n  cloud_name = var.primary_cloud_region\n}\n')
+    tf.write('resource "aiven_pg" "bad" {\n  project = var.project_name\n  service_name = "tf-bad"\n'
+             '  plan = "nope-4"\n  cloud_name = var.primary_cloud_region\n}\n', "extra.tf")
     proc = tf.run("apply", "-auto-approve", step="refused: bad plan", check=False)
     assert proc.returncode == 1
     assert "Plan 'nope-4' is not available for service type pg" in proc.stderr, proc.stderr
     with platform.api() as c:
         assert c.get(f"/v1/project/{PROJECT}/service/tf-bad").status_code == 404
     # Another DR peer for a service that already has one.
-    tf.write(good + '\nresource "aiven_service_integration" "third" {\n  project = var.project_name\n'
-                    '  integration_type = "disaster_recovery"\n'
-                    '  source_service_name = aiven_postgresql.recovery.service_name\n'
-                    '  destination_service_name = "tf-nowhere"\n}\n')
+    tf.write('resource "aiven_service_integration" "third" {\n  project = var.project_name\n'
+             '  integration_type = "disaster_recovery"\n'
+             '  source_service_name = aiven_postgresql.recovery.service_name\n'
+             '  destination_service_name = "tf-nowhere"\n}\n', "extra.tf")
     proc = tf.run("apply", "-auto-approve", step="refused: bad integration", check=False)
     assert proc.returncode == 1
     assert "Service tf-nowhere does not exist" in proc.stderr, proc.stderr
-    # A plan change the server cannot do (1 node -> 2 nodes).
-    tf.write(good.replace("plan         = var.service_plan\n  cloud_name   = var.recovery_cloud_region",
-                          'plan         = "business-4"\n  cloud_name   = var.recovery_cloud_region'))
-    proc = tf.run("apply", "-auto-approve", step="refused: plan change", check=False)
+    tf.remove("extra.tf")
+    # A plan change the server cannot do (1 node -> 2 nodes): the example's own variable.
+    proc = tf.run("apply", "-auto-approve", "-var", "service_plan=business-4", step="refused: plan change",
+                  check=False)
     assert proc.returncode == 1
     assert "is not supported yet" in proc.stderr, proc.stderr
     assert {n: platform.service(PROJECT, n)["plan"] for n in (PRI, REC)} == before
     assert roles(platform) == {PRI: ("RUNNING", "active"), REC: ("RUNNING", "passive")}
     assert integrations(platform) == [(PRI, REC)]
-    tf.write(good)
     tf.plan_is_empty("refused: plan")
     # Imports that cannot work say why.
-    tf.write(good + '\nresource "aiven_pg" "other" {\n  project = var.project_name\n  service_name = "tf-nope"\n'
-                    '  plan = "startup-4"\n}\n')
+    tf.write('resource "aiven_pg" "other" {\n  project = var.project_name\n  service_name = "tf-nope"\n'
+             '  plan = "startup-4"\n}\n', "extra.tf")
     proc = tf.run("import", "aiven_pg.other", PROJECT, step="refused: import", check=False)
     assert proc.returncode == 1 and "expected PROJECT/SERVICE_NAME" in proc.stderr, proc.stderr
     proc = tf.run("import", "aiven_pg.other", f"{PROJECT}/tf-nope", step="refused: import", check=False)
     assert proc.returncode == 1 and "Service tf-nope does not exist" in proc.stderr, proc.stderr
-    tf.write(good)
+    tf.remove("extra.tf")
 
 
 def test_destroy(tf: Terraform, platform: RunningPlatform):

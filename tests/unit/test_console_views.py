@@ -9,7 +9,18 @@ from fastapi.testclient import TestClient
 
 from pgcrdr.agent.models import ClusterStatus, Endpoint, LsnInfo, NodeStatus
 from pgcrdr.api.app import create_app
-from pgcrdr.console.views import cycle_phase, last_problem, offered_actions, recovery_cycle, role_label
+from pgcrdr.console.views import (
+    cycle_phase,
+    last_problem,
+    node_rows,
+    offered_actions,
+    operation_duration_s,
+    operation_now,
+    recovery_cycle,
+    role_label,
+    service_uri_note,
+    status_message_now,
+)
 from pgcrdr.controlplane.lag import LagHistory, LagSample, pair_lag
 
 P = "/v1/project/pgcrdr"
@@ -215,3 +226,112 @@ def test_disaster_recovery_view_of_a_lone_service(console):
     assert v["recovery"] is None and v["cycle"] is None and v["replication"] is None
     assert v["actions"]["create_recovery"]["offered"] is False  # still REBUILDING
     assert [c["cloud_name"] for c in v["clouds"]] == ["local-us-east1"]  # another region only
+
+
+# --- words a person reads: nodes, progress, messages, durations ------------------------------
+
+def _node(state: str = "running", role: str = "standby", progress: list[dict] | None = None) -> dict:
+    return {"name": "n1", "state": state, "role": role, "progress_updates": progress or []}
+
+
+PREPARE_0 = {"phase": "prepare", "min": 0, "max": 100, "current": 0, "unit": "prepare_percent", "completed": False}
+PREPARE_DONE = {**PREPARE_0, "current": 100, "completed": True}
+FINALIZE_DONE = {"phase": "finalize", "min": None, "max": None, "current": None, "unit": None, "completed": True}
+
+
+def _restore_op(done: tuple[str, ...], running_step: str) -> dict:
+    steps = [{"name": n, "state": "done" if n in done else "running" if n == running_step else "pending"}
+             for n in ("preserve", "restore", "rebuild_passive", "wait_passive_in_sync")]
+    return {**op("failback_restore", "pri", "pri"), "steps": steps}
+
+
+def test_nodes_are_said_in_words_and_a_built_node_shows_no_stale_progress():
+    running = {**svc("pri", role="active"),
+               "node_states": [_node(role="master", progress=[PREPARE_DONE, FINALIZE_DONE])]}
+    assert node_rows(running) == [{"name": "n1", "role": "primary", "state": "running", "progress": []}]
+    standby = {**svc("rec", role="passive"), "node_states": [_node("syncing_data")]}
+    assert node_rows(standby)[0]["state"] == "catching up" and node_rows(standby)[0]["role"] == "standby"
+    # A powered-off (failed) primary: its nodes are powered off, not "standby, leaving".
+    off = {**svc("pri", "POWEROFF", "failed"), "node_states": [_node("leaving")]}
+    assert node_rows(off) == [{"name": "n1", "role": "–", "state": "powered off", "progress": []}]
+
+
+def test_restore_progress_follows_the_operation_not_a_prepare_at_zero():
+    rebuilding = {**svc("pri", "REBUILDING", "passive"), "node_states": [_node("syncing_data", progress=[PREPARE_0])]}
+    # The restore step is done and the node waits to stream: not "prepare: 0 %".
+    [row] = node_rows(rebuilding, _restore_op(("preserve", "restore", "rebuild_passive"), "wait_passive_in_sync"))
+    assert row["progress"] == [{"label": "data restored; catching up with the active service", "max": None,
+                                "current": None}]
+    [row] = node_rows(rebuilding, _restore_op(("preserve",), "restore"))
+    assert row["progress"][0]["label"] == "restoring the data"
+    # A measured copy keeps its bar.
+    copying = {**rebuilding, "node_states": [_node("syncing_data", progress=[
+        PREPARE_DONE, {"phase": "basebackup", "min": 0, "max": 4 << 20, "current": 1 << 20,
+                       "unit": "bytes_uncompressed", "completed": False}])]}
+    [row] = node_rows(copying, _restore_op(("preserve",), "restore"))
+    assert row["progress"] == [{"label": "copying data: 1.0 MB of 4.0 MB", "max": 4 << 20, "current": 1 << 20}]
+
+
+def test_a_no_writer_message_made_stale_by_the_operation_is_not_shown():
+    stale = "no writer at the moment: waiting for Patroni to elect a leader"
+    active = {**svc("pri", role="active"), "status_message": f"no node takes writes right now: "
+              f"waiting for Patroni to elect a leader; {stale}"}
+    passive = {**svc("rec", role="passive"), "status_message": f"{stale}; backups: repository full"}
+    promote = {**op("failback_promote"), "state": "done", "finish_time": "2025-01-01T00:00:10Z",
+               "steps": [{"name": "records", "state": "done"}, {"name": "wait_passive_in_sync", "state": "done"}]}
+    t_end = 1735689610.0
+    assert status_message_now(active, None, [promote], t_end + 2) is None
+    assert status_message_now(passive, None, [promote], t_end + 2) == "backups: repository full"
+    assert status_message_now(active, None, [promote], t_end + 60) == active["status_message"]  # true again
+    failed = {**promote, "state": "failed"}
+    assert status_message_now(active, None, [failed], t_end + 2) == active["status_message"]
+    # Still running its last step, roles recorded: the wait says what is true.
+    waiting = {**promote, "state": "running", "to": "pri", "steps": [
+        {"name": "records", "state": "done", "detail": None},
+        {"name": "wait_passive_in_sync", "state": "running", "detail": f"rec is catching up: {stale}"}]}
+    assert status_message_now(passive, waiting, [], t_end) == "backups: repository full"
+    assert operation_now(waiting)["steps"][1]["detail"] == "rec is catching up: restarting as a standby of pri"
+    before = {**waiting, "steps": [{"name": "records", "state": "pending", "detail": None}]}
+    assert operation_now(before) == before and status_message_now(active, before, [], t_end) == active["status_message"]
+
+
+def test_the_service_uri_note_says_where_it_leads():
+    failed = {**svc("pri", "POWEROFF", "failed"), "kind": "primary"}
+    active = {**svc("rec", role="active"), "kind": "recovery"}
+    assert service_uri_note(failed, active) == ("The Service URI now reaches the recovery service rec, which is "
+                                                "active (this service is powered off after the failover).")
+    assert service_uri_note(active, failed) is None
+    assert service_uri_note({**svc("pri", role="active"), "kind": "primary"}, None) is None
+
+
+def test_operation_durations_to_the_millisecond():
+    data = {"began_at": 100.0, "t_record_lsn": 100.0, "t_fence": 100.1, "t_promote": 100.2}
+    steps = [{"name": "record_lsn", "state": "done", "duration_s": 0.1},
+             {"name": "fence", "state": "done", "duration_s": 0.05},
+             {"name": "promote", "state": "done", "duration_s": 0.4321}]
+    assert operation_duration_s(steps, data) == 0.6321
+    failed = [*steps[:2], {"name": "promote", "state": "failed", "duration_s": None}]
+    assert operation_duration_s(failed, data) is None  # the caller falls back to the timestamps
+    undone = [*failed, {"name": "undo_settle", "state": "done", "duration_s": 0.2}]
+    assert operation_duration_s(undone, {**data, "t_undo_settle": 101.0}) == 1.2
+
+
+def test_history_has_durations_and_an_undone_operation_says_why(console):
+    _pair(console)
+    [setup_op] = console.store.running_operations()
+    steps = [s.model_copy(update={"state": "done", "duration_s": 0.25}) for s in setup_op.steps]
+    data = {"began_at": 50.0, **{f"t_{s.name}": 50.0 + i for i, s in enumerate(steps)}}
+    console.store.put_operation(setup_op.model_copy(update={"state": "done", "finish_time": setup_op.create_time,
+                                                            "steps": steps, "data": data}))
+    undone = setup_op.model_copy(update={
+        "operation_id": "op-undone", "kind": "switchover", "state": "undone", "finish_time": setup_op.create_time,
+        "message": "switchover undone, pg-pri stays the writer: pooled writes were held 5 s", "steps": [], "data": {}})
+    console.store.put_operation(undone)
+    v = console.get("/console/api/project/pgcrdr/service/pg-pri/disaster-recovery").json()
+    by_kind = {o["kind"]: o for o in v["history"]}
+    assert by_kind["setup"]["duration_s"] == len(steps) - 1 + 0.25
+    assert by_kind["switchover"]["duration_s"] is None and by_kind["switchover"]["state"] == "undone"
+    assert v["problem"]["message"] == ("Switchover to recovery service undone: switchover undone, pg-pri stays "
+                                       "the writer: pooled writes were held 5 s")
+    assert v["service_uri_note"] is None  # pg-pri is the writer
+    assert v["primary"]["nodes"] == [{"name": "pg-pri-1", "role": "primary", "state": "running", "progress": []}]

@@ -74,11 +74,11 @@ function fmtBytes(n) {
   return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
 }
 
+// One duration format everywhere: milliseconds below 1 s, then seconds with 2 decimals (1 from 10 s).
 function fmtSeconds(s) {
-  if (s === null || s === undefined) return "–";
-  if (s < 1) return Math.round(s * 1000) + " ms";
-  if (s < 120) return s.toFixed(s < 10 ? 2 : 1) + " s";
-  return Math.round(s / 60) + " min";
+  if (s === null || s === undefined || isNaN(s)) return "–";
+  if (s < 0.9995) return Math.round(s * 1000) + " ms";
+  return s.toFixed(s < 9.995 ? 2 : 1) + " s";
 }
 
 function fmtTime(iso) {
@@ -88,6 +88,8 @@ function fmtTime(iso) {
 }
 
 function durationOf(op) {
+  // To the millisecond when the view model could measure it; else the whole-second timestamps.
+  if (op.duration_s !== null && op.duration_s !== undefined) return op.duration_s;
   if (!op.create_time) return null;
   const end = op.finish_time ? new Date(op.finish_time) : new Date();
   return (end - new Date(op.create_time)) / 1000;
@@ -97,15 +99,12 @@ function roleBadge(label, testid) {
   return el("span", { class: "role-label role-" + (label || "none"), "data-testid": testid, text: label || "—" });
 }
 
-function progressOf(node) {
-  const ups = node.progress_updates || [];
-  const open = ups.filter((p) => !p.completed);
-  const shown = open.length ? open : ups.slice(-1);
-  return shown.map((p) => {
-    const label = p.phase + (p.max ? ": " + (p.unit === "prepare_percent" ? (p.current || 0) + " %"
-      : fmtBytes(p.current || 0) + " of " + fmtBytes(p.max)) : (p.completed ? ": done" : ""));
+// A node's progress as the view model words it (views.node_progress): a bar only where there is
+// a measure, nothing once the node is built.
+function progressOf(row) {
+  return (row.progress || []).map((p) => {
     const bar = p.max ? el("progress", { max: String(p.max), value: String(p.current || 0) }) : null;
-    return el("div", { class: "progress" }, bar, " ", label);
+    return el("div", { class: "progress", "data-testid": "node-progress" }, bar, bar ? " " : "", p.label);
   });
 }
 
@@ -227,6 +226,7 @@ function maskUri(uri, password, show) {
 function initService() {
   let showPassword = false;
   let last = null;
+  let note = null; // where the Service URI leads when the other service of the pair is the writer
   const toggle = document.getElementById("toggle-password");
   toggle.addEventListener("click", () => {
     showPassword = !showPassword;
@@ -239,11 +239,15 @@ function initService() {
     const ci = svc.connection_info || {};
     const rows = [["Service URI", [svc.service_uri]]];
     if (ci.pgbouncer && ci.pgbouncer.length) rows.push(["Pooled URI", ci.pgbouncer]);
-    rows.push(["Standby URIs", ci.pg_standby || []]);
-    renderIfChanged(document.getElementById("svc-uris"), { rows, showPassword }, () => rows.flatMap(([k, uris]) => [
+    // A powered-off service has no standby to reach.
+    const off = svc.state === "POWEROFF";
+    rows.push(["Standby URIs", off ? [] : (ci.pg_standby || [])]);
+    renderIfChanged(document.getElementById("svc-uris"), { rows, showPassword, note, off }, () => rows.flatMap(([k, uris]) => [
       el("dt", {}, k),
       el("dd", { "data-testid": k.toLowerCase().replace(/ /g, "-") },
-        uris.length ? uris.map((u) => el("div", {}, el("code", {}, maskUri(u, pw, showPassword)))) : "none"),
+        uris.length ? uris.map((u) => el("div", {}, el("code", {}, maskUri(u, pw, showPassword))))
+          : (off ? "none (the service is powered off)" : "none"),
+        k === "Service URI" && note ? el("div", { class: "note", "data-testid": "service-uri-note" }, note) : null),
     ]));
   }
 
@@ -260,9 +264,11 @@ function initService() {
     const roleEl = document.getElementById("svc-role");
     roleEl.textContent = me && me.label ? me.label : "";
     roleEl.hidden = !(me && me.label);
+    // The status message without what an operation that has just ended made stale (view model).
+    const message = me ? me.status_message : svc.status_message;
     const msg = document.getElementById("svc-message");
-    msg.textContent = svc.status_message || "";
-    msg.hidden = !svc.status_message;
+    msg.textContent = message || "";
+    msg.hidden = !message;
     renderIfChanged(document.getElementById("svc-facts"), svc, () => [
       el("dt", {}, "State"), el("dd", { "data-testid": "service-state" }, svc.state),
       el("dt", {}, "Disaster recovery role"), el("dd", {}, me && me.label ? me.label : "none (no recovery service)"),
@@ -270,9 +276,11 @@ function initService() {
       el("dt", {}, "Cloud"), el("dd", {}, `${svc.cloud_description} (${svc.cloud_name})`),
       el("dt", {}, "Created"), el("dd", {}, fmtTime(svc.create_time)),
     ]);
+    note = dr.service_uri_note;
     renderUris(svc);
-    renderIfChanged(document.querySelector("#svc-nodes tbody"), svc.node_states, (nodes) => nodes.length
-      ? nodes.map((n) => el("tr", {}, el("td", {}, n.name), el("td", {}, n.role), el("td", {}, n.state),
+    renderIfChanged(document.querySelector("#svc-nodes tbody"), me ? me.nodes : [], (nodes) => nodes.length
+      ? nodes.map((n) => el("tr", {}, el("td", {}, n.name), el("td", { "data-testid": "node-role" }, n.role),
+        el("td", { "data-testid": "node-state" }, n.state),
         el("td", {}, progressOf(n).length ? progressOf(n) : "–")))
       : el("tr", {}, el("td", { colspan: "4", class: "muted" }, "No node is running (yet).")));
     const repl = document.getElementById("svc-replication-section");
@@ -294,6 +302,16 @@ function initService() {
 }
 
 // --- cross-region disaster recovery ------------------------------------------------------------
+// The smallest round value (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^n of B, kB, MB...) at least v.
+function niceCeil(v) {
+  let unit = 1;
+  while (v / unit >= 1024 && unit < 1024 ** 4) unit *= 1024;
+  const x = v / unit;
+  const p = 10 ** Math.floor(Math.log10(x));
+  const m = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].find((k) => k * p >= x - 1e-9);
+  return m * p * unit;
+}
+
 function drawLagChart(container, samples, now) {
   const W = 640, H = 180, L = 62, R = 10, T = 10, B = 26;
   // Recent minutes: from the first sample kept (at least 2, at most 15 minutes back).
@@ -301,7 +319,9 @@ function drawLagChart(container, samples, now) {
   const span = Math.min(15 * 60, Math.max(120, now - first));
   const t0 = now - span;
   const pts = samples.filter((s) => s.t >= t0);
-  const max = Math.max(1024, ...pts.map((s) => s.lag_bytes || 0));
+  // Scaled to the highest sample, with headroom above it (never drawn on the top line).
+  const peak = Math.max(0, ...pts.map((s) => s.lag_bytes || 0));
+  const max = niceCeil(Math.max(1024, peak * 1.15));
   const x = (t) => L + ((t - t0) / span) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const NS = "http://www.w3.org/2000/svg";
@@ -310,6 +330,8 @@ function drawLagChart(container, samples, now) {
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "Replication lag in bytes over recent minutes");
   svg.setAttribute("data-samples", String(pts.filter((s) => s.lag_bytes !== null).length));
+  svg.setAttribute("data-peak", String(peak));
+  svg.setAttribute("data-axis-max", String(max));
   const add = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
@@ -353,16 +375,17 @@ function stepList(op) {
 }
 
 function dataGivenUp(op) {
-  if (op.kind !== "failover") return "–";
   const d = op.data_loss;
-  if (!d) return "unknown";
+  if (!d) return op.kind === "failover" ? "unknown" : "–";
+  const known = (v) => v !== null && v !== undefined;
   let out;
-  if (d.bytes === null || d.bytes === undefined) {
-    // The primary could not be asked: the figure is unknown; say what bounds it and how old it is.
-    out = "unknown";
-    if (d.lower_bound_bytes !== undefined) out += ` (at least ${fmtBytes(d.lower_bound_bytes)}`
-      + (d.primary_last_seen_age_s !== null && d.primary_last_seen_age_s !== undefined
-        ? `, from a position seen ${d.primary_last_seen_age_s} s before` : "") + ")";
+  if (d.known === false || !known(d.bytes)) {
+    // The primary could not be asked: the figure is unknown; say what bounds it and how old it is:
+    // "unknown (at least N, from a position seen S before)".
+    const bound = known(d.lower_bound_bytes) ? `at least ${fmtBytes(d.lower_bound_bytes)}` : null;
+    const age = known(d.primary_last_seen_age_s) ? `from a position seen ${fmtSeconds(d.primary_last_seen_age_s)} before` : null;
+    const why = [bound, age].filter(Boolean).join(", ");
+    out = "unknown" + (why ? ` (${why})` : "");
   } else {
     out = fmtBytes(d.bytes);
   }
@@ -507,7 +530,19 @@ function initDisasterRecovery() {
       const p = view.primary.service_name;
       const run = b.dataset.run;
       if (run === "done") { closeDialog(cycle); return; }
-      const role = { failover: "failed", restore: "passive", promote: "active" }[run];
+      if (run === "restore") {
+        // It replaces the primary's data: confirm first, in the console's own dialog.
+        const r = view.recovery.service_name;
+        $("confirm-title").textContent = "Restore primary service";
+        $("confirm-text").textContent = `This replaces the data of ${p} with a copy of ${r}, the active service. ` +
+          `${p}'s current data directory is kept aside first; what was written to ${p} and never reached ${r} ` +
+          `will not be in the restored service. ${p} shows Rebuilding until it has caught up, then Passive.`;
+        $("confirm-go").textContent = "Restore";
+        confirmDo = (btn, confirmBox) => setRole(p, "passive", confirmBox, btn);
+        openDialog($("confirm-dialog"));
+        return;
+      }
+      const role = { failover: "failed", promote: "active" }[run];
       await setRole(p, role, box, b);
     });
   }
@@ -520,7 +555,7 @@ function initDisasterRecovery() {
     label.textContent = s.label;
     label.className = "role-label role-" + s.label;
     root.querySelector(".side-state").textContent = "State: " + s.state + (s.status_message ? " — " + s.status_message : "");
-    renderIfChanged(root.querySelector(".side-nodes"), s.node_states, (nodes) => nodes.map((n) =>
+    renderIfChanged(root.querySelector(".side-nodes"), s.nodes, (nodes) => nodes.map((n) =>
       el("div", { class: "node" }, el("span", { class: "muted" }, `${n.name}: ${n.role}, ${n.state}`), progressOf(n))));
   }
 
@@ -547,7 +582,7 @@ function initDisasterRecovery() {
     }
     const prog = cycle.querySelector("[data-step=restore] .step-progress");
     const rebuilding = v.primary.label === "Rebuilding" || (v.operation && v.operation.kind === "failback_restore");
-    renderIfChanged(prog, rebuilding ? v.primary.node_states : null, (nodes) => nodes
+    renderIfChanged(prog, rebuilding ? v.primary.nodes : null, (nodes) => nodes
       ? [el("div", {}, `${v.primary.service_name} is `, el("strong", {}, v.primary.label), nodes.length ? ":" : "")]
         .concat(nodes.map((n) => el("div", { class: "node" }, `${n.name}: ${n.state} `, progressOf(n))))
       : []);
@@ -599,11 +634,12 @@ function initDisasterRecovery() {
         el("tbody", {}, history.map((op) => el("tr", { "data-kind": op.kind },
           el("td", {}, v.kind_labels[op.kind] || op.kind),
           el("td", {}, fmtTime(op.create_time)),
-          el("td", {}, fmtSeconds(durationOf(op))),
-          el("td", { class: "st-" + (op.state === "done" ? "done" : "failed") }, op.state, op.message ? ` — ${op.message}` : ""),
+          el("td", { "data-testid": "duration" }, fmtSeconds(durationOf(op))),
+          // undone: the move was taken back and the old writer writes again; the message says why.
+          el("td", { class: "st-" + op.state, "data-testid": "result" }, op.state, op.message ? ` — ${op.message}` : ""),
           el("td", { "data-testid": "write-pause" }, op.write_pause_s === null ? "–" : fmtSeconds(op.write_pause_s)),
           el("td", { "data-testid": "data-given-up" }, dataGivenUp(op)),
-          el("td", {}, el("details", {}, el("summary", {}, `${op.steps.length} steps`), stepList(op)))))))
+          el("td", {}, el("details", {}, el("summary", {}, `${op.steps.length} step${op.steps.length === 1 ? "" : "s"}`), stepList(op)))))))
       : el("p", { class: "muted" }, "No operations yet."));
     if (!cycle.hidden) renderCycle(v);
   }
