@@ -121,5 +121,6 @@ def test_console_lists_a_services_recent_events(api):
     assert r.status_code == 200
     assert [e["service_name"] for e in r.json()["events"]] == ["pg-a"]
     assert api.get("/console/api/project/pgcrdr/service/none/events").status_code == 404
+    assert 'id="svc-events"' in api.get("/console/project/pgcrdr/service/pg-a").text
     assert api.get("/console/api/project/pgcrdr/service/pg-a/events", headers={"Authorization": ""}
                    ).status_code == 401
