@@ -17,7 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pgcrdr.api.bodies import BodyLimitMiddleware, json_body
+from pgcrdr.api.events import EventLogMiddleware, events_router
+from pgcrdr.api.metrics import metrics_router
 from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
+from pgcrdr.api.tokens import tokens_router
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused, clip
@@ -81,6 +84,8 @@ def create_app(
     app.state.ctx = ctx
     # Every body the app reads, on any route (the console's included), is bounded; see bodies.py.
     app.add_middleware(BodyLimitMiddleware, error_body=error_body)
+    # Every mutating /v1 request goes to the project's event log (outermost: refusals included).
+    app.add_middleware(EventLogMiddleware, store=store)
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:
@@ -115,6 +120,9 @@ def create_app(
         return token.strip()
 
     Auth = Depends(auth)
+    app.include_router(events_router(store, auth))
+    app.include_router(tokens_router(store, auth, now_rfc3339))
+    app.include_router(metrics_router(store, auth))
 
     # --- auth --------------------------------------------------------------------------
     @app.post("/v1/userauth")
@@ -123,13 +131,16 @@ def create_app(
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise Refused(400, "email and password are required")
-        stored_email = store.get_meta("admin_email")
-        stored_hash = store.get_meta("admin_password_hash") or ""
-        if email != stored_email or not verify_password(password, stored_hash):
+        if not await run_in_threadpool(_login, email, password):  # scrypt: off the event loop
             raise Refused(403, "Authentication failed")
         token = new_token(32)
-        store.add_token(token, f"login {email}", now_rfc3339())
-        return {"token": token, "state": "active", "user": _user_json(email)}
+        await run_in_threadpool(store.add_token, token, f"login {email}", now_rfc3339())
+        return {"token": token, "state": "active", "user": await run_in_threadpool(_user_json, email)}
+
+    def _login(email: str, password: str) -> bool:
+        stored_email = store.get_meta("admin_email")
+        stored_hash = store.get_meta("admin_password_hash") or ""
+        return email == stored_email and verify_password(password, stored_hash)
 
     def _user_json(email: str | None) -> dict:
         return {"user": email, "user_email": email, "real_name": "pgcrdr admin", "state": "active",

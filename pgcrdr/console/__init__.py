@@ -10,6 +10,8 @@ the token do, and a refused action shows the server's own message.
 - ``/console/project/P/service/S``                     a service: state, nodes, URIs, lag, backups
 - ``/console/project/P/service/S/disaster-recovery``   Cross-region disaster recovery
 - ``/console/api/...``                                 the view models those pages poll (token required)
+- ``/console/api/project/P/service/S/events``          the service's recent events, polled by its page (the
+  route lives with the event log in ``pgcrdr/api/events.py``)
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def test_service_page(console: Console):
     expect(backups).to_contain_text(first["backup_name"])
     expect(backups).to_contain_text(first["storage_location"])
     expect(page.locator("#svc-nodes tbody tr")).to_have_count(1)
+    expect(page.get_by_test_id("service-events")).to_contain_text("service_create")  # its recent events
     page.get_by_role("button", name="Show password").click()
     expect(uri).to_contain_text(password)
     c.shot("service-page-password-shown")

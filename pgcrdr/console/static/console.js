@@ -651,10 +651,26 @@ function initDisasterRecovery() {
   poll(refresh);
 }
 
+// --- a service's recent events (the project event log, filtered) -------------------------------
+function initServiceEvents() {
+  const box = document.getElementById("svc-events");
+  if (!box) return;
+  const url = `/console/api/project/${encodeURIComponent(project)}/service/${encodeURIComponent(service)}/events?limit=20`;
+  poll(async () => {
+    const { events } = await api("GET", url);
+    renderIfChanged(box, events, (evs) => evs.length
+      ? el("table", { class: "grid", "data-testid": "service-events" },
+        el("thead", {}, el("tr", {}, ["Time", "Actor", "Event", "Description"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, evs.map((e) => el("tr", {}, el("td", {}, fmtTime(e.time)), el("td", {}, e.actor),
+          el("td", {}, e.event_type), el("td", {}, e.event_desc)))))
+      : el("p", { class: "muted" }, "No events yet"));
+  });
+}
+
 // --- start -------------------------------------------------------------------------------------
 if (page === "signin") initSignIn();
 else if (requireToken()) {
   if (page === "services") initServices();
-  else if (page === "service") initService();
+  else if (page === "service") { initService(); initServiceEvents(); }
   else if (page === "dr") initDisasterRecovery();
 }
