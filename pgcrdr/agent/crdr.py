@@ -217,24 +217,22 @@ class CrdrOps:
 
     # --- LSN, checkpoint ---------------------------------------------------------------------
 
-    def lsn(self, cluster: str) -> LsnInfo:
+    def _on_leader(self, cluster: str, what: str, read: Any) -> Any:
+        """``read(conn, node)`` on the cluster's leader (writer or standby leader); 409 when none answers."""
         c = self._cluster(cluster)
         idx = self._leader_index(c)
         if idx is None:
             raise _errors()[1](f"cluster {cluster} has no leader answering (phase "
-                               f"{c.status.phase if c.status else 'unknown'}); nothing to read the LSN from")
+                               f"{c.status.phase if c.status else 'unknown'}); {what}")
         with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
-            return lsn_info(conn, node_name(cluster, idx))
+            return read(conn, node_name(cluster, idx))
+
+    def lsn(self, cluster: str) -> LsnInfo:
+        return self._on_leader(cluster, "nothing to read the LSN from", lsn_info)
 
     def sessions(self, cluster: str) -> SessionsInfo:
         """Client sessions of the leader that are active or hold a transaction open."""
-        c = self._cluster(cluster)
-        idx = self._leader_index(c)
-        if idx is None:
-            raise _errors()[1](f"cluster {cluster} has no leader answering (phase "
-                               f"{c.status.phase if c.status else 'unknown'}); no sessions to read")
-        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
-            return read_sessions(conn, node_name(cluster, idx))
+        return self._on_leader(cluster, "no sessions to read", read_sessions)
 
     def checkpoint(self, cluster: str) -> LsnInfo:
         c = self._cluster(cluster)

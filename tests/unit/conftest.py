@@ -7,6 +7,7 @@ from pgcrdr.api.app import create_app
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.store import Store
 from pgcrdr.platform import initialize
+from tests.unit import api_pairs
 
 
 @pytest.fixture()
@@ -21,3 +22,14 @@ def api(tmp_path):
     client.store = store  # type: ignore[attr-defined]
     yield client
     store.close()
+
+
+@pytest.fixture()
+def pair(api):
+    """pg-primary active and pg-primary-dr passive, both RUNNING and in sync, no operation running."""
+    api_pairs.create(api, "pg-primary")
+    api_pairs.create(api, "pg-primary-dr", cloud="local-us-east1", dr_for="pg-primary")
+    api_pairs.finish_operations(api)
+    api_pairs.set_running(api, "pg-primary")
+    api_pairs.set_running(api, "pg-primary-dr", standby=True)
+    return api

@@ -7,61 +7,8 @@ import json
 
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
 from pgcrdr.api.bodies import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep
-
-P = "/v1/project/pgcrdr"
-
-
-def create(api, name, cloud="local-europe-west1", dr_for=None):
-    body = {"service_name": name, "service_type": "pg", "plan": "startup-4", "cloud": cloud, "user_config": {}}
-    if dr_for:
-        body["service_integrations"] = [{"integration_type": "disaster_recovery", "source_service": dr_for}]
-    r = api.post(f"{P}/service", json=body)
-    assert r.status_code == 200, r.text
-
-
-def set_running(api, name, standby=False):
-    ep = Endpoint(host="127.0.0.1", port=1)
-    status = ClusterStatus(cluster=name, region="r", ready=True, standby=standby, primary=ep, replica=ep,
-                           generation=99)
-    api.store.update_service("pgcrdr", name, lambda cur: cur.model_copy(
-        update={"state": "RUNNING", "ever_ready": True, "status": status}))
-
-
-def finish_operations(api):
-    for op in api.store.running_operations():
-        api.store.put_operation(op.model_copy(update={"state": "done"}))
-
-
-@pytest.fixture()
-def pair(api):
-    """pg-primary active and pg-primary-dr passive, both RUNNING and in sync, no operation running."""
-    create(api, "pg-primary")
-    create(api, "pg-primary-dr", cloud="local-us-east1", dr_for="pg-primary")
-    finish_operations(api)
-    set_running(api, "pg-primary")
-    set_running(api, "pg-primary-dr", standby=True)
-    return api
-
-
-def everything(api) -> list:
-    """All the API shows of the project's services, byte for byte, and the store's raw records."""
-    out = []
-    for name in ("pg-primary", "pg-primary-dr"):
-        out.append(api.get(f"{P}/service/{name}").content)
-        out.append(api.get(f"{P}/service/{name}/disaster-recovery").content)
-    out.append(api.store._db.execute("SELECT project, name, doc FROM services ORDER BY name").fetchall())
-    out.append(api.store._db.execute("SELECT operation_id, doc FROM operations ORDER BY operation_id").fetchall())
-    out.append(api.store._db.execute("SELECT integration_id, doc FROM integrations").fetchall())
-    return out
-
-
-def assert_error(resp, status, fragment=""):
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert fragment in body["message"], body
-    assert body["errors"] == [{"message": body["message"], "status": status}]
+from tests.unit.api_pairs import P, assert_error, create, everything, finish_operations, set_running  # noqa: F401
 
 
 def put_raw(api, raw: bytes, path=f"{P}/service/pg-primary"):
