@@ -23,6 +23,7 @@ EU, US = "local-europe-west1", "local-us-east1"
 class PairResult:
     primary: str
     requested_at: float = 0.0  # monotonic
+    requested_wall: float = 0.0  # epoch, to place the operation's own timestamps
     first_write_s: float | None = None  # from its request to its first acknowledged write after it
     op: dict = field(default_factory=dict)
     ok: int = 0
@@ -76,6 +77,7 @@ def lose_region_and_fail_over(p: RunningPlatform, names: list[str]) -> list[Pair
         def fail_over(name: str) -> None:
             barrier.wait()
             results[name].requested_at = time.monotonic()
+            results[name].requested_wall = time.time()
             with p.api() as c:
                 r = c.put(f"/v1/project/{PROJECT}/service/{name}", json={"disaster_recovery_role": "failed"})
                 if r.status_code != 200:

@@ -106,7 +106,14 @@ class Reconciler:
             a.close()
 
     def wake(self) -> None:
-        """Run the next tick now (called by the API after it records a change)."""
+        """Run the next tick now (called by the API after it records a change). An operation
+        just recorded starts stepping at once in its own thread, without waiting for the tick
+        (which may be observing the regions)."""
+        if self._thread is not None:
+            try:
+                self.runner.advance_all()
+            except Exception:  # noqa: BLE001 - the tick gives it its turn anyway
+                log.exception("starting operations on wake failed")
         self._wake.set()
 
     def _run(self) -> None:
