@@ -384,3 +384,93 @@ def terraform_install(directory: str | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- the lab of hosts (network namespaces) ------------------------------------------------------
+
+@main.group()
+def lab() -> None:
+    """A lab of hosts on this machine (network namespaces joined by a bridge of their own), for
+    tests and drills of regions on their own hosts. Needs root."""
+
+
+def _lab_error(exc: Exception) -> None:
+    console.print(f"[red]{exc}[/red]")
+    sys.exit(1)
+
+
+@lab.command("up")
+@click.option("--id", "lab_id", default="lab", show_default=True, help="1-6 lower-case letters or digits.")
+@click.option("--regions", type=int, default=2, show_default=True, help="Region hosts (besides the control host).")
+@click.option("--subnet", type=int, default=7, show_default=True, help="The lab uses 10.249.SUBNET.0/24.")
+@click.option("--cloud", "clouds", multiple=True, help="Cloud name of each region host, in order (repeatable).")
+def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...]) -> None:
+    """Create the lab's hosts and print its topology file."""
+    from pgcrdr.lab import LabError, lab_up, plan_lab, topology_text
+
+    try:
+        the_lab = lab_up(plan_lab(lab_id, regions, subnet))
+        click.echo(topology_text(the_lab, list(clouds) or None))
+    except LabError as exc:
+        _lab_error(exc)
+
+
+@lab.command("down")
+@click.option("--id", "lab_id", default="lab", show_default=True)
+def lab_down_cmd(lab_id: str) -> None:
+    """Remove every namespace (host, bridge) of the lab."""
+    from pgcrdr.lab import LabError, lab_down
+
+    try:
+        removed = lab_down(lab_id)
+    except LabError as exc:
+        _lab_error(exc)
+        return
+    console.print(f"removed {', '.join(removed)}" if removed else f"no lab {lab_id} found")
+
+
+@lab.command("bandwidth")
+@click.argument("host")
+@click.argument("rate", required=False)
+@click.option("--id", "lab_id", default="lab", show_default=True)
+@click.option("--regions", type=int, default=2, show_default=True)
+@click.option("--subnet", type=int, default=7, show_default=True)
+def lab_bandwidth_cmd(host: str, rate: str | None, lab_id: str, regions: int, subnet: int) -> None:
+    """Cap HOST's link (ctl, r0, r1, ...) at RATE (e.g. 200mbit) with tc tbf; no RATE removes the cap."""
+    from pgcrdr.lab import LabError, cap_bandwidth, plan_lab
+
+    try:
+        cap_bandwidth(plan_lab(lab_id, regions, subnet), host, rate)
+    except LabError as exc:
+        _lab_error(exc)
+
+
+@drill.command("partition")
+@click.argument("host")
+@click.option("--id", "lab_id", default="lab", show_default=True)
+@click.option("--regions", type=int, default=2, show_default=True)
+@click.option("--subnet", type=int, default=7, show_default=True)
+def drill_partition(host: str, lab_id: str, regions: int, subnet: int) -> None:
+    """Cut a lab host (r0, r1, ...) off the others: its processes keep running, clients inside it
+    still reach them."""
+    from pgcrdr.lab import LabError, partition, plan_lab
+
+    try:
+        partition(plan_lab(lab_id, regions, subnet), host)
+    except LabError as exc:
+        _lab_error(exc)
+
+
+@drill.command("heal")
+@click.argument("host")
+@click.option("--id", "lab_id", default="lab", show_default=True)
+@click.option("--regions", type=int, default=2, show_default=True)
+@click.option("--subnet", type=int, default=7, show_default=True)
+def drill_heal(host: str, lab_id: str, regions: int, subnet: int) -> None:
+    """Restore a lab host's link after ``pgcrdr drill partition``."""
+    from pgcrdr.lab import LabError, heal, plan_lab
+
+    try:
+        heal(plan_lab(lab_id, regions, subnet), host)
+    except LabError as exc:
+        _lab_error(exc)

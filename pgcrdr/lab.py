@@ -1,0 +1,171 @@
+"""A lab of hosts on this machine, for tests and drills: one network namespace per host (a
+control host, one per region), joined by a bridge that lives in a namespace of its own, so that
+nothing is added to the machine's own interfaces. Each host gets one address on the lab's
+subnet and its own loopback; only addresses the lab created are ever used.
+
+    pgcrdr lab up [--id ID] [--regions N] [--subnet K]   ->  prints the lab's topology file
+    pgcrdr lab down [--id ID]
+    pgcrdr drill partition REGION / heal REGION          (on a lab: the region's link set down/up)
+    pgcrdr lab bandwidth HOST RATE                       (tc tbf on that host's link, both ways)
+
+A partition sets the host's link down on the bridge side: its processes keep running and
+clients inside the host still reach them; nothing outside it does. netem is not available on
+these machines; tbf is, so a link can be capped but not delayed.
+
+Planning is pure (``plan_lab``); ``lab_up``/``lab_down`` run ``ip``/``tc`` and need root.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+LAB_PREFIX = "pgl"  # namespace names: pgl-<id>-<host>; interface names stay within 15 characters
+ID_RE = re.compile(r"^[a-z0-9]{1,6}$")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str  # "ctl", "r0", "r1", ...
+    netns: str
+    address: str
+    bridge_port: str  # its link's end in the bridge namespace
+
+
+@dataclass(frozen=True)
+class Lab:
+    lab_id: str
+    subnet: str  # e.g. 10.249.7.0/24
+    bridge_ns: str
+    hosts: tuple[LabHost, ...]
+
+    def host(self, name: str) -> LabHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise LabError(f"the lab {self.lab_id} has no host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
+
+
+def plan_lab(lab_id: str, regions: int = 2, subnet: int = 7) -> Lab:
+    """The lab's namespaces and addresses: 10.249.<subnet>.10 for the control host, .11, .12, ...
+    for the regions' hosts."""
+    if not ID_RE.match(lab_id):
+        raise LabError(f"lab id {lab_id[:20]!r} must be 1 to 6 lower-case letters or digits")
+    if not 1 <= regions <= 8:
+        raise LabError("a lab has 1 to 8 region hosts")
+    if not 1 <= subnet <= 254:
+        raise LabError("--subnet must be 1 to 254 (the lab uses 10.249.SUBNET.0/24)")
+    net = f"10.249.{subnet}"
+    names = ["ctl"] + [f"r{i}" for i in range(regions)]
+    hosts = tuple(LabHost(name=n, netns=f"{LAB_PREFIX}-{lab_id}-{n}", address=f"{net}.{10 + i}",
+                          bridge_port=f"p{lab_id}{n}")
+                  for i, n in enumerate(names))
+    return Lab(lab_id=lab_id, subnet=f"{net}.0/24", bridge_ns=f"{LAB_PREFIX}-{lab_id}-br", hosts=hosts)
+
+
+def up_commands(lab: Lab) -> list[list[str]]:
+    """The ``ip`` commands that build the lab (pure: tests read them)."""
+    br = lab.bridge_ns
+    cmds = [["ip", "netns", "add", br], ["ip", "-n", br, "link", "set", "lo", "up"],
+            ["ip", "-n", br, "link", "add", "br0", "type", "bridge"], ["ip", "-n", br, "link", "set", "br0", "up"]]
+    for h in lab.hosts:
+        cmds += [
+            ["ip", "netns", "add", h.netns],
+            ["ip", "-n", h.netns, "link", "set", "lo", "up"],
+            # the pair is created with each end already in its namespace: nothing in the root one
+            ["ip", "link", "add", "eth0", "netns", h.netns, "type", "veth", "peer", "name", h.bridge_port,
+             "netns", br],
+            ["ip", "-n", br, "link", "set", h.bridge_port, "master", "br0"],
+            ["ip", "-n", br, "link", "set", h.bridge_port, "up"],
+            ["ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", "eth0"],
+            ["ip", "-n", h.netns, "link", "set", "eth0", "up"],
+        ]
+    return cmds
+
+
+def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def existing_namespaces(lab_id: str | None = None) -> list[str]:
+    out = _run(["ip", "netns", "list"]).stdout
+    prefix = f"{LAB_PREFIX}-{lab_id}-" if lab_id else f"{LAB_PREFIX}-"
+    return [ln.split()[0] for ln in out.splitlines() if ln.split() and ln.split()[0].startswith(prefix)]
+
+
+def lab_up(lab: Lab) -> Lab:
+    """Build the lab; on any failure, remove what was made and raise."""
+    if existing_namespaces(lab.lab_id):
+        raise LabError(f"a lab {lab.lab_id} exists already: `pgcrdr lab down --id {lab.lab_id}` first")
+    try:
+        for cmd in up_commands(lab):
+            _run(cmd)
+    except Exception:
+        lab_down(lab.lab_id)
+        raise
+    return lab
+
+
+def lab_down(lab_id: str) -> list[str]:
+    """Remove every namespace of the lab (their links go with them). Returns the names removed."""
+    if not ID_RE.match(lab_id):
+        raise LabError(f"lab id {lab_id[:20]!r} must be 1 to 6 lower-case letters or digits")
+    removed = []
+    for ns in existing_namespaces(lab_id):
+        _run(["ip", "netns", "del", ns], check=False)
+        removed.append(ns)
+    return removed
+
+
+def partition(lab: Lab, host: str) -> None:
+    """Cut ``host`` off: its link is set down on the bridge side; its processes run on."""
+    _run(["ip", "-n", lab.bridge_ns, "link", "set", lab.host(host).bridge_port, "down"])
+
+
+def heal(lab: Lab, host: str) -> None:
+    _run(["ip", "-n", lab.bridge_ns, "link", "set", lab.host(host).bridge_port, "up"])
+
+
+def bandwidth_commands(lab: Lab, host: str, rate: str | None) -> list[list[str]]:
+    """tc tbf on both ends of ``host``'s link (None: remove the cap)."""
+    h = lab.host(host)
+    ends = [(lab.bridge_ns, h.bridge_port), (h.netns, "eth0")]
+    if rate is None:
+        return [["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"] for ns, dev in ends]
+    if not re.match(r"^\d+(\.\d+)?(kbit|mbit|gbit)$", rate):
+        raise LabError(f"rate {rate[:20]!r} must look like 200mbit, 1gbit or 500kbit")
+    return [["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+             "burst", "256kb", "latency", "50ms"] for ns, dev in ends]
+
+
+def cap_bandwidth(lab: Lab, host: str, rate: str | None) -> None:
+    for cmd in bandwidth_commands(lab, host, rate):
+        _run(cmd, check=rate is not None)
+
+
+def exec_argv(lab: Lab, host: str, argv: list[str]) -> list[str]:
+    """``argv`` run inside ``host``."""
+    return ["ip", "netns", "exec", lab.host(host).netns, *argv]
+
+
+def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int = 25000) -> str:
+    """The topology file of a deployment on this lab: the control host and one region per host."""
+    regions = [h for h in lab.hosts if h.name != "ctl"]
+    names = cloud_names or [f"lab-region-{i}" for i in range(len(regions))]
+    if len(names) != len(regions):
+        raise LabError(f"{len(names)} cloud names for {len(regions)} region hosts")
+    ctl = lab.host("ctl")
+    out = [f"# lab {lab.lab_id}: {lab.subnet}", "[control]", f"api_port = {api_port}", "",
+           "[[control.hosts]]", f'name = "{ctl.netns}"', f'address = "{ctl.address}"', ""]
+    for name, h in zip(names, regions, strict=True):
+        out += ["[[regions]]", f'cloud_name = "{name}"', f'description = "Lab host {h.name}"',
+                f'host = "{h.address}"', ""]
+    return "\n".join(out)
