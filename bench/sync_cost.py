@@ -88,6 +88,8 @@ def main() -> int:
             ports[mode] = st.primary.port
             subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), conninfo(ports[mode])], check=True,
                            capture_output=True)
+        for mode in modes:  # warm-up, discarded (the first run after pgbench -i is slow)
+            pgbench(ports[mode], 5, args.clients, Path(tmp), f"warm-{mode}")
         for i in range(args.runs):
             order = list(modes) if i % 2 == 0 else list(reversed(modes))  # alternate who goes first
             for mode in order:
