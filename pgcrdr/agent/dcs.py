@@ -37,9 +37,31 @@ def slots_config(slots: list[str]) -> dict[str, Any]:
     return {name: {"type": "physical"} for name in slots}
 
 
+def sync_mode(spec: ClusterSpec) -> bool | str:
+    """Patroni's ``synchronous_mode`` for the spec: off for one node (or when forced off),
+    ``True`` for 2 nodes (one synchronous standby), ``"quorum"`` for 3 (``ANY 1 (b, c)``: either
+    standby acknowledges a commit, so losing any one node keeps both writes and failover going).
+    Never strict: when the synchronous standby is lost the writer goes on alone (degraded).
+    Patroni ignores it while the cluster is a standby cluster and applies it at promotion."""
+    if spec.node_count < 2 or not spec.sync_replication:
+        return False
+    return "quorum" if spec.node_count >= 3 else True
+
+
+def sync_dcs(spec: ClusterSpec) -> dict[str, Any]:
+    """The synchronous-replication keys of the dynamic configuration."""
+    mode = sync_mode(spec)
+    if mode is False:
+        return {"synchronous_mode": False}
+    return {"synchronous_mode": mode, "synchronous_node_count": 1, "synchronous_mode_strict": False}
+
+
 def crdr_dcs(spec: ClusterSpec) -> dict[str, Any]:
-    """The keys of the dynamic configuration the spec decides (for bootstrap.dcs)."""
+    """The keys of the dynamic configuration the spec decides (for bootstrap.dcs); the
+    synchronous-replication keys only when synchronous replication applies."""
     out: dict[str, Any] = {}
+    if sync_mode(spec) is not False:
+        out.update(sync_dcs(spec))
     sc = standby_cluster_config(spec.standby_of)
     if sc is not None:
         out["standby_cluster"] = sc
@@ -84,7 +106,19 @@ def dcs_patch(spec: ClusterSpec, current: dict[str, Any]) -> dict[str, Any] | No
             slots_patch[name] = None
     if slots_patch:
         patch["slots"] = slots_patch
+    # absent keys mean Patroni's defaults (synchronous_mode off)
+    defaults = {"synchronous_mode": False, "synchronous_node_count": 1, "synchronous_mode_strict": False}
+    for key, value in sync_dcs(spec).items():
+        have = current.get(key, defaults[key])
+        if _mode_text(have) != _mode_text(value):
+            patch[key] = value
     return patch or None
+
+
+def _mode_text(v: Any) -> str:
+    """Patroni reads ``synchronous_mode`` "on"/"true"/True alike."""
+    s = str(v).lower()
+    return {"on": "true", "off": "false"}.get(s, s)
 
 
 def apply_patch(config: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

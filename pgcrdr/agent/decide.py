@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgcrdr.agent.dcs import sync_mode
 from pgcrdr.agent.models import (
     ClusterPhase,
     ClusterSpec,
@@ -21,6 +22,7 @@ from pgcrdr.agent.models import (
     NodeRunState,
     NodeStatus,
     ProgressUpdate,
+    SyncState,
 )
 from pgcrdr.agent.ports import ClusterPorts
 
@@ -311,6 +313,43 @@ def _streaming(n: NodeObs) -> bool:
     return n.rest.get("replication_state") == "streaming"
 
 
+def sync_expected(spec: ClusterSpec) -> bool:
+    """Synchronous replication applies: a writer cluster (not a standby cluster) of 2-3 nodes."""
+    return spec.standby_of is None and sync_mode(spec) is not False
+
+
+def _pg_sync_states(leader: NodeObs | None) -> dict[str, str]:
+    """{application_name: sync_state} of the writer's pg_stat_replication (GET /patroni)."""
+    rows = leader.rest.get("replication") if leader is not None and leader.rest else None
+    if not isinstance(rows, list):
+        return {}
+    return {str(r.get("application_name")): str(r.get("sync_state")) for r in rows if isinstance(r, Mapping)}
+
+
+def _recorded(n: NodeObs) -> bool:
+    """Patroni's /sync key lists the node (its GET /patroni says sync_standby/quorum_standby)."""
+    return bool(n.rest and n.rest_role == "replica" and (n.rest.get("sync_standby") or n.rest.get("quorum_standby")))
+
+
+def node_sync_state(n: NodeObs, leader: NodeObs | None, pg_states: Mapping[str, str]) -> SyncState | None:
+    """A standby's sync state on its writer: "sync"/"quorum" once PostgreSQL waits for it AND
+    Patroni recorded it in /sync (only then may a failover promote it); "potential" when
+    PostgreSQL lists it but Patroni has not recorded it (yet); "async" otherwise. None for the
+    writer, for nodes not streaming from it and in standby clusters. Pure."""
+    if leader is None or not _is_writer(leader) or n.index == leader.index:
+        return None
+    pg = pg_states.get(n.name)
+    if pg in ("sync", "quorum"):
+        return pg if _recorded(n) else "potential"  # type: ignore[return-value]
+    if pg in ("potential", "async"):
+        return pg  # type: ignore[return-value]
+    return None
+
+
+DEGRADED = ("durability degraded: no synchronous standby, commits are acknowledged by the writer alone "
+            "(and Patroni does not fail over) until a standby is synchronous again")
+
+
 def _progress(obs: ClusterObs, n: NodeObs, state: NodeRunState) -> list[ProgressUpdate]:
     if state == "running":
         return [ProgressUpdate(phase="prepare", min=0, max=100, current=100, unit="prepare_percent",
@@ -341,6 +380,7 @@ def summarize(
     spec, now = obs.spec, obs.now
     leader = obs.leader
     leader_lsn = node_lsn(leader) if leader else None
+    pg_states = _pg_sync_states(leader)
     nodes: list[NodeStatus] = []
     for n in obs.wanted:
         state = _state(obs, n)
@@ -355,8 +395,11 @@ def summarize(
                 name=n.name, host=host, pg_port=ports.pg(n.index), rest_port=ports.rest(n.index),
                 role=_role(n), state=state, lsn=format_lsn(lsn), lag_bytes=lag,
                 progress=_progress(obs, n, state),
+                sync_state=node_sync_state(n, leader, pg_states),
             )
         )
+    want_sync = sync_expected(spec)
+    sync_standbys = [s.name for s in nodes if s.sync_state in ("sync", "quorum")] if want_sync else []
 
     messages: list[str] = []
     if not obs.etcd_healthy:
@@ -380,6 +423,8 @@ def summarize(
                 messages.append(f"{n.name} was killed by a drill; it restarts in {n.held_until - now:.0f} s")
         if leader is None and ever_ready and not any(n.held(now) for n in obs.wanted):
             messages.append("no writer at the moment: waiting for Patroni to elect a leader")
+        if want_sync and ever_ready and leader is not None and _is_writer(leader) and not sync_standbys:
+            messages.append(DEGRADED)
 
     standby = spec.standby_of is not None
     ready = bool(
@@ -393,6 +438,8 @@ def summarize(
         and all(_streaming(n) for n in obs.wanted)
         and (standby or obs.ensured == (spec.generation, leader.name))
         and obs.endpoint_verified == leader.name
+        # a failover only promotes a standby Patroni recorded in /sync: ready once there is one
+        and (not want_sync or bool(sync_standbys))
     )
     phase: ClusterPhase
     if obs.held:
@@ -420,4 +467,5 @@ def summarize(
         standby=standby,
         held=obs.held,
         lsn=lsn_info_from_rest(leader) if leader is not None else None,
+        sync_standbys=sync_standbys,
     )

@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field
 
 NodeRole = Literal["primary", "replica", "standby_leader", "unknown"]
 NodeRunState = Literal["starting", "running", "stopped", "failed"]
+# How a standby's commits count on its cluster's writer: "sync"/"quorum" once Patroni has recorded
+# it in the /sync key (a failover may promote it: it holds every acknowledged commit), "potential"
+# or "async" otherwise (pg_stat_replication's sync_state on the writer).
+SyncState = Literal["sync", "quorum", "potential", "async"]
 ClusterPhase = Literal["creating", "running", "stopping", "stopped", "failed", "deleting"]
 
 
@@ -75,6 +79,10 @@ class ClusterSpec(BaseModel):
     standby_of: StandbySource | None = None
     permanent_slots: list[str] = Field(default_factory=list)
     backup: BackupPolicy = Field(default_factory=BackupPolicy)
+    # In-region synchronous replication for 2-3 nodes (Patroni synchronous_mode, not strict:
+    # "on" with 2 nodes, "quorum" with 3, one synchronous standby). False forces asynchronous
+    # replication (benchmarks). Replication to the other region is always asynchronous.
+    sync_replication: bool = True
 
 
 class ProgressUpdate(BaseModel):
@@ -103,6 +111,7 @@ class NodeStatus(BaseModel):
     lsn: str | None = None
     lag_bytes: int | None = None
     progress: list[ProgressUpdate] = Field(default_factory=list)
+    sync_state: SyncState | None = None  # standbys of a writer cluster only
 
 
 class ClusterStatus(BaseModel):
@@ -122,6 +131,10 @@ class ClusterStatus(BaseModel):
     # control plane has since fenced.
     held: bool = False
     lsn: LsnInfo | None = None  # of the cluster's leader, when it answers
+    # Standbys Patroni has recorded as synchronous (its /sync key) while synchronous replication
+    # applies (a writer cluster of 2-3 nodes); empty otherwise. A cluster with synchronous
+    # replication and none recorded has degraded durability (said in ``message``).
+    sync_standbys: list[str] = Field(default_factory=list)
     backup: BackupStatus | None = None
     rebuild: RebuildState | None = None
 

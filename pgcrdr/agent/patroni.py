@@ -36,7 +36,10 @@ MANAGED_PARAMETERS = frozenset(
     | {"listen_addresses", "port", "data_directory", "hba_file", "ident_file", "config_file",
        "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "unix_socket_directories",
        "password_encryption", "logging_collector", "log_directory", "log_filename", "cluster_name",
-       "archive_command", "archive_mode", "archive_timeout", "restore_command", "primary_conninfo", "primary_slot_name"}
+       "archive_command", "archive_mode", "archive_timeout", "restore_command", "primary_conninfo", "primary_slot_name",
+       # Patroni owns synchronous_standby_names (synchronous_mode); the server default of
+       # synchronous_commit is what makes an acknowledged commit survive a node loss.
+       "synchronous_standby_names", "synchronous_commit"}
 )
 
 PG_HBA = [
@@ -91,6 +94,11 @@ def render_patroni_config(
         # pg_wal, so every kept segment crosses regions on a rewind (measured: 256MB made a 1%
         # rewind move 20% of a full copy).
         "wal_keep_size": "64MB",
+        # With a synchronous standby (synchronous_mode, multi-node plans) a commit is acknowledged
+        # once the standby has flushed its WAL to disk ("on" = remote flush): what a failover
+        # needs, without waiting for replay (remote_apply). Sessions may still lower it for
+        # themselves (SET synchronous_commit = local).
+        "synchronous_commit": "on",
     }
     if archive_command:
         local_params.update({

@@ -56,6 +56,9 @@ def node_state_json(node: NodeStatus) -> dict:
             for p in node.progress
         ],
         "lag_bytes": node.lag_bytes,
+        # pgcrdr extension: a standby's in-region replication to the writer (sync, quorum,
+        # potential, async; null for the writer and in a passive copy)
+        "sync_state": node.sync_state,
     }
 
 

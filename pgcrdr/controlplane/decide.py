@@ -52,6 +52,8 @@ def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: Standby
         standby_of=standby_of,
         permanent_slots=list(svc.permanent_slots),
         backup=backup_policy(svc.plan),
+        # PGCRDR_SYNC_REPLICATION=off forces in-region replication asynchronous (benchmarks)
+        sync_replication=os.environ.get("PGCRDR_SYNC_REPLICATION", "on").lower() not in ("off", "0", "false", "no"),
     )
 
 

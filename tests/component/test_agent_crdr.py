@@ -186,6 +186,8 @@ def test_standby_cluster_in_another_region_streams_and_refuses_writes(pair: Pair
     TIMINGS["standby_bootstrap_s"] = time.monotonic() - t0
     assert b.standby and b.message is None, b
     assert sorted(n.role for n in b.nodes) == ["replica", "standby_leader"], b
+    # a standby cluster has no synchronous standby (Patroni ignores synchronous_mode there)
+    assert b.sync_standbys == [] and all(n.sync_state is None for n in b.nodes), b
     assert b.lsn is not None and b.lsn.in_recovery
     with psycopg.connect(dsn(a.primary.port), autocommit=True) as conn:
         conn.execute("INSERT INTO notes VALUES (51, 'after the copy')")
@@ -295,7 +297,17 @@ def test_planned_switch_a_to_b_loses_no_acknowledged_write(pair: Pair) -> None:
     with psycopg.connect(dsn(st.replica.port)) as conn:
         assert conn.execute("SELECT note FROM notes WHERE id = 100").fetchone() == ("written in b",)
         assert not {i for i, _ in writer.ok} - {r[0] for r in conn.execute("SELECT id FROM acked")}
-    wait_ready(pair.b, "pgb", standby=False)
+    # pgb, promoted from a standby cluster, ends with its own synchronous standby in place (Patroni
+    # applies synchronous_mode at the promotion); the other region's walsender stays asynchronous
+    nb = wait_ready(pair.b, "pgb", standby=False)
+    b_writer = next(n for n in nb.nodes if n.role == "primary")
+    b_standby = next(n for n in nb.nodes if n.role == "replica")
+    assert nb.sync_standbys == [b_standby.name] and b_standby.sync_state == "sync", nb
+    superuser = dsn(b_writer.pg_port).replace("user=avnadmin password=admin-pw", "user=postgres password=su-pair")
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        assert conn.execute("SHOW synchronous_standby_names").fetchone() == (f'"{b_standby.name}"',)
+        rows = dict(conn.execute("SELECT application_name, sync_state FROM pg_stat_replication").fetchall())
+    assert rows == {b_standby.name: "sync", "pga-1": "async"}, rows
 
 
 def test_fence_promote_preserve_and_rewind_the_old_writer(pair: Pair) -> None:

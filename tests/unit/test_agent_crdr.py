@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pgcrdr.agent.dcs import apply_patch, crdr_dcs, dcs_patch, standby_cluster_config
+from pgcrdr.agent.dcs import apply_patch, crdr_dcs, dcs_patch, standby_cluster_config, sync_mode
 from pgcrdr.agent.decide import ClusterObs, EnsureRoles, NodeObs, StartNode, StopNode, decide, summarize
 from pgcrdr.agent.models import ClusterSpec, StandbySource, TLSMaterial
 from pgcrdr.agent.patroni import NodePaths, render_patroni_config
@@ -52,6 +52,22 @@ def test_standby_cluster_config_follows_the_source() -> None:
     assert crdr_dcs(spec()) == {}
     assert crdr_dcs(spec(standby_of=SRC, permanent_slots=["crdr_a"])) == {
         "standby_cluster": standby_cluster_config(SRC), "slots": {"crdr_a": {"type": "physical"}}}
+
+
+def test_synchronous_mode_follows_the_node_count_and_reaches_running_clusters() -> None:
+    assert [sync_mode(spec(node_count=n)) for n in (1, 2, 3)] == [False, True, "quorum"]
+    assert sync_mode(spec(node_count=2, sync_replication=False)) is False
+    two = spec(node_count=2)
+    assert crdr_dcs(two) == {"synchronous_mode": True, "synchronous_node_count": 1, "synchronous_mode_strict": False}
+    # a standby cluster carries it too (Patroni ignores it until the promotion, then applies it)
+    assert crdr_dcs(spec(node_count=2, standby_of=SRC))["synchronous_mode"] is True
+    # a cluster created before (no key) gets it; growing to 3 switches to quorum; 1 node: off
+    assert dcs_patch(two, {"ttl": 20}) == {"synchronous_mode": True}  # the other two are the defaults
+    assert dcs_patch(spec(node_count=3), {**crdr_dcs(two)}) == {"synchronous_mode": "quorum"}
+    assert dcs_patch(spec(node_count=1), {**crdr_dcs(two)}) == {"synchronous_mode": False}
+    assert dcs_patch(spec(node_count=1), {"ttl": 20}) is None
+    assert dcs_patch(two, {"synchronous_mode": "on", "synchronous_node_count": "1",
+                           "synchronous_mode_strict": "off"}) is None
 
 
 def test_dcs_patch_is_none_when_in_line() -> None:

@@ -29,15 +29,22 @@ def spec(**kw: object) -> ClusterSpec:
     return ClusterSpec(**base)  # type: ignore[arg-type]
 
 
-def primary(i: int, lsn: int = 100) -> NodeObs:
+def primary(i: int, lsn: int = 100, sync: dict[str, str] | None = None) -> NodeObs:
+    """A writer; ``sync``: its pg_stat_replication {application_name: sync_state} (GET /patroni
+    "replication"); by default every other node of a 3-node slot streams synchronously."""
+    states = {f"pg1-{k}": "sync" for k in (1, 2, 3) if k != i} if sync is None else sync
+    rows = [{"application_name": name, "sync_state": st, "state": "streaming"} for name, st in states.items()]
     return NodeObs(index=i, name=f"pg1-{i}", patroni_running=True, postmaster_running=True, has_data=True,
-                   rest={"state": "running", "role": "primary", "xlog": {"location": lsn}})
+                   rest={"state": "running", "role": "primary", "xlog": {"location": lsn}, "replication": rows})
 
 
-def replica(i: int, lsn: int = 90, streaming: bool = True) -> NodeObs:
-    rest = {"state": "running", "role": "replica", "xlog": {"replayed_location": lsn}}
+def replica(i: int, lsn: int = 90, streaming: bool = True, recorded: str | None = "sync_standby") -> NodeObs:
+    """A standby; ``recorded``: the flag its GET /patroni shows when Patroni's /sync key lists it."""
+    rest: dict = {"state": "running", "role": "replica", "xlog": {"replayed_location": lsn}}
     if streaming:
         rest["replication_state"] = "streaming"
+    if recorded:
+        rest[recorded] = True
     return NodeObs(index=i, name=f"pg1-{i}", patroni_running=True, postmaster_running=True, has_data=True,
                    rest=rest)
 
@@ -121,6 +128,48 @@ def test_status_ready_needs_streaming_replicas_and_users() -> None:
     no_users = ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2)), proxy_running=True)
     st = summarize(no_users, region="r", ports=PORTS, ever_ready=False)
     assert not st.ready and st.phase == "creating"
+
+
+def test_ready_needs_a_synchronous_standby_recorded_by_patroni() -> None:
+    base = dict(proxy_running=True, ensured=(0, "pg1-1"), endpoint_verified="pg1-1")
+    st = summarize(ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2)), **base),
+                   region="r", ports=PORTS, ever_ready=False)
+    assert st.ready and st.sync_standbys == ["pg1-2"] and st.nodes[1].sync_state == "sync"
+    assert st.nodes[0].sync_state is None and st.message is None
+    # PostgreSQL already waits for it but Patroni has not written /sync yet: a failover could not
+    # promote it (the cause of the reverted attempt): not ready
+    unrecorded = ClusterObs(spec=spec(), now=0, nodes=(primary(1), replica(2, recorded=None)), **base)
+    st = summarize(unrecorded, region="r", ports=PORTS, ever_ready=False)
+    assert not st.ready and st.nodes[1].sync_state == "potential" and st.sync_standbys == []
+    assert st.message is None  # not said while the cluster is being created
+    # once built, the same is degraded durability, said in the message (the service stays RUNNING)
+    st = summarize(unrecorded, region="r", ports=PORTS, ever_ready=True)
+    assert st.phase == "running" and not st.ready and "durability degraded" in (st.message or "")
+    # the standby is lost: the writer goes on alone (async), degraded until it is back
+    lost = ClusterObs(spec=spec(), now=0, nodes=(primary(1, sync={}), NodeObs(index=2, name="pg1-2")), **base)
+    st = summarize(lost, region="r", ports=PORTS, ever_ready=True)
+    assert "durability degraded" in (st.message or "") and st.nodes[1].sync_state is None
+    # Patroni's flag alone (a stale /sync) is not enough: PostgreSQL must wait for it too
+    stale = ClusterObs(spec=spec(), now=0, nodes=(primary(1, sync={"pg1-2": "async"}), replica(2)), **base)
+    st = summarize(stale, region="r", ports=PORTS, ever_ready=True)
+    assert not st.ready and st.nodes[1].sync_state == "async"
+
+
+def test_three_nodes_are_quorum_and_one_node_or_forced_async_needs_no_standby() -> None:
+    base = dict(proxy_running=True, ensured=(0, "pg1-1"), endpoint_verified="pg1-1")
+    three = ClusterObs(spec=spec(node_count=3), now=0, nodes=(
+        primary(1, sync={"pg1-2": "quorum"}), replica(2, recorded="quorum_standby"),
+        NodeObs(index=3, name="pg1-3")), **base)
+    st = summarize(three, region="r", ports=PORTS, ever_ready=True)
+    assert st.sync_standbys == ["pg1-2"] and [n.sync_state for n in st.nodes] == [None, "quorum", None]
+    assert "durability degraded" not in (st.message or "")  # one of two standbys left: still synchronous
+    forced = ClusterObs(spec=spec(sync_replication=False), now=0,
+                        nodes=(primary(1, sync={"pg1-2": "async"}), replica(2, recorded=None)), **base)
+    st = summarize(forced, region="r", ports=PORTS, ever_ready=True)
+    assert st.ready and st.sync_standbys == [] and st.nodes[1].sync_state == "async" and st.message is None
+    solo = ClusterObs(spec=spec(node_count=1), now=0, nodes=(primary(1, sync={}),), **base)
+    st = summarize(solo, region="r", ports=PORTS, ever_ready=True)
+    assert st.ready and st.message is None
 
 
 def test_status_reports_postgres_start_failure_with_log_line() -> None:

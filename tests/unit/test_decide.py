@@ -34,6 +34,30 @@ def test_stays_running_when_degraded_after_ready():
     assert v.state == "RUNNING" and v.message == "node 2 down"
 
 
+def test_degraded_durability_is_the_service_status_message():
+    from pgcrdr.agent.decide import DEGRADED
+    from pgcrdr.agent.models import NodeStatus
+    from pgcrdr.api.serialize import node_state_json
+
+    v = service_view(svc(plan="business-4", ever_ready=True, state="RUNNING"),
+                     Observation(status(False, message=DEGRADED)))
+    assert v.state == "RUNNING" and v.message is not None and v.message.startswith("durability degraded")
+    node = NodeStatus(name="s-1-2", host="h", pg_port=1, rest_port=2, role="replica", state="running",
+                      sync_state="sync")
+    assert node_state_json(node)["sync_state"] == "sync" and node_state_json(node)["role"] == "standby"
+
+
+def test_sync_replication_can_be_forced_off(monkeypatch):
+    from pgcrdr.controlplane.decide import cluster_spec
+    from pgcrdr.controlplane.records import ProjectRecord
+
+    project = ProjectRecord(name="p", create_time="t", ca_cert_pem="ca", ca_key_pem="k", default_cloud="c")
+    assert cluster_spec(svc(plan="business-4"), project).sync_replication is True
+    monkeypatch.setenv("PGCRDR_SYNC_REPLICATION", "off")
+    spec = cluster_spec(svc(plan="business-4"), project)
+    assert spec.sync_replication is False and spec.node_count == 2
+
+
 def test_status_for_an_older_generation_does_not_count():
     v = service_view(svc(generation=3), Observation(status(True, generation=2)))
     assert v.state == "REBUILDING"
