@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -31,64 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgcrdr.security.tls import issue_server_cert, make_ca  # noqa: E402
 from tests.component.conftest import Agent, make_spec, region_agents, wait_for  # noqa: E402
+from tests.component.test_agent import Writer, dsn  # noqa: E402
 
 REGION = "bench-nl"
 RESTART_AFTER_S = 30.0  # the killed node stays down this long (longer than a failover, ~21 s)
-
-
-def dsn(port: int) -> str:
-    return (f"host=127.0.0.1 port={port} user=avnadmin password=admin-pw dbname=defaultdb "
-            "sslmode=require connect_timeout=2")
-
-
-@dataclass
-class Writer:
-    """Inserts ids in a loop through one endpoint; each id is ok (commit acknowledged, with its
-    time), failed (never sent: no connection) or unknown (the connection broke in flight)."""
-
-    port: int
-    table: str
-    interval: float = 0.005
-    ok: list[int] = field(default_factory=list)
-    ok_at: list[float] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-    unknown: list[int] = field(default_factory=list)
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> Writer:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        conn: psycopg.Connection | None = None
-        next_id = 1
-        while not self.stop_event.is_set():
-            i, next_id = next_id, next_id + 1
-            if conn is None:
-                try:
-                    conn = psycopg.connect(dsn(self.port), autocommit=True)
-                except psycopg.Error:
-                    self.failed.append(i)
-                    time.sleep(0.05)
-                    continue
-            try:
-                conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (i,))  # noqa: S608
-                self.ok.append(i)
-                self.ok_at.append(time.monotonic())
-            except psycopg.Error:
-                self.unknown.append(i)
-                conn.close()
-                conn = None
-            time.sleep(self.interval)
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        assert self.thread is not None
-        self.thread.join(timeout=15)
 
 
 def wait_ready(agent: Agent, cluster: str, timeout: float = 180) -> object:
@@ -102,7 +46,7 @@ def one_run(agent: Agent, cluster: str, run: int) -> dict[str, float]:
     table = f"acked_{run}"
     with psycopg.connect(dsn(st.primary.port), autocommit=True) as conn:  # type: ignore[attr-defined]
         conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
-    w = Writer(st.primary.port, table).start()  # type: ignore[attr-defined]
+    w = Writer(st.primary.port, table, interval=0.005).start()  # type: ignore[attr-defined]
     try:
         wait_for("some acknowledged writes", lambda: len(w.ok) >= 200, 30, interval=0.05)
         with agent.http() as c:
@@ -114,7 +58,7 @@ def one_run(agent: Agent, cluster: str, run: int) -> dict[str, float]:
         resume_s = w.ok_at[n_ok] - killed_at
         wait_for("a few more writes", lambda: len(w.ok) > n_ok + 50, 30, interval=0.05)
     finally:
-        w.stop()
+        w.finish()
     with psycopg.connect(dsn(st.primary.port)) as conn:  # type: ignore[attr-defined]
         port = conn.execute("SELECT inet_server_port()").fetchone()[0]
         present = {r[0] for r in conn.execute(f"SELECT id FROM {table}")}  # noqa: S608

@@ -55,6 +55,7 @@ class Writer:
 
     port: int
     table: str = "acked"
+    interval: float = 0.02  # between writes
     ok: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
@@ -87,7 +88,7 @@ class Writer:
                 self.unknown.append(i)
                 conn.close()
                 conn = None
-            time.sleep(0.02)
+            time.sleep(self.interval)
         if conn is not None:
             conn.close()
 

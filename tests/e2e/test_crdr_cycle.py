@@ -90,12 +90,12 @@ def assert_nothing_lost(p: RunningPlatform, allowed_lost: set[str] | None = None
 
 def test_setup_with_the_cli(platform: RunningPlatform):
     p = platform
-    p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "startup-4", "--cloud", PRI_CLOUD,
+    p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "business-4", "--cloud", PRI_CLOUD,
           "--project", PROJECT)
     p.avn("service", "wait", PRI, "--project", PROJECT, "--timeout", "180")
     with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], connect_timeout=10) as conn:
         conn.execute("CREATE TABLE acked_writes (id text PRIMARY KEY, at timestamptz DEFAULT now())")
-    p.avn("service", "create", REC, "--service-type", "pg", "--plan", "startup-4", "--cloud", REC_CLOUD,
+    p.avn("service", "create", REC, "--service-type", "pg", "--plan", "business-4", "--cloud", REC_CLOUD,
           "--disaster-recovery-copy-for", PRI, "--project", PROJECT)
     assert state_role(p, REC)["disaster_recovery_role"] == "passive"
     p.avn("service", "wait", REC, "--project", PROJECT, "--timeout", "240")
