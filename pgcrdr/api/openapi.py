@@ -56,6 +56,45 @@ def _fill_clouds(node: Any, clouds: list[str]) -> None:
             _fill_clouds(v, clouds)
 
 
+# OpenAPI links (for readers and for stateful testing): what a create answers feeds the next calls.
+_PROJECT = "/v1/project/{project}"
+_SERVICE = _PROJECT + "/service/{service}"
+_INTEGRATION = _PROJECT + "/integration/{integration_id}"
+LINKS: dict[tuple[str, str], tuple[dict[str, str], list[tuple[str, str]]]] = {
+    ("post", "/v1/project"): (
+        {"project": "$response.body#/project/project_name"},
+        [("get", _PROJECT), ("get", _PROJECT + "/service"), ("post", _PROJECT + "/service"),
+         ("post", _PROJECT + "/integration")],
+    ),
+    ("post", _PROJECT + "/service"): (
+        {"project": "$request.path.project", "service": "$response.body#/service/service_name"},
+        [("get", _SERVICE), ("put", _SERVICE), ("delete", _SERVICE), ("get", _SERVICE + "/integration"),
+         ("get", _SERVICE + "/disaster-recovery"), ("get", _SERVICE + "/backups"), ("get", _SERVICE + "/db"),
+         ("post", _SERVICE + "/db"), ("post", _SERVICE + "/user"), ("get", _SERVICE + "/tags"),
+         ("put", _SERVICE + "/tags")],
+    ),
+    ("post", _SERVICE + "/user"): (
+        {"project": "$request.path.project", "service": "$request.path.service",
+         "username": "$response.body#/user/username"},
+        [("get", _SERVICE + "/user/{username}")],
+    ),
+    ("post", _PROJECT + "/integration"): (
+        {"project": "$request.path.project",
+         "integration_id": "$response.body#/service_integration/service_integration_id"},
+        [("get", _INTEGRATION), ("put", _INTEGRATION), ("delete", _INTEGRATION)],
+    ),
+}
+
+
+def _add_links(paths: dict[str, Any]) -> None:
+    for (method, path), (values, targets) in LINKS.items():
+        links = paths[path][method]["responses"]["200"].setdefault("links", {})
+        for t_method, t_path in targets:
+            target = paths[t_path][t_method]
+            params = {k: v for k, v in values.items() if "{" + k + "}" in t_path}
+            links[target["operationId"]] = {"operationId": target["operationId"], "parameters": params}
+
+
 def build_openapi(app: FastAPI, clouds: list[str]) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, description=(app.description or "") + DESCRIPTION_TAIL,
                        routes=app.routes)
@@ -68,6 +107,7 @@ def build_openapi(app: FastAPI, clouds: list[str]) -> dict[str, Any]:
     schemas.update(defs.get("$defs", {}))
     _fill_clouds(schemas, clouds)
     components["securitySchemes"] = SECURITY_SCHEMES
+    _add_links(spec["paths"])
     auth_errors = {str(k): v for k, v in errors(401, 403).items()}
     for path, item in spec.get("paths", {}).items():
         for method, op in item.items():

@@ -19,19 +19,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, WithJsonSchema,
+)
 
 from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused, clip
-from pgcrdr.controlplane.services import DOWS, RESERVED_DBS, RESERVED_ROLES
+from pgcrdr.controlplane.services import (
+    DB_NAME_RE, DOWS, PROJECT_NAME_RE, RESERVED_DBS, RESERVED_ROLES, SERVICE_NAME_RE, TIME_RE, USER_NAME_RE,
+)
 from pgcrdr.controlplane.transitions import ROLES
 
-# The patterns the control plane applies (services.py), in the ECMA syntax of JSON schema.
-SERVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$"
-PROJECT_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,63}$"
-DB_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$"
-USER_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,62}$"
-TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$"
+# The patterns the control plane applies (with fullmatch), which are also valid ECMA regexes.
+SERVICE_NAME_PATTERN = SERVICE_NAME_RE.pattern
+PROJECT_NAME_PATTERN = PROJECT_NAME_RE.pattern
+DB_NAME_PATTERN = DB_NAME_RE.pattern
+USER_NAME_PATTERN = USER_NAME_RE.pattern
+TIME_PATTERN = TIME_RE.pattern
 
 # Filled in by the app with the clouds of its settings (openapi.py); a placeholder here.
 CLOUD_ENUM_MARKER = "x-pgcrdr-clouds"
@@ -44,6 +48,18 @@ def checked_elsewhere(schema: dict[str, Any]) -> Any:
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _integral(v: int | float) -> int:
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError("Input should be a valid integer")
+        return int(v)
+    return v
+
+
+# A JSON integer: 5 or 5.0 (JSON Schema's "integer" admits both), never "5", true or 5.5.
+JsonInt = Annotated[StrictInt | StrictFloat, AfterValidator(_integral), WithJsonSchema({"type": "integer"})]
 
 
 class _Body(BaseModel):
@@ -82,7 +98,7 @@ USER_CONFIG_SCHEMA: dict[str, Any] = {
         "admin_username": {"type": "string", "pattern": USER_NAME_PATTERN, "not": {"enum": sorted(RESERVED_ROLES)},
                            "description": "Name of the admin role (at creation only)"},
         "pg": {
-            "type": "object",
+            "type": ["object", "null"],
             "additionalProperties": False,
             "properties": {
                 "max_connections": {"type": "integer", "const": 100,
@@ -137,7 +153,7 @@ class ServiceCreateRequest(_Body):
     service_integrations: checked_elsewhere(SERVICE_INTEGRATIONS_SCHEMA) = None
     termination_protection: checked_elsewhere({"type": "boolean"}) = False
     tags: dict[str, str] | None = None
-    disk_space_mb: StrictInt | None = Field(None, description="Accepted and ignored: the plan's disk is used")
+    disk_space_mb: JsonInt | None = Field(None, description="Accepted and ignored: the plan's disk is used")
     project_vpc_id: str | None = Field(None, description="Accepted and ignored (no VPCs)")
     static_ips: list[str] | None = Field(None, description="Accepted and ignored")
     tech_emails: list[TechEmail] | None = None
@@ -149,10 +165,19 @@ class ServiceCreateRequest(_Body):
 class ServiceUpdateRequest(_Body):
     """PUT /v1/project/{project}/service/{service} (Aiven's ServiceUpdateRequestBody plus CRDR)."""
 
+    # failback_source (a pgcrdr extension) goes only with disaster_recovery_role passive.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["failback_source"], "properties": {"failback_source": {"type": "string"}}},
+        "then": {"required": ["disaster_recovery_role"],
+                 "properties": {"disaster_recovery_role": {"const": "passive"}}},
+    })
+
     disaster_recovery_role: checked_elsewhere(_nullable({"type": "string", "enum": list(ROLES)})) = None
     disaster_recovery_promote_to_master: StrictBool | None = Field(
         None, description="Older spelling: true is disaster_recovery_role active")
-    failback_source: checked_elsewhere(_nullable({"type": "string", "enum": list(crdr.FAILBACK_SOURCES)})) = None
+    failback_source: checked_elsewhere(_nullable({
+        "type": "string", "enum": list(crdr.FAILBACK_SOURCES),
+        "description": "pgcrdr extension: how a failed primary is restored (with role passive)"})) = None
     plan: checked_elsewhere(_nullable({"type": "string", "enum": list(catalog.PLANS)})) = None
     cloud: checked_elsewhere(_nullable({"type": "string", CLOUD_ENUM_MARKER: True,
                                         "description": "A service cannot move; only its own cloud is accepted"})) = None
@@ -161,7 +186,7 @@ class ServiceUpdateRequest(_Body):
     maintenance: checked_elsewhere(_nullable(MAINTENANCE_SCHEMA)) = None
     termination_protection: checked_elsewhere(_nullable({"type": "boolean"})) = None
     tech_emails: list[TechEmail] | None = None
-    disk_space_mb: StrictInt | None = Field(None, description="Accepted and ignored")
+    disk_space_mb: JsonInt | None = Field(None, description="Accepted and ignored")
     project_vpc_id: str | None = Field(None, description="Accepted and ignored")
     cmk_id: str | None = None
     group_name: str | None = None
