@@ -113,6 +113,11 @@ def build_openapi(app: FastAPI, clouds: list[str]) -> dict[str, Any]:
         for method, op in item.items():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
+            for response in responses.values():
+                for media in response.get("content", {}).values():
+                    # FastAPI merges the handlers' ``-> dict`` into the documented model: keep the model.
+                    if "$ref" in media.get("schema", {}):
+                        media["schema"] = {"$ref": media["schema"]["$ref"]}
             if (method, path) in PUBLIC_OPERATIONS:
                 op["security"] = []
                 continue

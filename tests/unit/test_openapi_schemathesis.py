@@ -170,4 +170,4 @@ def test_service_lifecycle_by_the_spec_links():
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             failures.append(f"engine error: {getattr(event, 'value', None) or event.exception!r}")
     assert not failures, "\n\n".join(failures)
-    assert steps > STATEFUL_SCENARIOS, f"the stateful phase ran only {steps} requests"
+    assert steps > 100, f"the stateful phase ran only {steps} requests"
