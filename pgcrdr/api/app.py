@@ -15,10 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from pgcrdr.api import schemas as S
 from pgcrdr.api.bodies import BodyLimitMiddleware, json_body
 from pgcrdr.api.events import EventLogMiddleware, events_router
 from pgcrdr.api.metrics import metrics_router
+from pgcrdr.api.openapi import install_openapi
 from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
 from pgcrdr.api.tokens import tokens_router
 from pgcrdr.config import Settings
@@ -82,6 +85,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.ctx = ctx
+    install_openapi(app, clouds=[r.cloud_name for r in settings.regions])
     # Every body the app reads, on any route (the console's included), is bounded; see bodies.py.
     app.add_middleware(BodyLimitMiddleware, error_body=error_body)
     # Every mutating /v1 request goes to the project's event log (outermost: refusals included).
@@ -100,8 +104,23 @@ def create_app(
         if exc.status_code == 404:
             return error_response(404, f"No such API endpoint: {clip(request.method)} {clip(request.url.path)}")
         if exc.status_code == 405:
-            return error_response(405, f"Method {clip(request.method)} is not allowed on {clip(request.url.path)}")
-        return error_response(exc.status_code, clip(exc.detail))
+            # Starlette's Allow names the methods of the first route matching the path only; a path
+            # served by several routes (GET and POST /v1/project) allows all their methods.
+            response = error_response(405, f"Method {clip(request.method)} is not allowed on {clip(request.url.path)}")
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+            return response
+        response = error_response(exc.status_code, clip(exc.detail))
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    def _allowed_methods(request: Request) -> list[str]:
+        methods: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE and getattr(route, "methods", None):
+                methods.update(route.methods)  # type: ignore[attr-defined]
+        return sorted(methods)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -125,9 +144,10 @@ def create_app(
     app.include_router(metrics_router(store, auth))
 
     # --- auth --------------------------------------------------------------------------
-    @app.post("/v1/userauth")
+    @app.post("/v1/userauth", responses=S.ok(S.UserAuthResponse, 400, 403, 413),
+              openapi_extra=S.body_spec(S.UserAuthRequest))
     async def userauth(request: Request) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.UserAuthRequest, await json_body(request))
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise Refused(400, "email and password are required")
@@ -146,12 +166,12 @@ def create_app(
         return {"user": email, "user_email": email, "real_name": "pgcrdr admin", "state": "active",
                 "auth": ["password"], "projects": [p.name for p in store.list_projects()]}
 
-    @app.get("/v1/me")
+    @app.get("/v1/me", responses=S.ok(S.MeResponse))
     def me(_: str = Auth) -> dict:
         return {"user": _user_json(store.get_meta("admin_email"))}
 
     # --- projects ----------------------------------------------------------------------
-    @app.get("/v1/project")
+    @app.get("/v1/project", responses=S.ok(S.ProjectListResponse))
     def list_projects(_: str = Auth) -> dict:
         projects = store.list_projects()
         return {
@@ -160,16 +180,17 @@ def create_app(
             "project_memberships": {p.name: ["admin"] for p in projects},
         }
 
-    @app.post("/v1/project")
+    @app.post("/v1/project", responses=S.ok(S.ProjectResponse, 400, 409, 413),
+              openapi_extra=S.body_spec(S.ProjectCreateRequest))
     async def create_project(request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.ProjectCreateRequest, await json_body(request))
         return {"project": project_json(manager.create_project(body.get("project")))}
 
-    @app.get("/v1/project/{project}")
+    @app.get("/v1/project/{project}", responses=S.ok(S.ProjectResponse, 404))
     def get_project(project: str, _: str = Auth) -> dict:
         return {"project": project_json(manager.project(project))}
 
-    @app.get("/v1/project/{project}/kms/ca")
+    @app.get("/v1/project/{project}/kms/ca", responses=S.ok(S.CertificateResponse, 404))
     def project_ca(project: str, _: str = Auth) -> dict:
         return {"certificate": manager.project(project).ca_cert_pem}
 
@@ -177,7 +198,7 @@ def create_app(
     def clouds() -> dict:
         return {"clouds": [catalog.cloud_json(r) for r in settings.regions]}
 
-    @app.get("/v1/clouds")
+    @app.get("/v1/clouds", responses=S.ok(S.CloudsResponse))
     def public_clouds() -> dict:
         return clouds()
 
@@ -185,35 +206,35 @@ def create_app(
     def clouds_no_project() -> dict:  # avn with no project configured asks this path
         return clouds()
 
-    @app.get("/v1/project/{project}/clouds")
+    @app.get("/v1/project/{project}/clouds", responses=S.ok(S.CloudsResponse, 404))
     def project_clouds(project: str, _: str = Auth) -> dict:
         manager.project(project)
         return clouds()
 
-    @app.get("/v1/service_types")
+    @app.get("/v1/service_types", responses=S.ok(S.ServiceTypesResponse))
     def public_service_types() -> dict:
         return {"service_types": catalog.service_types_json(settings.regions)}
 
-    @app.get("/v1/project/{project}/service_types")
+    @app.get("/v1/project/{project}/service_types", responses=S.ok(S.ServiceTypesResponse, 404))
     def service_types(project: str, _: str = Auth) -> dict:
         manager.project(project)
         return {"service_types": catalog.service_types_json(settings.regions)}
 
-    @app.get("/v1/project/{project}/service-types/{stype}")
+    @app.get("/v1/project/{project}/service-types/{stype}", responses=S.ok(S.ServiceTypeResponse, 404))
     def service_type(project: str, stype: str, _: str = Auth) -> dict:
         manager.project(project)
         if stype not in catalog.SERVICE_TYPES:
             raise Refused(404, f"Service type {clip(stype)} does not exist; available service types: pg")
         return catalog.SERVICE_TYPES[stype]
 
-    @app.get("/v1/project/{project}/service-types/{stype}/plans/{plan}")
+    @app.get("/v1/project/{project}/service-types/{stype}/plans/{plan}", responses=S.ok(S.PlanResponse, 404))
     def service_plan(project: str, stype: str, plan: str, _: str = Auth) -> dict:
         manager.project(project)
         if stype not in catalog.SERVICE_TYPES or plan not in catalog.PLANS:
             raise Refused(404, f"Plan {clip(stype)}:{clip(plan)} does not exist")
         return catalog.plan_detail_json(catalog.PLANS[plan])
 
-    @app.get("/v1/service_versions")
+    @app.get("/v1/service_versions", responses=S.ok(S.ServiceVersionsResponse))
     def service_versions() -> dict:
         return {
             "service_versions": [
@@ -223,21 +244,21 @@ def create_app(
             ]
         }
 
-    @app.get("/v1/account/{account}/service_versions")
+    @app.get("/v1/account/{account}/service_versions", responses=S.ok(S.ServiceVersionsResponse))
     def account_service_versions(account: str, _: str = Auth) -> dict:
         return service_versions()
 
-    @app.get("/v1/project/{project}/vpcs")
+    @app.get("/v1/project/{project}/vpcs", responses=S.ok(S.VpcsResponse, 404))
     def vpcs(project: str, _: str = Auth) -> dict:
         manager.project(project)
         return {"vpcs": []}
 
-    @app.get("/v1/project/{project}/static-ips")
+    @app.get("/v1/project/{project}/static-ips", responses=S.ok(S.StaticIpsResponse, 404))
     def static_ips(project: str, _: str = Auth) -> dict:
         manager.project(project)
         return {"static_ips": []}
 
-    @app.get("/v1/project/{project}/integration_types")
+    @app.get("/v1/project/{project}/integration_types", responses=S.ok(S.IntegrationTypesResponse, 404))
     def integration_types(project: str, _: str = Auth) -> dict:
         manager.project(project)
         return {"integration_types": catalog.INTEGRATION_TYPES}
@@ -248,26 +269,28 @@ def create_app(
         return service_json(svc, manager.project(svc.project), settings, integrations=integrations,
                             endpoints_enabled=endpoints_enabled)
 
-    @app.get("/v1/project/{project}/service")
+    @app.get("/v1/project/{project}/service", responses=S.ok(S.ServiceListResponse, 404))
     def list_services(project: str, _: str = Auth) -> dict:
         return {"services": [out(s) for s in manager.list_services(project)]}
 
-    @app.post("/v1/project/{project}/service")
+    @app.post("/v1/project/{project}/service", responses=S.ok(S.ServiceResponse, 400, 404, 409, 413),
+              openapi_extra=S.body_spec(S.ServiceCreateRequest))
     async def create_service(project: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.ServiceCreateRequest, await json_body(request))
         svc = manager.create_service(project, body)
         # Push to the region right away: the answer then carries the service's endpoints.
         await run_in_threadpool(reconcile_now, project, svc.name)
         ctx.wake()
         return {"service": out(store.get_service(project, svc.name) or svc)}
 
-    @app.get("/v1/project/{project}/service/{service}")
+    @app.get("/v1/project/{project}/service/{service}", responses=S.ok(S.ServiceResponse, 404))
     def get_service(project: str, service: str, _: str = Auth) -> dict:
         return {"service": out(manager.service(project, service))}
 
-    @app.put("/v1/project/{project}/service/{service}")
+    @app.put("/v1/project/{project}/service/{service}", responses=S.ok(S.ServiceResponse, 400, 403, 404, 409, 413),
+             openapi_extra=S.body_spec(S.ServiceUpdateRequest, required=False))
     async def update_service(project: str, service: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.ServiceUpdateRequest, await json_body(request))
         role = body.pop("disaster_recovery_role", None)
         if body.pop("disaster_recovery_promote_to_master", None) is True:  # the older spelling
             role = role or "active"
@@ -300,64 +323,69 @@ def create_app(
         ctx.wake()
         return {"service": out(svc)}
 
-    @app.delete("/v1/project/{project}/service/{service}")
+    @app.delete("/v1/project/{project}/service/{service}", responses=S.ok(S.Message, 403, 404, 409))
     def delete_service(project: str, service: str, _: str = Auth) -> dict:
         manager.delete_service(project, service)
         ctx.wake()
         return {"message": f"Service {service} is being terminated"}
 
-    @app.get("/v1/project/{project}/service/{service}/integration")
+    @app.get("/v1/project/{project}/service/{service}/integration", responses=S.ok(S.IntegrationListResponse, 404))
     def service_integrations(project: str, service: str, _: str = Auth) -> dict:
         manager.service(project, service)
         return {"service_integrations": [integration_json(i) for i in store.list_integrations(project)
                                          if service in (i.source, i.dest)]}
 
-    @app.get("/v1/project/{project}/service/{service}/disaster-recovery")
+    @app.get("/v1/project/{project}/service/{service}/disaster-recovery",
+             responses=S.ok(S.DisasterRecoveryStatus, 404))
     def disaster_recovery(project: str, service: str, _: str = Auth) -> dict:
         svc = manager.service(project, service)
         return dr_status_json(svc, store)
 
-    @app.get("/v1/project/{project}/service/{service}/backups")
+    @app.get("/v1/project/{project}/service/{service}/backups", responses=S.ok(S.BackupsResponse, 404))
     def backups(project: str, service: str, _: str = Auth) -> dict:
         return backups_response(manager.service(project, service))
 
-    @app.get("/v1/project/{project}/service/{service}/db")
+    @app.get("/v1/project/{project}/service/{service}/db", responses=S.ok(S.DatabasesResponse, 404))
     def list_databases(project: str, service: str, _: str = Auth) -> dict:
         svc = manager.service(project, service)
         return {"databases": [{"database_name": d} for d in svc.databases], "next": None}
 
-    @app.post("/v1/project/{project}/service/{service}/db")
+    @app.post("/v1/project/{project}/service/{service}/db", responses=S.ok(S.Message, 400, 404, 409, 413),
+              openapi_extra=S.body_spec(S.DatabaseCreateRequest))
     async def create_database(project: str, service: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.DatabaseCreateRequest, await json_body(request))
         manager.create_database(project, service, body.get("database"))
         ctx.wake()
         return {"message": f"Database {body.get('database')} created"}
 
-    @app.post("/v1/project/{project}/service/{service}/user")
+    @app.post("/v1/project/{project}/service/{service}/user", responses=S.ok(S.ServiceUserResponse, 400, 404, 409, 413),
+              openapi_extra=S.body_spec(S.ServiceUserCreateRequest))
     async def create_user(project: str, service: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.ServiceUserCreateRequest, await json_body(request))
         user = manager.create_user(project, service, body.get("username"))
         ctx.wake()
         return {"user": {"username": user.username, "password": user.password, "type": user.type}}
 
-    @app.get("/v1/project/{project}/service/{service}/user/{username}")
+    @app.get("/v1/project/{project}/service/{service}/user/{username}", responses=S.ok(S.ServiceUserResponse, 404))
     def get_user(project: str, service: str, username: str, _: str = Auth) -> dict:
         u = manager.user(project, service, username)
         return {"user": {"username": u.username, "password": u.password, "type": u.type}}
 
-    @app.get("/v1/project/{project}/service/{service}/tags")
+    @app.get("/v1/project/{project}/service/{service}/tags", responses=S.ok(S.TagsResponse, 404))
     def get_tags(project: str, service: str, _: str = Auth) -> dict:
         return {"tags": manager.service(project, service).tags}
 
-    @app.put("/v1/project/{project}/service/{service}/tags")
+    @app.put("/v1/project/{project}/service/{service}/tags", responses=S.ok(S.Message, 400, 404, 409, 413),
+             openapi_extra=S.body_spec(S.TagsUpdateRequest, required=False))
     async def put_tags(project: str, service: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.TagsUpdateRequest, await json_body(request))
         manager.set_tags(project, service, body.get("tags", {}))
         return {"message": "tags updated"}
 
-    @app.post("/v1/project/{project}/integration")
+    @app.post("/v1/project/{project}/integration", responses=S.ok(S.IntegrationResponse, 400, 404, 409, 413),
+              openapi_extra=S.body_spec(S.IntegrationCreateRequest))
     async def create_integration(project: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.IntegrationCreateRequest, await json_body(request))
         manager.project(project)
         integ, _op = crdr.create_integration(store, project, body)
         ctx.wake()
@@ -370,18 +398,19 @@ def create_app(
             raise Refused(404, f"Service integration {clip(integration_id)} does not exist")
         return integ
 
-    @app.get("/v1/project/{project}/integration/{integration_id}")
+    @app.get("/v1/project/{project}/integration/{integration_id}", responses=S.ok(S.IntegrationResponse, 404))
     def get_integration(project: str, integration_id: str, _: str = Auth) -> dict:
         return {"service_integration": integration_json(_integration(project, integration_id))}
 
-    @app.put("/v1/project/{project}/integration/{integration_id}")
+    @app.put("/v1/project/{project}/integration/{integration_id}", responses=S.ok(S.IntegrationResponse, 400, 404, 413),
+             openapi_extra=S.body_spec(S.IntegrationUpdateRequest, required=False))
     async def put_integration(project: str, integration_id: str, request: Request, _: str = Auth) -> dict:
-        body = await json_body(request)
+        body = S.check_body(S.IntegrationUpdateRequest, await json_body(request))
         if body.get("user_config") not in (None, {}):
             raise Refused(400, "disaster_recovery integrations have no user_config")
         return {"service_integration": integration_json(_integration(project, integration_id))}
 
-    @app.delete("/v1/project/{project}/integration/{integration_id}")
+    @app.delete("/v1/project/{project}/integration/{integration_id}", responses=S.ok(S.Message, 404, 409))
     def delete_integration(project: str, integration_id: str, _: str = Auth) -> dict:
         manager.project(project)
         crdr.delete_integration(store, project, integration_id)

@@ -61,7 +61,8 @@ def _print_banner(settings: Settings, password: str | None, token: str, email: s
     if password:
         click.echo(f"  Password:     {password}   (shown once; also in {settings.control_dir}/admin-password)")
     click.echo(f"  Regions:      {', '.join(r.cloud_name for r in settings.regions)}")
-    click.echo(f"  Try:          avn --url {settings.api_url} --auth-token TOKEN project list")
+    # The real token, so the line can be pasted as is (it is printed just above anyway).
+    click.echo(f"  Try:          avn --url {settings.api_url} --auth-token {token} project list")
     sys.stdout.flush()
 
 

@@ -130,16 +130,17 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
     src_name, dst_name = body.get("source_service"), body.get("dest_service")
     if not isinstance(src_name, str) or not isinstance(dst_name, str):
         raise Refused(400, "source_service and dest_service are required")
-    if src_name == dst_name:
-        raise Refused(400, "source_service and dest_service must be two different services")
-    for key in ("source_project", "dest_project"):
-        if body.get(key) not in (None, project):
-            raise Refused(400, f"{key} must be {project}: both services of a pair live in one project")
     with store.transaction() as tx:
         src, dst = tx.service(project, src_name), tx.service(project, dst_name)
+        # Services that do not exist are named first (404): whatever else the body says is moot.
         for name, s in ((src_name, src), (dst_name, dst)):
             if s is None or s.deleting:
                 raise not_found_service(name)
+        if src_name == dst_name:
+            raise Refused(400, "source_service and dest_service must be two different services")
+        for key in ("source_project", "dest_project"):
+            if body.get(key) not in (None, project):
+                raise Refused(400, f"{key} must be {project}: both services of a pair live in one project")
         assert src is not None and dst is not None
         existing = [i for i in tx.integrations(project) if {i.source, i.dest} == {src_name, dst_name}]
         if src.dr_peer == dst_name and dst.dr_peer == src_name:

@@ -21,6 +21,8 @@ from pgcrdr.endpoint.render import allocate_ports
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
 from pgcrdr.security.tokens import new_token
 
+# Applied with fullmatch (a "$" alone would let a trailing newline in); also the patterns of the
+# OpenAPI spec (api/schemas.py), so ASCII classes only.
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
 PROJECT_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,63}$")
 DB_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,62}$")
@@ -28,7 +30,7 @@ USER_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,62}$")
 RESERVED_ROLES = {"postgres", "replicator", "rewind_user", "pg_monitor", "public"}
 RESERVED_DBS = {"postgres", "template0", "template1"}
 DOWS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
-TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
+TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
 
 
 def now_rfc3339(now: dt.datetime | None = None) -> str:
@@ -61,6 +63,9 @@ def _check_user_config(uc: Any) -> dict:
             400,
             f"Invalid user_config: unknown key(s) {clip(', '.join(unknown))}; known keys: {', '.join(sorted(known))}",
         )
+    uc = dict(uc)
+    if isinstance(uc.get("pg_version"), float) and uc["pg_version"].is_integer():
+        uc["pg_version"] = int(uc["pg_version"])  # the JSON number 15.0 is 15
     if "pg_version" in uc and str(uc["pg_version"]) not in PG_VERSIONS:
         raise Refused(
             400,
@@ -73,10 +78,11 @@ def _check_user_config(uc: Any) -> dict:
         raise Refused(400, "Invalid user_config: ip_filter must be a list of strings")
     if "admin_username" in uc:
         name = uc["admin_username"]
-        if not isinstance(name, str) or not USER_NAME_RE.match(name) or name in RESERVED_ROLES:
+        if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name) or name in RESERVED_ROLES:
             raise Refused(
                 400, f"Invalid user_config: admin_username {clip_repr(name)} is not a valid or allowed role name")
     pg = uc.get("pg")
+    pg_out: dict[str, int] = {}
     if pg is not None:
         if not isinstance(pg, dict):
             raise Refused(400, "Invalid user_config: pg must be an object")
@@ -85,6 +91,8 @@ def _check_user_config(uc: Any) -> dict:
             if k not in props:
                 raise Refused(400, f"Invalid user_config: unknown pg setting {clip(k)}; known: {', '.join(props)}")
             lo, hi = props[k]["minimum"], props[k]["maximum"]
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)  # 405.0 is the JSON integer 405; stored as 405 (Terraform decodes ints)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise Refused(400, f"Invalid user_config: pg.{k} must be an integer between {lo} and {hi}")
             if k == "max_connections" and v != DEFAULT_MAX_CONNECTIONS:
@@ -93,7 +101,10 @@ def _check_user_config(uc: Any) -> dict:
                 raise Refused(400, f"Invalid user_config: pg.max_connections is {DEFAULT_MAX_CONNECTIONS} on every "
                                    "pgcrdr plan and cannot be changed yet; leave it out or set it to "
                                    f"{DEFAULT_MAX_CONNECTIONS}")
+            pg_out[k] = v
     out = dict(uc)
+    if isinstance(pg, dict):
+        out["pg"] = pg_out
     if "pg_version" in out:
         out["pg_version"] = str(out["pg_version"])
     return out
@@ -106,11 +117,11 @@ def _check_maintenance(m: Any) -> dict | None:
         raise Refused(400, "maintenance must be an object with dow and time")
     out = {}
     if m.get("dow") is not None:
-        if m["dow"] not in DOWS:
+        if not isinstance(m["dow"], str) or m["dow"] not in DOWS:
             raise Refused(400, f"Invalid maintenance.dow {clip_repr(m['dow'])}; use one of {', '.join(sorted(DOWS))}")
         out["dow"] = m["dow"]
     if m.get("time") is not None:
-        if not isinstance(m["time"], str) or not TIME_RE.match(m["time"]):
+        if not isinstance(m["time"], str) or not TIME_RE.fullmatch(m["time"]):
             raise Refused(400, f"Invalid maintenance.time {clip_repr(m['time'])}; use HH:MM:SS")
         out["time"] = m["time"]
     return out
@@ -143,7 +154,7 @@ class ServiceManager:
         return p
 
     def create_project(self, name: str) -> ProjectRecord:
-        if not isinstance(name, str) or not PROJECT_NAME_RE.match(name):
+        if not isinstance(name, str) or not PROJECT_NAME_RE.fullmatch(name):
             raise Refused(400, f"Invalid project name {clip_repr(name)}: use 1-63 letters, digits, '-' or '_'")
         ca = make_ca(f"pgcrdr project CA {name}")
         rec = ProjectRecord(
@@ -185,14 +196,14 @@ class ServiceManager:
     def create_service(self, project: str, body: dict[str, Any]) -> ServiceRecord:
         proj = self.project(project)
         name = body.get("service_name")
-        if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
+        if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
             raise Refused(
                 400,
                 f"Invalid service_name {clip_repr(name)}: use 2-64 lowercase letters, digits and '-', "
                 "starting with a letter and not ending with '-'",
             )
         stype = body.get("service_type")
-        if stype not in SERVICE_TYPES:
+        if not isinstance(stype, str) or stype not in SERVICE_TYPES:
             raise Refused(400, f"Unknown service type {clip_repr(stype)}; available service types: pg")
         plan = self._check_plan(body.get("plan"))
         cloud = body.get("cloud")
@@ -458,7 +469,7 @@ class ServiceManager:
     def create_database(self, project: str, name: str, dbname: Any) -> None:
         svc = self.service(project, name)
         self._require_powered(svc)
-        if not isinstance(dbname, str) or not DB_NAME_RE.match(dbname) or dbname in RESERVED_DBS:
+        if not isinstance(dbname, str) or not DB_NAME_RE.fullmatch(dbname) or dbname in RESERVED_DBS:
             raise Refused(400, f"Invalid database name {clip_repr(dbname)}: use letters, digits, '_' or '-' (max 63)")
 
         def with_db(cur: ServiceRecord) -> ServiceRecord:
@@ -476,7 +487,7 @@ class ServiceManager:
     def create_user(self, project: str, name: str, username: Any) -> ServiceUser:
         svc = self.service(project, name)
         self._require_powered(svc)
-        if not isinstance(username, str) or not USER_NAME_RE.match(username) or username in RESERVED_ROLES:
+        if not isinstance(username, str) or not USER_NAME_RE.fullmatch(username) or username in RESERVED_ROLES:
             raise Refused(400, f"Invalid or reserved username {clip_repr(username)}")
         user = ServiceUser(username=username, password=new_password(), type="normal")
 
