@@ -103,9 +103,12 @@ class BackupOps:
         if "repo1-path" not in self._repo_options() and "repo1-type" not in self._repo_options():
             proc.make_node_dir(self.settings, repo.repo_path, 0o750)
         with self._backrest_lock:  # type: ignore[attr-defined]
-            with self._lock:  # type: ignore[attr-defined]
-                stanzas = {name: c.spec.backup.retention_full
-                           for name, c in self._clusters.items() if not c.deleted}  # type: ignore[attr-defined]
+            # The region lock is NOT taken here: put_spec holds it while it registers a cluster
+            # (which writes this file), so taking it under _backrest_lock inverted the lock order
+            # and deadlocked the agent when clusters were created while backups ran (seen with
+            # 25 clusters). list() copies the dict in one step under the GIL.
+            clusters = list(self._clusters.items())  # type: ignore[attr-defined]
+            stanzas = {name: c.spec.backup.retention_full for name, c in clusters if not c.deleted}
             proc.write_node_file(self.settings, repo.conf,
                                  backrest.render_conf(repo, self._repo_options(), stanzas), 0o640)
 
