@@ -24,14 +24,15 @@ from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pgcrdr.api import schemas as S
 from pgcrdr.controlplane.errors import clip, not_found_project, not_found_service
-from pgcrdr.controlplane.store import TOKEN_PREFIX_CHARS, EventRow, Store
+from pgcrdr.controlplane.store import EVENTS_KEPT_PER_PROJECT, TOKEN_PREFIX_CHARS, EventRow, Store
 
 log = logging.getLogger("pgcrdr.api.events")
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TEE_BYTES = 64 * 1024  # a request body is read for its service's name only up to this size
-MAX_LIMIT = 10_000
+MAX_LIMIT = EVENTS_KEPT_PER_PROJECT  # a larger limit returns every event kept: it is capped, not refused
 
 _P = r"/v1/project/(?P<project>[^/]*)"
 _S = _P + r"/service/(?P<service>[^/]+)"
@@ -231,8 +232,11 @@ def events_router(store: Store, auth: Callable[..., str]) -> APIRouter:
             raise not_found_project(project)
 
     # Plain ``def`` routes: FastAPI runs them in its threadpool, off the event loop.
-    @router.get("/v1/project/{project}/events")
-    def project_events(project: str, limit: int = Query(100, ge=1), _: str = Auth) -> dict:
+    @router.get("/v1/project/{project}/events", responses=S.ok(S.EventsResponse, 400, 404))
+    def project_events(project: str, limit: int = Query(
+            100, ge=1, description=f"How many of the newest events to return (at least 1; a larger limit than "
+                                   f"{MAX_LIMIT}, the events kept per project, returns them all)"),
+                       _: str = Auth) -> dict:
         _project(project)
         return {"events": [event_json(e) for e in store.list_events(project, min(limit, MAX_LIMIT))]}
 

@@ -60,11 +60,12 @@ def _fill_clouds(node: Any, clouds: list[str]) -> None:
 _PROJECT = "/v1/project/{project}"
 _SERVICE = _PROJECT + "/service/{service}"
 _INTEGRATION = _PROJECT + "/integration/{integration_id}"
+_TOKEN = "/v1/access_token/{token_prefix}"
 LINKS: dict[tuple[str, str], tuple[dict[str, str], list[tuple[str, str]]]] = {
     ("post", "/v1/project"): (
         {"project": "$response.body#/project/project_name"},
         [("get", _PROJECT), ("get", _PROJECT + "/service"), ("post", _PROJECT + "/service"),
-         ("post", _PROJECT + "/integration")],
+         ("post", _PROJECT + "/integration"), ("get", _PROJECT + "/events")],
     ),
     ("post", _PROJECT + "/service"): (
         {"project": "$request.path.project", "service": "$response.body#/service/service_name"},
@@ -82,6 +83,10 @@ LINKS: dict[tuple[str, str], tuple[dict[str, str], list[tuple[str, str]]]] = {
         {"project": "$request.path.project",
          "integration_id": "$response.body#/service_integration/service_integration_id"},
         [("get", _INTEGRATION), ("put", _INTEGRATION), ("delete", _INTEGRATION)],
+    ),
+    ("post", "/v1/access_token"): (
+        {"token_prefix": "$response.body#/token_prefix"},
+        [("put", _TOKEN), ("delete", _TOKEN)],
     ),
 }
 

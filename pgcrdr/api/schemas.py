@@ -231,10 +231,43 @@ class TagsUpdateRequest(_Body):
     tags: checked_elsewhere({"type": "object", "additionalProperties": {"type": "string"}}) = None
 
 
+# Access tokens (tokens.py checks these bodies itself, with its own messages).
+TOKEN_MAX_AGE_LIMIT_S = 10 * 365 * 24 * 3600
+TOKEN_DESCRIPTION_MAX_CHARS = 1000
+TOKEN_DESCRIPTION_SCHEMA: dict[str, Any] = {
+    "type": "string", "minLength": 1, "maxLength": TOKEN_DESCRIPTION_MAX_CHARS, "pattern": r"\S",
+    "description": "What the token is for (not only whitespace)",
+}
+
+
+class AccessTokenCreateRequest(_Body):
+    """POST /v1/access_token (avn user access-token create)."""
+
+    # extend_when_used true needs a max_age_seconds: a token that never expires has nothing to extend.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["extend_when_used"], "properties": {"extend_when_used": {"const": True}}},
+        "then": {"required": ["max_age_seconds"], "properties": {"max_age_seconds": {"type": "integer"}}},
+    })
+
+    description: checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)
+    max_age_seconds: checked_elsewhere(_nullable({
+        "type": "integer", "minimum": 1, "maximum": TOKEN_MAX_AGE_LIMIT_S,
+        "description": "The token expires this long after its creation (or its last use, with "
+                       "extend_when_used); null: never"})) = None
+    extend_when_used: checked_elsewhere(_nullable({
+        "type": "boolean", "description": "Each use moves the expiry to max_age_seconds later (null: false)"})) = False
+
+
+class AccessTokenUpdateRequest(_Body):
+    """PUT /v1/access_token/{token_prefix} (avn user access-token update)."""
+
+    description: checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [
     UserAuthRequest, ProjectCreateRequest, ServiceCreateRequest, ServiceUpdateRequest, IntegrationCreateRequest,
     IntegrationUpdateRequest, DatabaseCreateRequest, ServiceUserCreateRequest, TagsUpdateRequest,
-    ServiceIntegrationItem,
+    ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest,
 ]
 
 
@@ -275,8 +308,9 @@ ERROR_DESCRIPTIONS = {
     400: "Invalid request (malformed JSON, a wrong field, or a value pgcrdr does not support)",
     401: "No or unsupported Authorization header",
     403: "Invalid token, wrong login, or a protected service",
-    404: "The project, service, integration or user does not exist",
-    409: "Conflicts with the current state (already exists, an operation is running, powered off ...)",
+    404: "The project, service, integration, user or access token does not exist",
+    409: "Conflicts with the current state (already exists, an operation is running, powered off, "
+         "a token prefix shared by several tokens ...)",
     413: "Request body larger than 1 MiB",
 }
 
@@ -490,6 +524,49 @@ class DisasterRecoveryStatus(_Out):
     replication: dict[str, Any]
     operation: dict[str, Any] | None
     history: list[dict[str, Any]]
+
+
+class Event(_Out):
+    """One entry of a project's event log (the fields avn events prints)."""
+
+    id: str
+    time: str
+    actor: str
+    event_type: str
+    service_name: str | None
+    event_desc: str
+
+
+class EventsResponse(_Out):
+    events: list[Event]
+
+
+class AccessToken(_Out):
+    """An access token as listed: never the token itself, only its prefix."""
+
+    token_prefix: str | None
+    description: str
+    create_time: str
+    created_manually: bool
+    currently_active: bool
+    expiry_time: str | None
+    max_age_seconds: int | None
+    extend_when_used: bool
+    last_used_time: str | None
+    last_ip: str | None
+    last_user_agent: str | None
+    last_user_agent_human_readable: str | None
+    scopes: list[str] | None
+
+
+class AccessTokenCreateResponse(AccessToken):
+    """The only answer that carries the token (avn reads the fields at the top level)."""
+
+    full_token: str
+
+
+class AccessTokenListResponse(_Out):
+    tokens: list[AccessToken]
 
 
 def ok(model: type[BaseModel], *codes: int) -> dict[int | str, dict[str, Any]]:

@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
+from pgcrdr.api import schemas as S
 from pgcrdr.api.bodies import json_body
 from pgcrdr.controlplane.errors import Refused, clip
 from pgcrdr.controlplane.store import TOKEN_PREFIX_CHARS, Store, TokenRow, hash_token, rfc3339
 from pgcrdr.security.tokens import new_token
 
-MAX_AGE_LIMIT_S = 10 * 365 * 24 * 3600
-MAX_DESCRIPTION_CHARS = 1000
+MAX_AGE_LIMIT_S = S.TOKEN_MAX_AGE_LIMIT_S
+MAX_DESCRIPTION_CHARS = S.TOKEN_DESCRIPTION_MAX_CHARS
 
 
 def token_json(t: TokenRow, current_hash: str | None) -> dict:
@@ -56,6 +57,8 @@ def parse_create(body: dict) -> tuple[str, int | None, bool]:
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise Refused(400, f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
     max_age = body.get("max_age_seconds")
+    if isinstance(max_age, float) and max_age.is_integer():  # 3600.0 is a JSON integer too
+        max_age = int(max_age)
     if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int)
                                 or not 1 <= max_age <= MAX_AGE_LIMIT_S):
         raise Refused(400, f"max_age_seconds must be an integer from 1 to {MAX_AGE_LIMIT_S}, or null "
@@ -83,41 +86,49 @@ def tokens_router(store: Store, auth: Callable[..., str], now_rfc3339: Callable[
                                "give the full token to revoke one of them")
         return found[0]
 
-    @router.post("/v1/access_token")
+    prefix_param = Path(description="The token's prefix (token_prefix of the list) or the full token")
+
+    @router.post("/v1/access_token", responses=S.ok(S.AccessTokenCreateResponse, 400, 413),
+                 openapi_extra=S.body_spec(S.AccessTokenCreateRequest))
     async def create_token(request: Request, token: str = Auth) -> dict[str, Any]:
-        description, max_age, extend = parse_create(await json_body(request))
+        description, max_age, extend = parse_create(S.check_body(S.AccessTokenCreateRequest, await json_body(request)))
         full = new_token(32)
         row = await run_in_threadpool(store.add_token, full, description, now_rfc3339(), max_age_seconds=max_age,
                                       extend_when_used=extend, created_manually=True)
         return {**token_json(row, hash_token(token)), "full_token": full}
 
-    @router.get("/v1/access_token")
-    def list_tokens(token: str = Auth) -> dict:
+    @router.get("/v1/access_token", responses=S.ok(S.AccessTokenListResponse))
+    def list_tokens(token: str = Auth) -> dict:  # plain def: runs in the threadpool
         current = hash_token(token)
         return {"tokens": [token_json(t, current) for t in store.list_tokens()]}
 
-    @router.put("/v1/access_token/{token_prefix}")
-    async def update_token(token_prefix: str, request: Request, token: str = Auth) -> dict[str, Any]:
-        body = await json_body(request)
+    def _update(token_prefix: str, description: str) -> TokenRow:
+        row = _one(token_prefix)
+        updated = store.update_token_description(row.token_hash, description)
+        if updated is None:  # revoked meanwhile
+            raise Refused(404, f"Access token {clip(token_prefix[:TOKEN_PREFIX_CHARS])}... does not exist")
+        return updated
+
+    @router.put("/v1/access_token/{token_prefix}", responses=S.ok(S.AccessToken, 400, 404, 409, 413),
+                openapi_extra=S.body_spec(S.AccessTokenUpdateRequest))
+    async def update_token(request: Request, token_prefix: str = prefix_param, token: str = Auth) -> dict[str, Any]:
+        body = S.check_body(S.AccessTokenUpdateRequest, await json_body(request))
         description = body.get("description")
         if not isinstance(description, str) or not description.strip():
             raise Refused(400, "description is required")
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise Refused(400, f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
-        row = await run_in_threadpool(_one, token_prefix)
-        updated = await run_in_threadpool(store.update_token_description, row.token_hash, description)
-        if updated is None:
-            raise Refused(404, f"Access token {clip(token_prefix[:TOKEN_PREFIX_CHARS])}... does not exist")
-        return token_json(updated, hash_token(token))
+        return token_json(await run_in_threadpool(_update, token_prefix, description), hash_token(token))
 
-    @router.delete("/v1/access_token/{token_prefix}")
-    def revoke_token(token_prefix: str, _: str = Auth) -> dict:
+    @router.delete("/v1/access_token/{token_prefix}", responses=S.ok(S.Message, 404, 409))
+    def revoke_token(token_prefix: str = prefix_param, _: str = Auth) -> dict:  # plain def: in the threadpool
         matched = store.revoke_token(token_prefix)
         if not matched:
             raise Refused(404, f"Access token {clip(token_prefix[:TOKEN_PREFIX_CHARS])}... does not exist")
         if len(matched) > 1:
             raise Refused(409, f"{len(matched)} access tokens start with {clip(token_prefix)}: "
                                "give the full token to revoke one of them")
-        return {"message": f"Access token {matched[0].token_prefix}... revoked"}
+        prefix = matched[0].token_prefix or token_prefix[:TOKEN_PREFIX_CHARS]  # a token older than prefixes
+        return {"message": f"Access token {prefix}... revoked"}
 
     return router

@@ -121,3 +121,17 @@ def test_an_existing_database_is_migrated_in_place(tmp_path):
     assert store.list_tokens()[0].token_prefix == "old-token-"
     store.close()
     assert Store(path).token_valid("old-token-0123456789")  # a second open migrates nothing twice
+
+
+def test_an_integral_float_max_age_is_an_integer_as_json_schema_says(api):
+    made = create(api, max_age_seconds=3600.0, extend_when_used=True)
+    assert made["max_age_seconds"] == 3600 and isinstance(made["max_age_seconds"], int)
+    r = api.post("/v1/access_token", json={"description": "ci", "max_age_seconds": 3600.5})
+    assert r.status_code == 400 and "max_age_seconds must be an integer" in r.json()["message"]
+
+
+def test_revoking_a_token_older_than_prefixes_names_its_prefix(api):
+    api.store.add_token("old-token-0123456789", "old", "2025-01-01T00:00:00Z")
+    api.store._db.execute("UPDATE tokens SET token_prefix=NULL WHERE description='old'")
+    r = api.delete("/v1/access_token/old-token-0123456789")
+    assert r.status_code == 200 and r.json()["message"] == "Access token old-token-... revoked"

@@ -49,6 +49,12 @@ CLIENT_BODIES = {
     ("post", "/v1/project/{project}/service/{service}/user"): [{"username": "app"}],
     ("put", "/v1/project/{project}/service/{service}/tags"): [{"tags": {}}, {"tags": {"k": "v"}}],
     ("post", "/v1/project"): [{"project": "other"}],
+    # avn user access-token create|update (aiven-client 4.x client.access_token_create/update)
+    ("post", "/v1/access_token"): [
+        {"description": "ci", "extend_when_used": False, "max_age_seconds": None},
+        {"description": "deploy bot", "extend_when_used": True, "max_age_seconds": 3600},
+    ],
+    ("put", "/v1/access_token/{token_prefix}"): [{"description": "renamed"}],
 }
 
 
@@ -82,6 +88,36 @@ def test_schema_invalid_bodies_are_invalid_by_the_spec(spec):
     update = _validator(spec, "put", "/v1/project/{project}/service/{service}")
     assert not update.is_valid({"disaster_recovery_role": "primary"})
     assert not update.is_valid({"failback_source": "rewind"})  # goes with role passive only
+
+
+def test_access_token_bodies_the_route_refuses_are_invalid_by_the_spec(spec):
+    create = _validator(spec, "post", "/v1/access_token")
+    for bad in ({}, {"description": ""}, {"description": " \t"}, {"description": "x" * 1001},
+                {"description": "ci", "max_age_seconds": 0}, {"description": "ci", "max_age_seconds": True},
+                {"description": "ci", "max_age_seconds": 10 * 365 * 24 * 3600 + 1},
+                {"description": "ci", "extend_when_used": "yes"},
+                {"description": "ci", "extend_when_used": True},
+                {"description": "ci", "extend_when_used": True, "max_age_seconds": None}):
+        assert not create.is_valid(bad), bad
+    assert create.is_valid({"description": "ci", "extend_when_used": None, "max_age_seconds": 60})
+
+
+def test_events_and_tokens_document_what_avn_reads(spec):
+    def ok_schema(method, path):
+        ref = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        return spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+
+    events = spec["paths"]["/v1/project/{project}/events"]["get"]
+    limit = next(p for p in events["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["minimum"] == 1 and limit["schema"]["default"] == 100
+    assert {"400", "404"} <= set(events["responses"])
+    assert "events" in ok_schema("get", "/v1/project/{project}/events")["required"]
+    assert "tokens" in ok_schema("get", "/v1/access_token")["required"]
+    created = ok_schema("post", "/v1/access_token")  # avn reads the created token's fields at the top level
+    assert {"full_token", "token_prefix", "expiry_time", "max_age_seconds", "extend_when_used"} <= set(
+        created["required"])
+    assert {"404", "409"} <= set(spec["paths"]["/v1/access_token/{token_prefix}"]["delete"]["responses"])
+    assert "/metrics" not in spec["paths"]
 
 
 def test_every_operation_documents_bodies_auth_and_errors(spec):
