@@ -230,3 +230,23 @@ def test_newer_timelines_in_a_wal_directory(tmp_path):
         (tmp_path / name).write_text("")
     assert newer_timelines(tmp_path, 1) == [2]
     assert newer_timelines(tmp_path, 2) == []
+
+
+def test_pgbackrest_conf_is_written_while_the_region_lock_is_held(tmp_path):
+    """put_spec holds the region lock while it registers a cluster (which writes the conf); a
+    backup thread writing the conf must never wait for that lock while holding the conf lock
+    (that inversion deadlocked an agent creating 25 clusters)."""
+    import threading
+
+    from pgcrdr.agent.runtime import RegionRuntime
+    from pgcrdr.config import Settings
+
+    settings = Settings.from_env(home=tmp_path / "home")
+    rt = RegionRuntime(settings, settings.regions[0])
+    rt.prepare_dirs()
+    done = threading.Event()
+    with rt._lock:  # another thread (put_spec) holds the region lock...
+        t = threading.Thread(target=lambda: (rt._write_backrest_conf(), done.set()), daemon=True)
+        t.start()
+        assert done.wait(10), "writing pgbackrest.conf waited for the region lock"
+    assert rt.repo.conf.exists()
