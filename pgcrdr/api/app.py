@@ -184,7 +184,11 @@ def create_app(
               openapi_extra=S.body_spec(S.ProjectCreateRequest))
     async def create_project(request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.ProjectCreateRequest, await json_body(request))
-        return {"project": project_json(manager.create_project(body.get("project")))}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            return {"project": project_json(manager.create_project(body.get("project")))}
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/project/{project}", responses=S.ok(S.ProjectResponse, 404))
     def get_project(project: str, _: str = Auth) -> dict:
@@ -277,11 +281,15 @@ def create_app(
               openapi_extra=S.body_spec(S.ServiceCreateRequest))
     async def create_service(project: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.ServiceCreateRequest, await json_body(request))
-        svc = manager.create_service(project, body)
-        # Push to the region right away: the answer then carries the service's endpoints.
-        await run_in_threadpool(reconcile_now, project, svc.name)
-        ctx.wake()
-        return {"service": out(store.get_service(project, svc.name) or svc)}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            svc = manager.create_service(project, body)
+            # Push to the region right away: the answer then carries the service's endpoints.
+            reconcile_now(project, svc.name)
+            ctx.wake()
+            return {"service": out(store.get_service(project, svc.name) or svc)}
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/project/{project}/service/{service}", responses=S.ok(S.ServiceResponse, 404))
     def get_service(project: str, service: str, _: str = Auth) -> dict:
@@ -291,37 +299,41 @@ def create_app(
              openapi_extra=S.body_spec(S.ServiceUpdateRequest, required=False))
     async def update_service(project: str, service: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.ServiceUpdateRequest, await json_body(request))
-        role = body.pop("disaster_recovery_role", None)
-        if body.pop("disaster_recovery_promote_to_master", None) is True:  # the older spelling
-            role = role or "active"
-        if role is not None and not isinstance(role, str):
-            raise Refused(400, "disaster_recovery_role must be one of: active, passive, failed")
-        # pgcrdr extension, for rehearsals and benchmarks: force the failback restore's source
-        failback_source = body.pop("failback_source", None)
-        if failback_source is not None:
-            if failback_source not in crdr.FAILBACK_SOURCES:
-                raise Refused(400, f"failback_source must be one of: {', '.join(crdr.FAILBACK_SOURCES)}")
-            if role != "passive":
-                raise Refused(400, "failback_source goes with disaster_recovery_role passive "
-                                   "(restoring a failed primary)")
-        svc = manager.service(project, service)
-        if svc.dr_role is not None and "powered" in body:
-            # Terraform sends powered=true on every update. A pair member's power follows its DR role
-            # (a failed primary returns with role passive), so only an explicit power-off is refused.
-            if body["powered"] is False:
-                raise Refused(409, f"{service} is part of a disaster recovery pair and cannot be powered off; "
-                                   "delete the recovery service first or use the disaster_recovery_role")
-            body.pop("powered")
-        if role is None:
-            svc = manager.update_service(project, service, body)
-        else:
-            # The other fields and the role change in one transaction: a refused role change (or a
-            # refused field) leaves the service exactly as it was.
-            crdr.update_and_request_role(store, project, service, manager.service_change(body), role,
-                                         failback_source=failback_source)
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            role = body.pop("disaster_recovery_role", None)
+            if body.pop("disaster_recovery_promote_to_master", None) is True:  # the older spelling
+                role = role or "active"
+            if role is not None and not isinstance(role, str):
+                raise Refused(400, "disaster_recovery_role must be one of: active, passive, failed")
+            # pgcrdr extension, for rehearsals and benchmarks: force the failback restore's source
+            failback_source = body.pop("failback_source", None)
+            if failback_source is not None:
+                if failback_source not in crdr.FAILBACK_SOURCES:
+                    raise Refused(400, f"failback_source must be one of: {', '.join(crdr.FAILBACK_SOURCES)}")
+                if role != "passive":
+                    raise Refused(400, "failback_source goes with disaster_recovery_role passive "
+                                       "(restoring a failed primary)")
             svc = manager.service(project, service)
-        ctx.wake()
-        return {"service": out(svc)}
+            if svc.dr_role is not None and "powered" in body:
+                # Terraform sends powered=true on every update. A pair member's power follows its DR role
+                # (a failed primary returns with role passive), so only an explicit power-off is refused.
+                if body["powered"] is False:
+                    raise Refused(409, f"{service} is part of a disaster recovery pair and cannot be powered off; "
+                                       "delete the recovery service first or use the disaster_recovery_role")
+                body.pop("powered")
+            if role is None:
+                svc = manager.update_service(project, service, body)
+            else:
+                # The other fields and the role change in one transaction: a refused role change (or a
+                # refused field) leaves the service exactly as it was.
+                crdr.update_and_request_role(store, project, service, manager.service_change(body), role,
+                                             failback_source=failback_source)
+                svc = manager.service(project, service)
+            ctx.wake()
+            return {"service": out(svc)}
+
+        return await run_in_threadpool(work)
 
     @app.delete("/v1/project/{project}/service/{service}", responses=S.ok(S.Message, 403, 404, 409))
     def delete_service(project: str, service: str, _: str = Auth) -> dict:
@@ -354,17 +366,25 @@ def create_app(
               openapi_extra=S.body_spec(S.DatabaseCreateRequest))
     async def create_database(project: str, service: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.DatabaseCreateRequest, await json_body(request))
-        manager.create_database(project, service, body.get("database"))
-        ctx.wake()
-        return {"message": f"Database {body.get('database')} created"}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            manager.create_database(project, service, body.get("database"))
+            ctx.wake()
+            return {"message": f"Database {body.get('database')} created"}
+
+        return await run_in_threadpool(work)
 
     @app.post("/v1/project/{project}/service/{service}/user", responses=S.ok(S.ServiceUserResponse, 400, 404, 409, 413),
               openapi_extra=S.body_spec(S.ServiceUserCreateRequest))
     async def create_user(project: str, service: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.ServiceUserCreateRequest, await json_body(request))
-        user = manager.create_user(project, service, body.get("username"))
-        ctx.wake()
-        return {"user": {"username": user.username, "password": user.password, "type": user.type}}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            user = manager.create_user(project, service, body.get("username"))
+            ctx.wake()
+            return {"user": {"username": user.username, "password": user.password, "type": user.type}}
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/project/{project}/service/{service}/user/{username}", responses=S.ok(S.ServiceUserResponse, 404))
     def get_user(project: str, service: str, username: str, _: str = Auth) -> dict:
@@ -379,17 +399,25 @@ def create_app(
              openapi_extra=S.body_spec(S.TagsUpdateRequest, required=False))
     async def put_tags(project: str, service: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.TagsUpdateRequest, await json_body(request))
-        manager.set_tags(project, service, body.get("tags", {}))
-        return {"message": "tags updated"}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            manager.set_tags(project, service, body.get("tags", {}))
+            return {"message": "tags updated"}
+
+        return await run_in_threadpool(work)
 
     @app.post("/v1/project/{project}/integration", responses=S.ok(S.IntegrationResponse, 400, 404, 409, 413),
               openapi_extra=S.body_spec(S.IntegrationCreateRequest))
     async def create_integration(project: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.IntegrationCreateRequest, await json_body(request))
-        manager.project(project)
-        integ, _op = crdr.create_integration(store, project, body)
-        ctx.wake()
-        return {"service_integration": integration_json(integ)}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            manager.project(project)
+            integ, _op = crdr.create_integration(store, project, body)
+            ctx.wake()
+            return {"service_integration": integration_json(integ)}
+
+        return await run_in_threadpool(work)
 
     def _integration(project: str, integration_id: str) -> Any:
         manager.project(project)
@@ -406,9 +434,13 @@ def create_app(
              openapi_extra=S.body_spec(S.IntegrationUpdateRequest, required=False))
     async def put_integration(project: str, integration_id: str, request: Request, _: str = Auth) -> dict:
         body = S.check_body(S.IntegrationUpdateRequest, await json_body(request))
-        if body.get("user_config") not in (None, {}):
-            raise Refused(400, "disaster_recovery integrations have no user_config")
-        return {"service_integration": integration_json(_integration(project, integration_id))}
+
+        def work() -> dict:  # store and region calls block: off the event loop
+            if body.get("user_config") not in (None, {}):
+                raise Refused(400, "disaster_recovery integrations have no user_config")
+            return {"service_integration": integration_json(_integration(project, integration_id))}
+
+        return await run_in_threadpool(work)
 
     @app.delete("/v1/project/{project}/integration/{integration_id}", responses=S.ok(S.Message, 404, 409))
     def delete_integration(project: str, integration_id: str, _: str = Auth) -> dict:
