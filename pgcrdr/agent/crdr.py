@@ -296,13 +296,18 @@ class CrdrOps:
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
         """Make the cluster a standby cluster of ``req.standby_of``; return once its writer's
         postmaster is gone (not when Patroni has restarted it as a standby, ~2 s later)."""
+        return self._locked_request(cluster, req, self._demote)
+
+    def _locked_request(self, cluster: str, req: Any, fn: Any) -> Any:
+        """``fn(c, req, t0)`` under the cluster's act_lock, with ``req.request_id`` tracked (a
+        cancelled id is refused before anything is done)."""
         c = self._cluster(cluster)
         self._check_cancelled(c, req.request_id)
         t0 = time.monotonic()
         self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
         try:
             with self._tracked(c, req.request_id):
-                return self._demote(c, req, t0)
+                return fn(c, req, t0)
         finally:
             c.act_lock.release()
 
@@ -385,15 +390,7 @@ class CrdrOps:
     def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
         """Turn a standby cluster into the writer: remove its standby_cluster and poll
         pg_is_in_recovery() every 20 ms (pg_promote(wait) would poll every 100 ms)."""
-        c = self._cluster(cluster)
-        self._check_cancelled(c, req.request_id)
-        t0 = time.monotonic()
-        self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
-        try:
-            with self._tracked(c, req.request_id):
-                return self._promote(c, req, t0)
-        finally:
-            c.act_lock.release()
+        return self._locked_request(cluster, req, self._promote)
 
     def _stop_stuck_writer(self, c: ClusterRuntime, deadline: float) -> dict[int, str]:
         """A node whose postmaster runs while Patroni reports no running leader (a writer stuck

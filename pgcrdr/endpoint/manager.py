@@ -363,27 +363,21 @@ class EndpointManager:
             self._save(lay, state)
             admin = self._admin(lay, state)
             try:
-                took = admin.pause(timeout)
+                try:
+                    took = admin.pause(timeout)
+                except EndpointError as exc:
+                    if isinstance(exc, PauseTimeout) or "already" not in str(exc):
+                        raise
+                    log.info("endpoint %s was still paused by an earlier PAUSE: resuming and pausing again", name)
+                    self._resume_admin(admin)
+                    left = timeout - (time.monotonic() - t0)
+                    if left <= 0:
+                        raise PauseTimeout(f"PAUSE did not complete within {timeout:g}s") from None
+                    took = admin.pause(left)
             except PauseTimeout:
-                state["pause_pending"] = False
+                state["pause_pending"] = False  # PgBouncerAdmin.pause resumed the pooler
                 self._save(lay, state)
                 raise
-            except EndpointError as exc:
-                if "already" not in str(exc):
-                    raise
-                log.info("endpoint %s was still paused by an earlier PAUSE: resuming and pausing again", name)
-                self._resume_admin(admin)
-                left = timeout - (time.monotonic() - t0)
-                if left <= 0:
-                    state["pause_pending"] = False
-                    self._save(lay, state)
-                    raise PauseTimeout(f"PAUSE did not complete within {timeout:g}s") from None
-                try:
-                    took = admin.pause(left)
-                except PauseTimeout:
-                    state["pause_pending"] = False
-                    self._save(lay, state)
-                    raise
             state["paused"], state["pause_pending"] = True, False
             self._save(lay, state)
             return took
