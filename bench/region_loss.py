@@ -51,6 +51,9 @@ def main() -> int:
         promoted = det.get("promoted_at", r.requested_wall) - r.requested_wall
         print(f"{r.primary:<14} {began:>8.3f} {promoted:>11.3f} {r.first_write_s:>14.3f} "
               f"{promote if promote is not None else '-':>15} {given:>20} {r.lost:>10}")
+    later = {r.primary: r.after for r in results if r.after}
+    if later:
+        print(f"\noperations after the failover (none expected): {later}")
     s = summary(results)
     print(f"\npairs {s['pairs']}: first write after the request: median {s['median_s']:.3f} s, "
           f"min {s['min_s']:.3f} s, max {s['max_s']:.3f} s (max/median {s['max_s'] / s['median_s']:.2f}); "

@@ -26,6 +26,7 @@ class PairResult:
     requested_wall: float = 0.0  # epoch, to place the operation's own timestamps
     first_write_s: float | None = None  # from its request to its first acknowledged write after it
     op: dict = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)  # operations on the pair after its failover
     ok: int = 0
     lost: int = 0
 
@@ -59,6 +60,13 @@ def build_pairs(p: RunningPlatform, n: int, prefix: str = "rl") -> list[str]:
 def _dr(p: RunningPlatform, name: str) -> dict:
     with p.api() as c:
         return c.get(f"/v1/project/{PROJECT}/service/{name}/disaster-recovery").json()
+
+
+def _failover(p: RunningPlatform, name: str) -> dict | None:
+    """The pair's failover once it has ended (whatever ran after it)."""
+    d = _dr(p, name)
+    ops = [o for o in d["history"] if o["kind"] == "failover"]
+    return ops[-1] if ops else None
 
 
 def lose_region_and_fail_over(p: RunningPlatform, names: list[str]) -> list[PairResult]:
@@ -96,12 +104,15 @@ def lose_region_and_fail_over(p: RunningPlatform, names: list[str]) -> list[Pair
                 return min(later) - res.requested_at if later else None
             res.first_write_s = wait_for(f"a write through {n}'s Service URI", first, timeout=120, interval=0.05)
         for n in names:
-            results[n].op = wait_for(f"{n}'s failover to end", lambda n=n: (
-                _dr(p, n)["operation"] is None and _dr(p, n)["history"][-1]), timeout=120)
+            results[n].op = wait_for(f"{n}'s failover to end", lambda n=n: _failover(p, n), timeout=180)
     finally:
         for w in writers.values():
             w.stop()
     for n in names:
+        d = _dr(p, n)
+        ops = d["history"] + ([d["operation"]] if d["operation"] else [])
+        fo = next(i for i, o in enumerate(ops) if o["operation_id"] == results[n].op["operation_id"])
+        results[n].after = [f"{o['kind']} {o['state']}" for o in ops[fo + 1:]]
         w = writers[n]
         with psycopg.connect(p.service(PROJECT, n)["service_uri"], connect_timeout=10) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM acked_writes")}

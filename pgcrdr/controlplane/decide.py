@@ -133,6 +133,10 @@ def pair_without_writer(a: ServiceRecord, b: ServiceRecord, now: float, fresh_s:
         return None
     if now - active.status_time > fresh_s or not st.standby or writer_running(st):
         return None
+    if st.generation < active.generation:
+        # Observed before the region applied the current spec (e.g. just before an operation's
+        # records step made this side active): not evidence of anything.
+        return None
     if other.status is not None and not other.status.standby and writer_running(other.status):
         return f"{active.name} is recorded active but runs as a standby cluster, while {other.name} takes writes"
     return f"{active.name} is recorded active but its region runs it as a standby cluster"

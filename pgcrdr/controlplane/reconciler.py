@@ -31,6 +31,7 @@ log = logging.getLogger("pgcrdr.reconciler")
 
 OBSERVE_TIMEOUT_S = 5.0  # one region's GET /clusters
 NO_WRITER_GRACE_S = 3.0  # a pair seen without a writer this long (no operation running) is repaired
+AFTER_OPERATION_S = 10.0  # ... and not within this long of an operation having run on it
 
 
 def owned_by_operations(ops: list[OperationRecord]) -> set[tuple[str, str]]:
@@ -90,6 +91,7 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(settings.regions)), thread_name_prefix="observe")
         self._first_tick = True
         self._no_writer_since: dict[tuple[str, str], float] = {}  # pair -> monotonic time first seen
+        self._last_busy: dict[tuple[str, str], float] = {}  # pair -> last time an operation ran on it
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -211,8 +213,12 @@ class Reconciler:
             if peer is None or peer.deleting:
                 continue
             key = (svc.project, svc.name)
+            if key in running:
+                self._last_busy[key] = now
             why = pair_without_writer(svc, peer, time.time())
-            if why is None or key in running:
+            # Right after an operation, what was observed may predate its end: not evidence.
+            settled = now - self._last_busy.get(key, float("-inf")) >= AFTER_OPERATION_S
+            if why is None or key in running or not settled:
                 self._no_writer_since.pop(key, None)
                 continue
             seen.add(key)

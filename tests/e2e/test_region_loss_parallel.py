@@ -29,6 +29,7 @@ def test_failovers_of_many_pairs_run_in_parallel(p):
         loss = r.op["data_loss"]
         assert loss["known"] is False and loss["bytes"] is None and loss["lower_bound_bytes"] >= 0, loss
         assert r.first_write_s is not None
+        assert r.after == [], f"{r.primary}: operations after its failover: {r.after}"  # no false repair
     # Side by side: the failovers overlap, so together they span less time than one after the
     # other would (one thread stepping every pair makes the span at least the sum).
     began = [r.op["details"]["began_at"] for r in results]

@@ -281,6 +281,8 @@ def test_pair_without_writer_is_seen_only_when_the_active_runs_as_a_standby_clus
     a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
     assert "runs it as a standby cluster" in pair_without_writer(a, b, now)
     assert pair_without_writer(a, b, now + 60) is None  # a stale observation proves nothing
+    newer = a.model_copy(update={"generation": a.status.generation + 1})
+    assert pair_without_writer(newer, b, now) is None  # seen before the region applied the spec
 
 
 def test_repair_promotes_the_recorded_active_when_both_are_standbys(api):
