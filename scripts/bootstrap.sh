@@ -10,7 +10,7 @@ OS_USER="${PGCRDR_OS_USER:-pgcrdr}"
 NODE_VENV="${PGCRDR_NODE_VENV:-/opt/pgcrdr/node-venv}"
 SYS_PY=/usr/bin/python3          # Debian's Python: readable by the unprivileged user
 APT_PKGS=(postgresql-15 postgresql-client-15 etcd-server haproxy pgbouncer pgbackrest
-          python3-venv python3-dev jq
+          python3-venv python3-dev jq iproute2   # iproute2: ip netns and tc tbf for the lab of hosts
           chromium)   # the console's browser tests (Playwright drives it; never `playwright install`)
 PATRONI_SPEC='patroni[etcd3]==4.1.*'
 
