@@ -7,6 +7,7 @@ and negative data) and every schemathesis check; then a stateful run follows the
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +38,9 @@ def _served_schema():
     """The spec as served by the app on a real store in a scratch home (built at import:
     ``schema.parametrize`` needs it at collection; ``from_fixture`` breaks on pytest 9.2)."""
     home = Path(tempfile.mkdtemp(prefix="pgcrdr-schemathesis-"))
+    # removed at exit too: a run that collects this module but deselects its tests never
+    # reaches the module fixture below
+    atexit.register(shutil.rmtree, home, True)
     cfg = Settings.from_env(home=home / "home")
     creds = initialize(cfg)
     store = Store(cfg.db_path)
