@@ -14,8 +14,12 @@ Port layout, relative to ``base + offset``::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgcrdr.topology import Topology
 
 DEFAULT_HOME = Path("/var/lib/pgcrdr")
 DEFAULT_PORT_BASE = 25000
@@ -37,6 +41,7 @@ class RegionConfig:
     geo_latitude: float
     geo_longitude: float
     port_base: int  # first port of this region's block
+    host: str | None = None  # its host's address (a topology); None: the local host of Settings
 
     @property
     def agent_port(self) -> int:
@@ -174,4 +179,28 @@ class Settings:
         return None
 
     def agent_url(self, region: RegionConfig) -> str:
-        return f"http://{self.host}:{region.agent_port}"
+        return f"http://{region.host or self.host}:{region.agent_port}"
+
+    @classmethod
+    def from_topology(cls, topology: Topology, home: str | os.PathLike[str] | None = None,
+                      region: str | None = None, control_host: str | None = None) -> Settings:
+        """Settings of one part of a deployment: the agent of ``region`` (it binds to its host's
+        address), or the control plane on ``control_host`` (default: the first one). Ports come
+        from the topology; everything else from the environment, as ``from_env``."""
+        env = cls.from_env(home=home)
+        regions = [RegionConfig(index=i, cloud_name=r.cloud_name, description=r.description,
+                                geo_region=r.geo_region, geo_latitude=r.latitude, geo_longitude=r.longitude,
+                                port_base=r.port_base, host=r.host)
+                   for i, r in enumerate(topology.regions)]
+        if region is not None:
+            found = topology.region(region)
+            if found is None:
+                raise ValueError(f"{topology.source}: no region {region!r} (regions: "
+                                 f"{', '.join(r.cloud_name for r in topology.regions)})")
+            host = found.host
+        else:
+            ctl = next((h for h in topology.control_hosts if control_host in (None, h.name)), None)
+            if ctl is None:
+                raise ValueError(f"{topology.source}: no control host {control_host!r}")
+            host = ctl.address
+        return replace(env, host=host, port_base=topology.api_port, regions=regions)

@@ -44,13 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", required=True, help="cloud name of the region, e.g. local-europe-west1")
     parser.add_argument("--token-file",
                         help="file holding the bearer token (default: $PGCRDR_HOME/control/agent-token)")
+    parser.add_argument("--topology", help="the deployment's topology file: the agent binds to its region's "
+                                           "host address and uses the ports the file gives")
     parser.add_argument("--log-level", default=os.environ.get("PGCRDR_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    settings = Settings.from_env()
+    if args.topology:
+        from pgcrdr.topology import TopologyError, load_topology
+
+        try:
+            settings = Settings.from_topology(load_topology(args.topology), region=args.region)
+        except (TopologyError, ValueError) as exc:
+            print(f"agent: {exc}", file=sys.stderr)
+            return 2
+    else:
+        settings = Settings.from_env()
     region = settings.region(args.region)
     if region is None:
         known = ", ".join(r.cloud_name for r in settings.regions)

@@ -383,10 +383,6 @@ def terraform_install(directory: str | None) -> None:
     click.echo("  export AIVEN_WEB_URL=API_URL AIVEN_TOKEN=TOKEN   # both shown by `pgcrdr status`")
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- the lab of hosts (network namespaces) ------------------------------------------------------
 
 @main.group()
@@ -475,3 +471,57 @@ def drill_heal(host: str, lab_id: str, regions: int, subnet: int) -> None:
         heal(plan_lab(lab_id, regions, subnet), host)
     except LabError as exc:
         _lab_error(exc)
+
+
+# --- parts of a deployment on their own hosts (a topology file) --------------------------------
+
+@main.command("agent")
+@click.option("--region", "region_name", required=True, help="The region this host runs (its cloud name).")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@home_opt
+@click.option("--token-file", default=None, help="The agent token (default: <home>/control/agent-token).")
+def agent_cmd(region_name: str, topology: str, home: str | None, token_file: str | None) -> None:
+    """Run the agent of a region on this host, in the foreground: it binds to the host address the
+    topology gives the region, on the region's ports."""
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        Settings.from_topology(load_topology(topology), home=home, region=region_name)
+    except (TopologyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    argv = [sys.executable, "-m", "pgcrdr.agent", "--region", region_name, "--topology", topology]
+    if token_file:
+        argv += ["--token-file", token_file]
+    env = {**os.environ, **({"PGCRDR_HOME": home} if home else {})}
+    os.execve(sys.executable, argv, env)
+
+
+@main.command("controlplane")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@click.option("--control-host", default=None, help="This host's name in the topology (default: the first).")
+@home_opt
+def controlplane_cmd(topology: str, control_host: str | None, home: str | None) -> None:
+    """Run the control plane on this host, in the foreground: API, console, reconciler and the
+    Service URI endpoints on the control host's address; the regions' agents run on their own
+    hosts (`pgcrdr agent`) and are reached at the addresses the topology gives them."""
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host)
+    except (TopologyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    platform = Platform(settings)
+    pid_path(settings, "pgcrdr").parent.mkdir(parents=True, exist_ok=True)
+    pid_path(settings, "pgcrdr").write_text(str(os.getpid()))
+    try:
+        creds = platform.creds
+        platform.serve(on_ready=lambda: _print_banner(settings, creds.password, creds.token, creds.email))
+    finally:
+        platform.shutdown()
+        pid_path(settings, "pgcrdr").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,12 @@ in place, and down removes everything, leaving the machine's own interfaces unto
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,59 @@ def test_bandwidth_cap_and_topology_of_the_lab(lab: Lab):
     assert len(bandwidth_commands(lab, "r1", "1gbit")) == 2
     t = parse_topology(topology_text(lab, ["lab-a", "lab-b"]), "lab.toml")
     assert [r.host for r in t.regions] == [lab.host("r0").address, lab.host("r1").address]
+
+
+def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
+    """`pgcrdr agent --region R --topology F` inside a lab host binds its API (and its etcd) to
+    that host's address: the control host reaches it there, the machine's loopback does not."""
+    import signal
+
+    from pgcrdr.agent.client import AgentClient, AgentError
+    from pgcrdr.config import Settings
+    from pgcrdr.topology import load_topology
+
+    # the node user must traverse the agent's home: not under pytest's 0700 tmp_path
+    tmp_path = Path(tempfile.mkdtemp(prefix="pgcrdr-lab-agent-", dir="/tmp"))
+    topo = tmp_path / "lab.toml"
+    topo.write_text(topology_text(lab, ["lab-a", "lab-b"], api_port=21000 + os.getpid() % 2000))
+    home = tmp_path / "r0-home"
+    home.mkdir()
+    for d in (tmp_path, home):
+        d.chmod(0o755)
+    token = tmp_path / "agent-token"
+    token.write_text("lab-agent-token-0123456789")
+    token.chmod(0o600)
+    log = open(tmp_path / "agent.log", "wb")
+    agent = subprocess.Popen(exec_argv(lab, "r0", [sys.executable, "-m", "pgcrdr", "agent", "--region",
+                                                   "lab-a", "--topology", str(topo), "--home", str(home),
+                                                   "--token-file", str(token)]),
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    settings = Settings.from_topology(load_topology(topo), home=home)
+    region = settings.region("lab-a")
+    url = settings.agent_url(region)
+    assert url == f"http://{lab.host('r0').address}:{region.agent_port}"
+    probe = ("import sys; from pgcrdr.agent.client import AgentClient; "
+             f"c = AgentClient({url!r}, 'lab-agent-token-0123456789', timeout=2); h = c.health(); "
+             "sys.exit(0 if h.etcd_healthy and h.region == 'lab-a' else 1)")
+    try:
+        try:
+            _eventually("the agent in r0 to answer the control host", lambda: agent.poll() is None and subprocess.run(
+                exec_argv(lab, "ctl", [sys.executable, "-c", probe]), capture_output=True).returncode == 0, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; agent log: {(tmp_path / 'agent.log').read_text()[-2000:]}") from None
+        local = AgentClient(f"http://127.0.0.1:{region.agent_port}", "lab-agent-token-0123456789", timeout=1)
+        with pytest.raises(AgentError):  # not on this machine's loopback: only on its host's address
+            local.health()
+        local.close()
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        try:
+            agent.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait(10)
+        log.close()
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    tail = (tmp_path / "agent.log").read_text()[-2000:]
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    assert leftovers == [], f"processes of the lab agent left: {leftovers}; log: {tail}"

@@ -140,7 +140,7 @@ def test_switchover_fault_ends_with_exactly_one_writer(api, step, method, which,
     if duration == SHORT and kind in ("timeout", "refused", "5xx", "lost"):
         assert op["state"] == "done", op["message"]  # a short fault is ridden out by retries
     if op["write_pause_s"] is not None:
-        assert op["write_pause_s"] <= PAUSE_DEADLINE + 0.5
+        assert op["write_pause_s"] <= PAUSE_DEADLINE + 1.5  # a bound, not a timing: far below LONG faults
 
 
 @pytest.mark.parametrize("kind", ["timeout", "refused", "5xx"])
@@ -165,7 +165,7 @@ def test_target_stalled_after_demote_is_undone_at_once(api):
     op = rig.drive()
     assert op["state"] == "undone" and "stays the writer" in op["message"]
     assert rig.assert_one_writer(op) == rig.a
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < 10.0  # the stall lasts 30 s: undone long before
     assert [s["name"] for s in op["steps"]][-3:] == ["undo_settle", "undo_promote_source", "undo_resume"]
 
 
@@ -191,7 +191,7 @@ def test_open_transaction_undoes_the_switchover_naming_the_session(api):
     assert "pid 4242" in op["message"] and "holder" in op["message"]
     assert rig.assert_one_writer(op) == rig.a
     assert rig.endpoints.pauses == 1  # not retried every tick
-    assert op["write_pause_s"] <= PAUSE_DEADLINE + 0.2
+    assert op["write_pause_s"] <= PAUSE_DEADLINE + 1.0
 
 
 FAILOVER_CALLS = [("record_lsn", "lsn", "b"), ("promote", "promote", "b"), ("records", "put_cluster", "b")]
@@ -340,7 +340,7 @@ def test_repair_waits_while_a_side_cannot_be_asked_and_gives_way_to_a_failover(a
 
 
 def test_operations_of_different_pairs_do_not_wait_for_each_other(api):
-    """A pair whose agent call takes 2 s does not delay another pair's switchover."""
+    """A pair whose agent call takes 6 s does not delay another pair's switchover."""
     rig = Rig(api)
     _create(api, "pg-c", EU)
     _create(api, "pg-d", US, dr_for="pg-c")
@@ -356,22 +356,22 @@ def test_operations_of_different_pairs_do_not_wait_for_each_other(api):
 
     def slow(cluster, timeout=None):
         if cluster == rig.a:
-            time.sleep(2.0)
+            time.sleep(6.0)
         return slow_lsn(cluster, timeout)
     rig.agents[EU].lsn = slow  # type: ignore[method-assign]
     rig.runner.pause_deadline_s = 5.0
     rig.request("pg-b", "active")
     rig.request("pg-d", "active")
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 10:
+    while time.monotonic() - t0 < 15:
         rig.runner.advance_all(parallel=True)
         ops = {o.pair: o for o in rig.store.list_operations("pgcrdr") if o.kind == "switchover"}
         if ops.get("pg-c") and ops["pg-c"].step("promote").state == "done":
             break
         time.sleep(0.02)
     took = time.monotonic() - t0
-    rig.runner.wait_idle(10)
-    assert took < 1.5, f"pg-c's switchover waited {took:.1f}s behind pg-a's slow call"
+    rig.runner.wait_idle(15)
+    assert took < 4.0, f"pg-c's switchover waited {took:.1f}s behind pg-a's 6 s call"
 
 
 def test_pooled_writes_are_resumed_at_the_deadline_even_while_a_call_blocks(api):
@@ -381,7 +381,7 @@ def test_pooled_writes_are_resumed_at_the_deadline_even_while_a_call_blocks(api)
     promote = rig.agents[US].promote
 
     def blocking(cluster, req):
-        time.sleep(1.5)
+        time.sleep(4.0)
         return promote(cluster, req)
     rig.agents[US].promote = blocking  # type: ignore[method-assign]
     rig.request("pg-b", "active")
@@ -397,7 +397,8 @@ def test_pooled_writes_are_resumed_at_the_deadline_even_while_a_call_blocks(api)
             break
         time.sleep(0.02)
     rig.runner.wait_idle(10)
-    assert held_until is not None and held_until < PAUSE_DEADLINE + 0.6, held_until
+    # resumed at the deadline, long before the 4 s call returned
+    assert held_until is not None and held_until < PAUSE_DEADLINE + 2.5, held_until
     op = rig.store.list_operations("pgcrdr", "pg-a")[-1]
     assert op.state in ("done", "undone")
     rig.assert_one_writer(op.model_dump())
