@@ -31,6 +31,7 @@ from pgcrdr.controlplane.store import Store  # noqa: E402
 from pgcrdr.platform import initialize  # noqa: E402
 
 MAX_EXAMPLES = 25
+SEED = 20261130
 STATEFUL_SCENARIOS = 200
 
 
@@ -50,6 +51,9 @@ def _served_schema():
 
 def _load(app, token: str):
     loaded = schemathesis.openapi.from_asgi("/v1/openapi.json", app)
+    # A fixed seed: every run checks the same broad set of cases, so `make test` cannot turn red
+    # by the luck of the draw (change SEED, or run with another, to explore further).
+    loaded.config.seed = SEED
     loaded.config.update(headers={"Authorization": f"aivenv1 {token}"})
     loaded.config.generation.update(max_examples=MAX_EXAMPLES, modes=["positive", "negative"])
     return loaded
@@ -127,7 +131,9 @@ def _names_a_body_service(case, response) -> bool:
     if response.status_code != 404 or case.method.upper() != "POST" or not isinstance(case.body, dict):
         return False
     named = [case.body.get("source_service"), case.body.get("dest_service")]
-    named += [i.get("source_service") for i in case.body.get("service_integrations") or [] if isinstance(i, dict)]
+    integrations = case.body.get("service_integrations")
+    if isinstance(integrations, list):  # a negative example may send any JSON value here
+        named += [i.get("source_service") for i in integrations if isinstance(i, dict)]
     message = response.json().get("message", "")
     return any(isinstance(n, str) and message == f"Service {clip(n)} does not exist" for n in named)
 
@@ -146,7 +152,7 @@ def _validate(case, response) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 def test_every_operation_keeps_its_spec(case):
     _validate(case, case.call())
