@@ -25,7 +25,7 @@ from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
-from pgcrdr.controlplane.store import Store, hash_password
+from pgcrdr.controlplane.store import hash_password, open_store
 from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger("pgcrdr")
@@ -65,7 +65,7 @@ def initialize(settings: Settings) -> Credentials:
     settings.control_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.control_dir, 0o700)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         if not agent_token_file(settings).exists():
             _write_secret(agent_token_file(settings), new_token(32))
@@ -97,7 +97,7 @@ def initialize(settings: Settings) -> Credentials:
 
 def create_token(settings: Settings, description: str) -> str:
     initialize(settings)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         token = new_token(32)
         store.add_token(token, description, now_rfc3339())
@@ -228,7 +228,7 @@ class Platform:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.creds = initialize(settings)
-        self.store = Store(settings.db_path)
+        self.store = open_store(settings)
         self.agents: dict[str, subprocess.Popen] = {}
         agent_token = agent_token_file(settings).read_text().strip()
         from pgcrdr.endpoint.manager import EndpointManager

@@ -287,10 +287,10 @@ def drill() -> None:
 def drill_kill_node(home: str | None, port_offset: int | None, service: str, node: str, project: str,
                     restart_after: float) -> None:
     """SIGKILL one node of a service (Patroni and PostgreSQL), as if its host died."""
-    from pgcrdr.controlplane.store import Store
+    from pgcrdr.controlplane.store import open_store
 
     settings = _settings(home, port_offset)
-    store = Store(settings.db_path)
+    store = open_store(settings)
     try:
         svc = store.get_service(project, service)
     finally:

@@ -14,7 +14,7 @@ from pgcrdr.agent.models import StandbySource
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
 from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
-from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change
 
 # The steps of each operation, in order. Each is idempotent (see operations.py).
@@ -98,7 +98,7 @@ def _integration(project: str, source: str, dest: str) -> IntegrationRecord:
 
 def attach_recovery(store: Store, rec: ServiceRecord, primary_name: str) -> ServiceRecord:
     """Create ``rec`` as the disaster-recovery copy of ``primary_name`` (avn --disaster-recovery-copy-for)."""
-    with store.transaction() as tx:
+    def attach(tx: Tx) -> ServiceRecord:
         primary = tx.service(rec.project, primary_name)
         if primary is None or primary.deleting:
             raise not_found_service(primary_name)
@@ -107,19 +107,21 @@ def attach_recovery(store: Store, rec: ServiceRecord, primary_name: str) -> Serv
         if tx.service(rec.project, rec.name) is not None:
             raise Refused(409, f"Service {rec.name} already exists")
         # The recovery service answers on its primary's Service URI: one URI for the pair.
-        rec = _as_recovery_of(rec, primary).model_copy(update={
+        copy = _as_recovery_of(rec, primary).model_copy(update={
             "endpoint_direct_port": primary.endpoint_direct_port,
             "endpoint_pooled_port": primary.endpoint_pooled_port,
         })
-        tx.put_service(rec)
-        tx.put_service(_as_primary_of(primary, rec))
-        tx.put_integration(_integration(rec.project, primary.name, rec.name))
-        op = new_operation(rec.project, primary.name, "setup", rec.name, "passive", primary.name, primary.name)
+        tx.put_service(copy)
+        tx.put_service(_as_primary_of(primary, copy))
+        tx.put_integration(_integration(copy.project, primary.name, copy.name))
+        op = new_operation(copy.project, primary.name, "setup", copy.name, "passive", primary.name, primary.name)
         step = op.step("rebuild_passive")  # a new service is built as a copy from the start
         step.state, step.started, step.finished, step.duration_s = "done", op.create_time, op.create_time, 0.0
-        step.detail = f"{rec.name} is created as a standby of {primary_name}"
+        step.detail = f"{copy.name} is created as a standby of {primary_name}"
         tx.put_operation(op)
-    return rec
+        return copy
+
+    return store.transaction(attach)
 
 
 def create_integration(store: Store, project: str, body: dict) -> tuple[IntegrationRecord, OperationRecord | None]:
@@ -130,7 +132,7 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
     src_name, dst_name = body.get("source_service"), body.get("dest_service")
     if not isinstance(src_name, str) or not isinstance(dst_name, str):
         raise Refused(400, "source_service and dest_service are required")
-    with store.transaction() as tx:
+    def pair_or_switch(tx: Tx) -> tuple[IntegrationRecord, OperationRecord | None]:
         src, dst = tx.service(project, src_name), tx.service(project, dst_name)
         # Services that do not exist are named first (404): whatever else the body says is moot.
         for name, s in ((src_name, src), (dst_name, dst)):
@@ -152,11 +154,11 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
                 tx.put_integration(integ)
                 return integ, None
             change = plan_role_change(src, dst, "active", tx.running_operation(project, _pair_name(src, dst)),
-                                      last_kind=_last_kind(store, project, _pair_name(src, dst)))
+                                      last_kind=_last_kind(tx, project, _pair_name(src, dst)))
             assert isinstance(change, RoleChange)
             op = _start_role_change(tx, src, dst, "active", change)
             for old in existing:
-                tx.delete_integration(old.integration_id)
+                tx.delete_integration(project, old.integration_id)
             integ = _integration(project, src_name, dst_name)
             tx.put_integration(integ)
             return integ, op
@@ -179,21 +181,26 @@ def create_integration(store: Store, project: str, body: dict) -> tuple[Integrat
         tx.put_operation(op)
         return integ, op
 
+    return store.transaction(pair_or_switch)
+
 
 def delete_integration(store: Store, project: str, integration_id: str) -> None:
     """Remove the integration object. Roles do not change (the pair keeps replicating)."""
-    with store.transaction() as tx:
+    def delete(tx: Tx) -> None:
         if not any(i.integration_id == integration_id for i in tx.integrations(project)):
             raise Refused(404, f"Service integration {clip(integration_id)} does not exist")
-        tx.delete_integration(integration_id)
+        tx.delete_integration(project, integration_id)
+
+    store.transaction(delete)
 
 
-def _last_kind(store: Store, project: str, pair: str) -> str | None:
-    ops = [o for o in store.list_operations(project, pair) if o.state == "done" and o.kind not in ("setup", "repair")]
+def _last_kind(tx: Tx, project: str, pair: str) -> str | None:
+    ops = [o for o in tx.operations(project, pair) if o.state == "done" and o.kind not in ("setup", "repair")]
     return ops[-1].kind if ops else None
 
 
-def _start_role_change(tx, svc: ServiceRecord, peer: ServiceRecord, role: str, change: RoleChange) -> OperationRecord:
+def _start_role_change(tx: Tx, svc: ServiceRecord, peer: ServiceRecord, role: str,
+                       change: RoleChange) -> OperationRecord:
     op = new_operation(svc.project, _pair_name(svc, peer), change.kind, svc.name, role, change.source, change.target)
     # In-progress values, as the docs show them during the transition.
     if change.kind == "failover":
@@ -233,7 +240,7 @@ def update_and_request_role(
     """PUT service with other fields and ``disaster_recovery_role``: ``change`` (the other fields,
     see ``ServiceManager.service_change``) and the role change in one transaction, so a refusal of
     either writes nothing. The role is planned on the record as ``change`` leaves it."""
-    with store.transaction() as tx:
+    def request(tx: Tx) -> tuple[OperationRecord | None, str]:
         svc = tx.service(project, name)
         if svc is None or svc.deleting:
             raise not_found_service(name)
@@ -251,7 +258,7 @@ def update_and_request_role(
                                "anything yet (a side could not be asked)")
             tx.put_operation(running)
             running = None
-        decision = plan_role_change(svc, peer, role, running, last_kind=_last_kind(store, project, pair))
+        decision = plan_role_change(svc, peer, role, running, last_kind=_last_kind(tx, project, pair))
         if isinstance(decision, NoChange):
             return None, decision.why
         assert peer is not None
@@ -263,3 +270,5 @@ def update_and_request_role(
             op.data["sources"] = [failback_source]
             tx.put_operation(op)
         return op, decision.why
+
+    return store.transaction(request)

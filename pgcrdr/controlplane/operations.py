@@ -48,7 +48,7 @@ from pgcrdr.controlplane.steps import (
     classify,
     decide_on_error,
 )
-from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.endpoint.models import EndpointError, PauseTimeout
 
 log = logging.getLogger("pgcrdr.operations")
@@ -724,10 +724,12 @@ class OperationRunner:
             log.info("%s: spec of %s not pushed yet: %s", op.kind, name, exc)
 
     def _flip_integration(self, project: str, active: str, passive: str) -> None:
-        with self.store.transaction() as tx:
+        def flip(tx: Tx) -> None:
             for i in tx.integrations(project):
                 if {i.source, i.dest} == {active, passive} and i.source != active:
                     tx.put_integration(i.model_copy(update={"source": active, "dest": passive}))
+
+        self.store.transaction(flip)
 
     # --- failover -------------------------------------------------------------------------
     def step_record_lsn(self, op: OperationRecord) -> str:

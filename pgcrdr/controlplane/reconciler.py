@@ -25,7 +25,7 @@ from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.services import now_rfc3339
-from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.store import Store, Tx
 
 log = logging.getLogger("pgcrdr.reconciler")
 
@@ -53,7 +53,8 @@ def start_repair(store: Store, primary: ServiceRecord, peer: ServiceRecord, why:
     """Record a ``repair`` operation for the pair (None when an operation runs already)."""
     active = primary if primary.dr_role == "active" else peer
     other = peer if active is primary else primary
-    with store.transaction() as tx:
+
+    def repair(tx: Tx) -> OperationRecord | None:
         if tx.running_operation(primary.project, primary.name) is not None:
             return None
         op = new_operation(primary.project, primary.name, "repair", active.name, "active", active.name, other.name)
@@ -65,7 +66,9 @@ def start_repair(store: Store, primary: ServiceRecord, peer: ServiceRecord, why:
                 tx.put_service(cur.model_copy(update={
                     "state": "REBALANCING", "update_time": now_rfc3339(),
                     "message": f"no node of the pair takes writes ({why}); pgcrdr is repairing it"}))
-    return op
+        return op
+
+    return store.transaction(repair)
 
 
 class Reconciler:

@@ -16,7 +16,7 @@ from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import DEFAULT_PG_VERSION, PG_VERSIONS, PLANS, SERVICE_TYPES
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_project, not_found_service
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUser
-from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.endpoint.render import allocate_ports
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
 from pgcrdr.security.tokens import new_token
@@ -407,29 +407,33 @@ class ServiceManager:
                 f"Service {name} is the {svc.dr_role} {svc.dr_kind} service of a disaster recovery pair with "
                 f"{svc.dr_peer}; {how}",
             )
-        with self.store.transaction() as tx:
-            running = tx.running_operation(project, svc.dr_peer)
+        peer_name = svc.dr_peer
+
+        def terminate(tx: Tx) -> None:
+            running = tx.running_operation(project, peer_name)
             if running is not None and running.kind != "setup":
-                raise Refused(409, f"A {running.kind} operation is running on the pair {svc.dr_peer}; "
+                raise Refused(409, f"A {running.kind} operation is running on the pair {peer_name}; "
                                    "retry once it finished")
             if running is not None:  # terminating a copy still being built cancels its setup
                 tx.put_operation(running.model_copy(update={
                     "state": "failed", "finish_time": now_rfc3339(),
                     "message": f"cancelled: {name} was terminated"}))
-            peer = tx.service(project, svc.dr_peer)
+            peer = tx.service(project, peer_name)
             if peer is not None:
                 tx.put_service(peer.model_copy(update={
                     "dr_role": None, "dr_kind": None, "dr_peer": None, "permanent_slots": [],
                     "generation": peer.generation + 1, "update_time": now_rfc3339()}))
             for integ in tx.integrations(project):
                 if name in (integ.source, integ.dest):
-                    tx.delete_integration(integ.integration_id)
+                    tx.delete_integration(project, integ.integration_id)
             cur = tx.service(project, name)
             assert cur is not None
             # The endpoint ports belong to the primary: the passive copy leaves them behind.
             tx.put_service(cur.model_copy(update={
                 "deleting": True, "dr_peer": None, "endpoint_direct_port": None, "endpoint_pooled_port": None,
                 "update_time": now_rfc3339()}))
+
+        self.store.transaction(terminate)
 
     # databases and users ----------------------------------------------------------------
     def _change(self, project: str, name: str, fn: Any) -> ServiceRecord:
@@ -456,7 +460,7 @@ class ServiceManager:
         Users and databases of a pair are one set: the passive copy gets them by replication, its
         record gets them here (so it has them when it becomes the writer). ``mirror`` brings the
         peer's record in line and never refuses: the active service's set is the reference."""
-        with self.store.transaction() as tx:
+        def change(tx: Tx) -> None:
             cur = tx.service(project, name)
             if cur is None or cur.deleting:
                 raise not_found_service(name)
@@ -465,6 +469,8 @@ class ServiceManager:
             peer = tx.service(project, cur.dr_peer) if cur.dr_peer else None
             if peer is not None and not peer.deleting:
                 tx.put_service(mirror(peer))
+
+        self.store.transaction(change)
 
     def create_database(self, project: str, name: str, dbname: Any) -> None:
         svc = self.service(project, name)

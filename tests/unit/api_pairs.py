@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pgcrdr.agent.models import ClusterStatus, Endpoint
 
-P = "/v1/project/pgcrdr"
+PROJECT = "pgcrdr"
+P = f"/v1/project/{PROJECT}"
 
 
 def create(api, name, cloud="local-europe-west1", dr_for=None):
@@ -35,9 +36,9 @@ def everything(api) -> list:
     for name in ("pg-primary", "pg-primary-dr"):
         out.append(api.get(f"{P}/service/{name}").content)
         out.append(api.get(f"{P}/service/{name}/disaster-recovery").content)
-    out.append(api.store._db.execute("SELECT project, name, doc FROM services ORDER BY name").fetchall())
-    out.append(api.store._db.execute("SELECT operation_id, doc FROM operations ORDER BY operation_id").fetchall())
-    out.append(api.store._db.execute("SELECT integration_id, doc FROM integrations").fetchall())
+    for records in (api.store.list_services(PROJECT), api.store.list_operations(PROJECT),
+                    api.store.list_integrations(PROJECT)):
+        out.append([r.model_dump_json() for r in records])
     return out
 
 

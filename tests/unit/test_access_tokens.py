@@ -1,14 +1,17 @@
 """Access tokens as ``avn user access-token create|list|revoke`` use them: expiry, revocation
-that takes effect at once, lists without secrets, hashed storage, and the in-place migration."""
+that takes effect at once, lists without secrets, hashed storage (on both stores), and the
+in-place migration of an old SQLite database."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 
 import pytest
 
-from pgcrdr.controlplane.store import Store, hash_token
+from pgcrdr.controlplane.store import SQLiteStore, hash_token
+from tests.unit.stores import every_store_backend, raw_contents  # noqa: F401  (runs each test on both stores)
 
 
 def create(api, **body):
@@ -50,8 +53,7 @@ def test_a_token_expires_after_its_max_age(api):
     assert full[:10] not in str(api.get("/v1/access_token").json()), "expired tokens are not listed"
 
 
-def test_extend_when_used_moves_the_expiry_with_each_use(tmp_path):
-    store = Store(tmp_path / "s.db")
+def test_extend_when_used_moves_the_expiry_with_each_use(store):
     store.add_token("tok-extended-aaaaaaaa", "e", "2026-01-01T00:00:00Z", max_age_seconds=100,
                     extend_when_used=True, now=1000)
     store.add_token("tok-fixed-bbbbbbbbbbb", "f", "2026-01-01T00:00:00Z", max_age_seconds=100, now=1000)
@@ -59,7 +61,6 @@ def test_extend_when_used_moves_the_expiry_with_each_use(tmp_path):
     assert store.token_valid("tok-extended-aaaaaaaa", now=1120)
     assert not store.token_valid("tok-fixed-bbbbbbbbbbb", now=1120)
     assert not store.token_valid("tok-extended-aaaaaaaa", now=1300)
-    store.close()
 
 
 def test_revoke_by_full_token_and_logout_style(api):
@@ -99,9 +100,7 @@ def test_bad_create_bodies_are_400(api, body, fragment):
 
 def test_tokens_are_stored_hashed(api):
     full = create(api)["full_token"]
-    db = sqlite3.connect(str(api.store._db.execute("PRAGMA database_list").fetchone()[2]))
-    dump = "\n".join(db.iterdump())
-    db.close()
+    dump = raw_contents(api.store)
     assert full not in dump and api.creds.token not in dump and hash_token(full) in dump
 
 
@@ -114,13 +113,13 @@ def test_an_existing_database_is_migrated_in_place(tmp_path):
                (hash_token("old-token-0123456789"),))
     db.commit()
     db.close()
-    store = Store(path)
+    store = SQLiteStore(path)
     (old,) = store.list_tokens()
     assert old.token_prefix is None and old.expiry is None and old.description == "initial token"
     assert store.token_valid("old-token-0123456789")  # never expires; its prefix is learnt at first use
     assert store.list_tokens()[0].token_prefix == "old-token-"
     store.close()
-    assert Store(path).token_valid("old-token-0123456789")  # a second open migrates nothing twice
+    assert SQLiteStore(path).token_valid("old-token-0123456789")  # a second open migrates nothing twice
 
 
 def test_an_integral_float_max_age_is_an_integer_as_json_schema_says(api):
@@ -132,6 +131,7 @@ def test_an_integral_float_max_age_is_an_integer_as_json_schema_says(api):
 
 def test_revoking_a_token_older_than_prefixes_names_its_prefix(api):
     api.store.add_token("old-token-0123456789", "old", "2025-01-01T00:00:00Z")
-    api.store._db.execute("UPDATE tokens SET token_prefix=NULL WHERE description='old'")
+    old = hash_token("old-token-0123456789")
+    api.store.transaction(lambda tx: tx.put_token(dataclasses.replace(tx.token(old), token_prefix=None)))
     r = api.delete("/v1/access_token/old-token-0123456789")
     assert r.status_code == 200 and r.json()["message"] == "Access token old-token-... revoked"

@@ -89,7 +89,7 @@ def test_auth(api):
     r = api.get("/v1/project?limit=999&include_secrets=true", headers={"content-type": "application/octet-stream"})
     assert r.status_code == 200
     # the token is stored hashed
-    assert token not in api.store._db.execute("SELECT token_hash FROM tokens").fetchall()[0][0]
+    assert token not in api.store.list_tokens()[0].token_hash
 
 
 def test_login(api):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pgcrdr.api.events import describe_request, redact_path
 from pgcrdr.controlplane.store import Store
+from tests.unit.stores import every_store_backend  # noqa: F401  (runs each test on both stores)
 
 P = "/v1/project/pgcrdr"
 BODY = {"service_type": "pg", "plan": "startup-4", "user_config": {}}

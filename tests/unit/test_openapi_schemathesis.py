@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from pgcrdr.api.app import create_app  # noqa: E402
 from pgcrdr.config import Settings  # noqa: E402
 from pgcrdr.controlplane.errors import clip  # noqa: E402
-from pgcrdr.controlplane.store import Store  # noqa: E402
+from pgcrdr.controlplane.store import open_store  # noqa: E402
 from pgcrdr.platform import initialize  # noqa: E402
 
 MAX_EXAMPLES = 25
@@ -44,7 +44,7 @@ def _served_schema():
     atexit.register(shutil.rmtree, home, True)
     cfg = Settings.from_env(home=home / "home")
     creds = initialize(cfg)
-    store = Store(cfg.db_path)
+    store = open_store(cfg)
     app = create_app(cfg, store)
     return _load(app, creds.token), app, creds.token, store, home
 

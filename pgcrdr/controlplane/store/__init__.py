@@ -1,0 +1,42 @@
+"""The control plane's state: the :class:`Store` interface (``base``) and its backends, SQLite
+(``sqlite``, the embedded default) and etcd v3 (``etcd``). :func:`open_store` opens the one the
+settings name."""
+
+from __future__ import annotations
+
+from pgcrdr.config import Settings
+from pgcrdr.controlplane.store.base import (
+    EVENTS_KEPT_PER_PROJECT,
+    SYSTEM_ACTOR,
+    TOKEN_PREFIX_CHARS,
+    EventRow,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    TokenRow,
+    Tx,
+    hash_password,
+    hash_token,
+    parse_rfc3339,
+    rfc3339,
+    verify_password,
+)
+from pgcrdr.controlplane.store.etcd import EtcdStore
+from pgcrdr.controlplane.store.settings import StoreSettings, StoreSettingsError
+from pgcrdr.controlplane.store.sqlite import SQLiteStore
+
+__all__ = [
+    "EVENTS_KEPT_PER_PROJECT", "SYSTEM_ACTOR", "TOKEN_PREFIX_CHARS", "EtcdStore", "EventRow", "SQLiteStore",
+    "Store", "StoreConflict", "StoreError", "StoreSettings", "StoreSettingsError", "StoreUnavailable", "TokenRow",
+    "Tx", "hash_password", "hash_token", "open_store", "parse_rfc3339", "rfc3339", "verify_password",
+]
+
+
+def open_store(settings: Settings, store: StoreSettings | None = None) -> Store:
+    """The store ``store`` names (default: from the environment, see ``store.settings``):
+    etcd, or SQLite in the control plane's home."""
+    chosen = store if store is not None else StoreSettings.from_env()
+    if chosen.backend == "etcd":
+        return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix)
+    return SQLiteStore(settings.db_path)

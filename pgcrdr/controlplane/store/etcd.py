@@ -1,0 +1,347 @@
+"""The store in etcd v3: for a control plane on several hosts, on a global etcd cluster (one
+member per region plus a witness) that survives the loss of any one of them.
+
+Keys live under a prefix (default ``/pgcrdr/v1/``), one JSON document each::
+
+    meta/<key>                          services/<project>/<name>
+    projects/<name>                     integrations/<project>/<integration id>
+    tokens/<sha-256 of the token>       operations/<project>/<pair>/<operation id>
+    operation-ids/<operation id>        -> {"project", "pair"} of the operation's key
+    running-operations/<project>/<pair>/<operation id>   a copy of each running operation
+    events/<project>/<10**19-1 - seq>   newest first in key order; event-seq/<project> holds seq
+    deletions/<kind>                    changed by every delete of a key of that kind
+
+(path parts are percent-encoded). Transactions are optimistic: a transaction function reads
+one snapshot (every read is at the revision of the first), its writes are buffered, and the
+commit is one etcd ``Txn`` that applies them only if nothing it read changed since: every key
+read keeps its ``mod_revision`` (an absent key: ``create_revision == 0``), every range read has
+no key modified after the snapshot, and no key of a kind it listed was deleted (``deletions/``).
+Otherwise the whole function runs again on a new snapshot, at most ``attempts`` times.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import quote
+
+from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.store.base import (
+    EVENTS_KEPT_PER_PROJECT,
+    EventRow,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    T,
+    TokenRow,
+    Tx,
+    prune_every,
+    rfc3339,
+)
+from pgcrdr.controlplane.store.etcd_gateway import (
+    GRPC_OUT_OF_RANGE,
+    EtcdError,
+    EtcdGateway,
+    EtcdUnreachable,
+    b64,
+    prefix_end,
+)
+
+DEFAULT_PREFIX = "/pgcrdr/v1/"
+TX_ATTEMPTS = 20  # runs of one transaction function before it fails with StoreConflict
+MAX_EVENT_SEQ = 10**19 - 1
+EVENT_PAGE = 256
+NOT_YET_CREATED = float("inf")  # the creation order of a key this transaction writes first
+
+
+class _Compacted(Exception):
+    """The snapshot's revision was compacted away while the transaction read it: start again."""
+
+
+class EtcdTx(Tx):
+    def __init__(self, gateway: EtcdGateway, prefix: str):
+        self._gw = gateway
+        self._prefix = prefix
+        self._revision: int | None = None  # the snapshot: the revision of the first read
+        self._seen: dict[str, int] = {}  # key read -> its mod_revision then (0: absent)
+        self._ranges: set[tuple[str, str]] = set()  # ranges read
+        self._writes: dict[str, str | None] = {}  # key -> new value (None: delete)
+        self._pruned: list[tuple[str, str]] = []  # ranges to delete (old events)
+
+    # keys ----------------------------------------------------------------------------------
+    def _key(self, kind: str, *parts: str) -> str:
+        return "/".join([self._prefix + kind, *(quote(p, safe="") for p in parts)])
+
+    def _dir(self, kind: str, *parts: str) -> str:
+        return self._key(kind, *parts) + "/"
+
+    # reads ---------------------------------------------------------------------------------
+    def _range(self, key: str, range_end: str | None = None, limit: int = 0) -> tuple[list, bool]:
+        try:
+            kvs, revision, more = self._gw.range(key, range_end, revision=self._revision, limit=limit)
+        except EtcdError as exc:
+            if exc.code == GRPC_OUT_OF_RANGE:
+                raise _Compacted(str(exc)) from None
+            raise
+        if self._revision is None:
+            self._revision = revision
+        return kvs, more
+
+    def _observe(self, key: str) -> str | None:
+        """``key`` as of the snapshot, kept in the read set."""
+        kvs, _ = self._range(key)
+        self._seen.setdefault(key, kvs[0].mod_revision if kvs else 0)
+        return kvs[0].value if kvs else None
+
+    def _get(self, key: str) -> str | None:
+        if key in self._writes:
+            return self._writes[key]
+        return self._observe(key)
+
+    def _scan(self, kind: str, *parts: str) -> list[tuple[str, float]]:
+        """Values of every key under ``kind/parts/``, this transaction's writes included, in the
+        order the keys were created."""
+        directory = self._dir(kind, *parts)
+        end = prefix_end(directory)
+        kvs, _ = self._range(directory, end)
+        self._ranges.add((directory, end))
+        marker = self._key("deletions", kind)
+        if marker not in self._seen:
+            self._observe(marker)
+        found: dict[str, tuple[str, float]] = {kv.key: (kv.value, kv.create_revision) for kv in kvs}
+        for key, value in self._writes.items():
+            if directory <= key < end:
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = (value, found.get(key, ("", NOT_YET_CREATED))[1])
+        return sorted(found.values(), key=lambda item: item[1])
+
+    def _doc(self, key: str) -> dict[str, Any] | None:
+        value = self._get(key)
+        return json.loads(value) if value is not None else None
+
+    # writes --------------------------------------------------------------------------------
+    def _put(self, key: str, value: str) -> None:
+        self._writes[key] = value
+
+    def _delete(self, kind: str, *parts: str) -> None:
+        self._writes[self._key(kind, *parts)] = None
+        self._writes[self._key("deletions", kind)] = uuid.uuid4().hex  # any change will do
+
+    def commit(self) -> bool:
+        """Apply the writes if nothing read changed since the snapshot; False: something did."""
+        if not self._writes and not self._pruned:
+            return True
+        compare: list[dict[str, Any]] = []
+        for key, mod_revision in self._seen.items():
+            if mod_revision:
+                compare.append({"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision})
+            else:
+                compare.append({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0})
+        for start, end in sorted(self._ranges):
+            compare.append({"key": b64(start), "range_end": b64(end), "target": "MOD", "result": "LESS",
+                            "mod_revision": (self._revision or 0) + 1})
+        success: list[dict[str, Any]] = []
+        for key, value in self._writes.items():
+            if value is None:
+                success.append({"request_delete_range": {"key": b64(key)}})
+            else:
+                success.append({"request_put": {"key": b64(key), "value": b64(value)}})
+        for start, end in self._pruned:
+            success.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
+        succeeded, _ = self._gw.txn(compare, success)
+        return succeeded
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self._writes or self._pruned)
+
+    # services ------------------------------------------------------------------------------
+    def service(self, project: str, name: str) -> ServiceRecord | None:
+        value = self._get(self._key("services", project, name))
+        return ServiceRecord.model_validate_json(value) if value is not None else None
+
+    def services(self, project: str | None = None) -> list[ServiceRecord]:
+        found = self._scan("services") if project is None else self._scan("services", project)
+        return sorted((ServiceRecord.model_validate_json(v) for v, _ in found), key=lambda s: (s.project, s.name))
+
+    def put_service(self, svc: ServiceRecord) -> None:
+        self._put(self._key("services", svc.project, svc.name), svc.model_dump_json())
+
+    def delete_service(self, project: str, name: str) -> None:
+        self._delete("services", project, name)
+
+    # projects ------------------------------------------------------------------------------
+    def project(self, name: str) -> ProjectRecord | None:
+        value = self._get(self._key("projects", name))
+        return ProjectRecord.model_validate_json(value) if value is not None else None
+
+    def projects(self) -> list[ProjectRecord]:
+        return sorted((ProjectRecord.model_validate_json(v) for v, _ in self._scan("projects")), key=lambda p: p.name)
+
+    def put_project(self, project: ProjectRecord) -> None:
+        self._put(self._key("projects", project.name), project.model_dump_json())
+
+    # integrations --------------------------------------------------------------------------
+    def integrations(self, project: str) -> list[IntegrationRecord]:
+        return [IntegrationRecord.model_validate_json(v) for v, _ in self._scan("integrations", project)]
+
+    def put_integration(self, rec: IntegrationRecord) -> None:
+        self._put(self._key("integrations", rec.project, rec.integration_id), rec.model_dump_json())
+
+    def delete_integration(self, project: str, integration_id: str) -> None:
+        self._delete("integrations", project, integration_id)
+
+    # operations ----------------------------------------------------------------------------
+    def operation(self, operation_id: str) -> OperationRecord | None:
+        where = self._doc(self._key("operation-ids", operation_id))
+        if where is None:
+            return None
+        value = self._get(self._key("operations", where["project"], where["pair"], operation_id))
+        return OperationRecord.model_validate_json(value) if value is not None else None
+
+    @staticmethod
+    def _oldest_first(found: list[tuple[str, float]]) -> list[OperationRecord]:
+        ops = [(OperationRecord.model_validate_json(v), order) for v, order in found]
+        return [op for op, _ in sorted(ops, key=lambda item: (item[0].create_time, item[1]))]
+
+    def operations(self, project: str, pair: str | None = None) -> list[OperationRecord]:
+        parts = (project,) if pair is None else (project, pair)
+        return self._oldest_first(self._scan("operations", *parts))
+
+    def running_operation(self, project: str, pair: str) -> OperationRecord | None:
+        return next(iter(self._oldest_first(self._scan("running-operations", project, pair))), None)
+
+    def running_operations(self) -> list[OperationRecord]:
+        return self._oldest_first(self._scan("running-operations"))
+
+    def write_operation(self, op: OperationRecord) -> None:
+        doc = op.model_dump_json()
+        self._put(self._key("operations", op.project, op.pair, op.operation_id), doc)
+        index = self._key("operation-ids", op.operation_id)
+        if self._get(index) is None:
+            self._put(index, json.dumps({"project": op.project, "pair": op.pair}))
+        # The running ones are also kept apart: the reconciler asks for them several times a tick.
+        running = self._key("running-operations", op.project, op.pair, op.operation_id)
+        if op.state == "running":
+            self._put(running, doc)
+        elif self._get(running) is not None:
+            self._delete("running-operations", op.project, op.pair, op.operation_id)
+
+    # events --------------------------------------------------------------------------------
+    def _event_key(self, project: str, seq: int) -> str:
+        return self._dir("events", project) + f"{MAX_EVENT_SEQ - seq:019d}"
+
+    def add_event(self, project: str, actor: str, event_type: str, event_desc: str,
+                  service_name: str | None = None, when: str | None = None,
+                  keep: int = EVENTS_KEPT_PER_PROJECT) -> None:
+        # Ids count the project's events: concurrent writers of one project's log conflict on
+        # this counter, and one of them runs again.
+        counter = self._key("event-seq", project)
+        seq = int(self._get(counter) or 0) + 1
+        self._put(counter, str(seq))
+        self._put(self._event_key(project, seq), json.dumps({
+            "time": when or rfc3339(time.time()), "actor": actor, "event_type": event_type,
+            "service_name": service_name, "event_desc": event_desc}))
+        if seq % prune_every(keep) == 0 and seq > keep:
+            # older events have greater keys: from the newest one to drop to the end of the log
+            self._pruned.append((self._event_key(project, seq - keep), prefix_end(self._dir("events", project))))
+
+    def events(self, project: str, limit: int, service_name: str | None = None) -> list[EventRow]:
+        """Newest first, as committed (not this transaction's own new events)."""
+        directory = self._dir("events", project)
+        end = prefix_end(directory)
+        self._ranges.add((directory, end))
+        out: list[EventRow] = []
+        start = directory
+        while len(out) < limit:
+            kvs, more = self._range(start, end, limit=limit if service_name is None else max(limit, EVENT_PAGE))
+            for kv in kvs:
+                doc = json.loads(kv.value)
+                if service_name is None or doc["service_name"] == service_name:
+                    out.append(EventRow(id=MAX_EVENT_SEQ - int(kv.key[len(directory):]), project=project, **doc))
+            if not more or not kvs:
+                break
+            start = kvs[-1].key + "\0"
+        return out[:limit]
+
+    # tokens --------------------------------------------------------------------------------
+    def token(self, token_hash: str) -> TokenRow | None:
+        doc = self._doc(self._key("tokens", token_hash))
+        return TokenRow(**doc) if doc is not None else None
+
+    def tokens(self) -> list[TokenRow]:
+        rows = [(TokenRow(**json.loads(v)), order) for v, order in self._scan("tokens")]
+        return [row for row, _ in sorted(rows, key=lambda item: (item[0].create_time, item[1]))]
+
+    def tokens_with_prefix(self, prefix: str) -> list[TokenRow]:
+        return [row for row in self.tokens() if row.token_prefix == prefix]
+
+    def put_token(self, row: TokenRow) -> None:
+        self._put(self._key("tokens", row.token_hash), json.dumps(asdict(row)))
+
+    def delete_token(self, token_hash: str) -> None:
+        self._delete("tokens", token_hash)
+
+    # meta ----------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        return self._get(self._key("meta", key))
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._put(self._key("meta", key), value)
+
+
+class EtcdStore(Store):
+    """The store on an etcd v3 cluster, reached at any of ``endpoints`` (``http://host:port``)."""
+
+    def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, attempts: int = TX_ATTEMPTS):
+        super().__init__()
+        if not (prefix.startswith("/") and prefix.endswith("/")):
+            raise ValueError(f"the etcd key prefix must start and end with '/', not {prefix!r}")
+        self.prefix = prefix
+        self.attempts = attempts
+        self._gw = EtcdGateway(endpoints)
+        try:
+            self._gw.range(prefix + "meta/")  # fail at once, and clearly, when no member answers
+        except EtcdUnreachable as exc:
+            self._gw.close()
+            raise StoreUnavailable(f"the etcd store answers at none of its endpoints: {exc}") from None
+
+    def close(self) -> None:
+        self._gw.close()
+
+    def transaction(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(fn, writable=True)
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(fn, writable=False)
+
+    def _run(self, fn: Callable[[Tx], T], writable: bool) -> T:
+        for attempt in range(self.attempts):
+            tx = EtcdTx(self._gw, self.prefix)
+            try:
+                out = fn(tx)
+                if not writable and tx.wrote:
+                    raise TypeError("a read-only store call wrote; use Store.transaction")
+                if tx.commit():
+                    return out
+            except _Compacted:
+                pass
+            except EtcdUnreachable as exc:
+                if exc.ambiguous:
+                    raise StoreUnavailable(f"the etcd store did not answer a write, which may or may not have "
+                                           f"been applied: {exc}") from None
+                raise StoreUnavailable(f"the etcd store answers at none of its endpoints: {exc}") from None
+            except EtcdError as exc:
+                raise StoreError(f"etcd refused a store request: {exc}") from None
+            # Someone else's write came first: back off a little, more after each try.
+            time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+        raise StoreConflict(f"a store transaction met concurrent changes to what it read {self.attempts} times in "
+                            "a row and gave up; nothing of it was written, the request may be repeated")

@@ -1,0 +1,147 @@
+"""A small client of etcd v3 over its JSON gateway (``POST /v3/kv/range``, ``/v3/kv/txn``), with
+failover between the members of a cluster. See docs/decisions.md for why not a gRPC library.
+
+Requests go to the member that answered last; a member that cannot be reached is skipped for
+the next one. A request that may have reached a member without an answer coming back is only
+sent again when it cannot have written anything (a read, or a write the member refused before
+proposing it): whether such a write was applied is unknown, and saying so is the caller's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+# gRPC status codes etcd answers with (in the gateway's JSON ``code``).
+GRPC_UNAVAILABLE = 14
+GRPC_OUT_OF_RANGE = 11  # "mvcc: required revision has been compacted"
+# Errors that etcd gives before proposing a request to raft: nothing was written, another
+# member may take it.
+NOT_PROPOSED = ("etcdserver: no leader", "etcdserver: not capable", "etcdserver: too many requests")
+READ_TIMEOUT_S = 7.0  # etcd's own request timeout is 5 s (+ the election timeout): it answers first
+CONNECT_TIMEOUT_S = 1.0
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def unb64(s: str) -> str:
+    return base64.b64decode(s).decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end covering every key that starts with ``prefix`` (its last byte plus one)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+
+
+class EtcdError(Exception):
+    """etcd answered with an error (``message`` is etcd's own, e.g. a compacted revision)."""
+
+    def __init__(self, message: str, code: int | None):
+        super().__init__(message)
+        self.code = code
+
+
+class EtcdUnreachable(Exception):
+    """No member answered; ``ambiguous``: a write may have been applied by one that did not answer."""
+
+    def __init__(self, message: str, ambiguous: bool):
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+def kvs_of(answer: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv.get("create_revision", 0)),
+                     int(kv.get("mod_revision", 0))) for kv in answer.get("kvs", [])]
+
+
+class EtcdGateway:
+    def __init__(self, endpoints: list[str], timeout: float = READ_TIMEOUT_S):
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self._preferred = 0
+        self._lock = threading.Lock()
+        # No keep-alive: a pooled connection to a member that died would fail on reuse, and a
+        # write sent on it could not be told from one the member received.
+        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False,
+                                  timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, path: str, body: dict[str, Any], writes: bool) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>`` of the first member that answers."""
+        with self._lock:
+            first = self._preferred
+        problems: list[str] = []
+        ambiguous = False
+        for i in range(len(self.endpoints)):
+            index = (first + i) % len(self.endpoints)
+            url = f"{self.endpoints[index]}/v3/{path}"
+            try:
+                r = self._http.post(url, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                problems.append(f"{self.endpoints[index]}: cannot connect ({type(exc).__name__})")
+                continue
+            except httpx.TransportError as exc:
+                problems.append(f"{self.endpoints[index]}: no answer ({type(exc).__name__})")
+                if writes:
+                    ambiguous = True
+                    break
+                continue
+            answer = _json(r)
+            if r.status_code == 200:
+                with self._lock:
+                    self._preferred = index
+                return answer
+            message, code = str(answer.get("error") or answer.get("message") or r.text[:200]), answer.get("code")
+            if code == GRPC_UNAVAILABLE or any(m in message for m in NOT_PROPOSED):
+                problems.append(f"{self.endpoints[index]}: {message}")
+                if writes and not any(m in message for m in NOT_PROPOSED):
+                    ambiguous = True  # e.g. "request timed out": proposed, maybe applied later
+                    break
+                continue
+            raise EtcdError(message, code)
+        raise EtcdUnreachable("; ".join(problems), ambiguous)
+
+    def range(self, key: str, range_end: str | None = None, revision: int | None = None,
+              limit: int = 0) -> tuple[list[KeyValue], int, bool]:
+        """The keys in [key, range_end) (or ``key`` alone), as of ``revision`` (None: now);
+        returns them, the revision they were read at, and whether ``limit`` cut them short."""
+        body: dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        if revision is not None:
+            body["revision"] = str(revision)
+        if limit:
+            body["limit"] = str(limit)
+        answer = self.call("kv/range", body, writes=False)
+        return kvs_of(answer), int(answer["header"]["revision"]), bool(answer.get("more"))
+
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> tuple[bool, int]:
+        """Apply ``success`` if every ``compare`` holds; returns whether it did and the revision."""
+        answer = self.call("kv/txn", {"compare": compare, "success": success}, writes=bool(success))
+        return bool(answer.get("succeeded")), int(answer["header"]["revision"])
+
+
+def _json(r: httpx.Response) -> dict[str, Any]:
+    try:
+        out = r.json()
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}

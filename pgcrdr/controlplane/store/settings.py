@@ -1,0 +1,60 @@
+"""Which store the control plane uses: ``PGCRDR_STORE`` (``sqlite``, the default, or ``etcd``),
+``PGCRDR_STORE_ENDPOINTS`` (etcd's client URLs, comma-separated) and ``PGCRDR_STORE_PREFIX``
+(etcd's key prefix). A wrong setting is refused with a message naming it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pgcrdr.controlplane.store.etcd import DEFAULT_PREFIX
+
+BACKENDS = ("sqlite", "etcd")
+
+
+class StoreSettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    backend: str = "sqlite"
+    endpoints: tuple[str, ...] = ()
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> StoreSettings:
+        backend = env.get("PGCRDR_STORE", "").strip().lower() or "sqlite"
+        if backend not in BACKENDS:
+            raise StoreSettingsError(f"PGCRDR_STORE={backend[:40]!r} is not a store: use sqlite (the default) or etcd")
+        raw = env.get("PGCRDR_STORE_ENDPOINTS", "").strip()
+        prefix = env.get("PGCRDR_STORE_PREFIX", "").strip() or DEFAULT_PREFIX
+        if backend == "sqlite":
+            if raw:
+                raise StoreSettingsError("PGCRDR_STORE_ENDPOINTS is set but the store is sqlite: "
+                                         "set PGCRDR_STORE=etcd to use etcd")
+            return cls()
+        if not raw:
+            raise StoreSettingsError("PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS, etcd's client URLs: "
+                                     "http://HOST:PORT,http://HOST:PORT,...")
+        endpoints = tuple(endpoint_url(e.strip()) for e in raw.split(",") if e.strip())
+        if not (prefix.startswith("/") and prefix.endswith("/")) or len(prefix) < 2:
+            raise StoreSettingsError(f"PGCRDR_STORE_PREFIX={prefix[:60]!r}: a key prefix starts and ends with '/', "
+                                     "e.g. /pgcrdr/v1/")
+        return cls(backend="etcd", endpoints=endpoints, prefix=prefix)
+
+
+def endpoint_url(raw: str) -> str:
+    """``raw`` as an etcd client URL (http or https, a host and a port, nothing else)."""
+    try:
+        url = urlsplit(raw)
+        port = url.port
+    except ValueError:
+        port, url = None, None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or port is None \
+            or url.path not in ("", "/") or url.query or url.username:
+        raise StoreSettingsError(f"PGCRDR_STORE_ENDPOINTS: {raw[:80]!r} is not an etcd client URL "
+                                 "(http://HOST:PORT)")
+    return f"{url.scheme}://{url.netloc}"

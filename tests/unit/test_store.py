@@ -1,0 +1,248 @@
+"""The store's own contract, on SQLite and on etcd alike: records, transactions, operations'
+write rules, concurrent read-modify-writes that lose nothing; and what is etcd's own: a bound
+on conflicts, a member lost from a three-member cluster, settings refused clearly."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from pgcrdr.config import Settings
+from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.store import (
+    EtcdStore,
+    Store,
+    StoreConflict,
+    StoreSettings,
+    StoreSettingsError,
+    StoreUnavailable,
+    open_store,
+)
+from tests.etcd_cluster import EtcdCluster, free_ports
+from tests.unit.stores import every_store_backend  # noqa: F401  (runs each test on both stores)
+
+P = "proj"
+
+
+def service(name: str, project: str = P, **kw) -> ServiceRecord:
+    return ServiceRecord(project=project, name=name, plan="startup-4", cloud="local-europe-west1", cluster=name,
+                         create_time="2026-01-01T00:00:00Z", update_time="2026-01-01T00:00:00Z",
+                         superuser_password="-", replication_password="-", rewind_password="-", tls_cert_pem="-",
+                         tls_key_pem="-", **kw)
+
+
+def project(name: str) -> ProjectRecord:
+    return ProjectRecord(name=name, create_time="2026-01-01T00:00:00Z", ca_cert_pem="cert", ca_key_pem="key",
+                         default_cloud="local-europe-west1")
+
+
+def operation(op_id: str, pair: str = "pg-a", state: str = "running",
+              create_time: str = "2026-01-01T00:00:00Z") -> OperationRecord:
+    return OperationRecord(operation_id=op_id, project=P, pair=pair, kind="switchover", service=pair,
+                           requested_role="active", source=pair, target=f"{pair}-dr", state=state,
+                           create_time=create_time)
+
+
+def test_services_are_added_once_listed_in_order_updated_and_deleted(store):
+    assert store.add_service(service("pg-b")) and store.add_service(service("pg-a"))
+    assert store.add_service(service("pg-a", project="other"))
+    assert not store.add_service(service("pg-a"))  # taken
+    assert [(s.project, s.name) for s in store.list_services()] == [("other", "pg-a"), (P, "pg-a"), (P, "pg-b")]
+    assert [s.name for s in store.list_services(P)] == ["pg-a", "pg-b"]
+    new = store.update_service(P, "pg-a", lambda cur: cur.model_copy(update={"message": "changed"}))
+    assert new is not None and store.get_service(P, "pg-a") == new and new.message == "changed"
+    assert store.update_service(P, "pg-a", lambda cur: None) == new  # None: nothing written
+    assert store.update_service(P, "nope", lambda cur: cur) is None
+    store.delete_service(P, "pg-a")
+    assert store.get_service(P, "pg-a") is None and [s.name for s in store.list_services(P)] == ["pg-b"]
+
+
+def test_a_transaction_sees_its_own_writes_and_a_raise_writes_nothing(store):
+    store.add_service(service("pg-a"))
+
+    def change_then_fail(tx):
+        tx.put_service(service("pg-new"))
+        tx.delete_service(P, "pg-a")
+        assert [s.name for s in tx.services(P)] == ["pg-new"] and tx.service(P, "pg-a") is None
+        tx.put_meta("k", "v")
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        store.transaction(change_then_fail)
+    assert [s.name for s in store.list_services(P)] == ["pg-a"] and store.get_meta("k") is None
+
+
+def test_projects_meta_and_integrations(store):
+    assert store.add_project(project("b")) and store.add_project(project("a"))
+    assert not store.add_project(project("a"))
+    assert [p.name for p in store.list_projects()] == ["a", "b"] and store.get_project("b") is not None
+    store.set_meta("admin_email", "x@y")
+    store.set_meta("admin_email", "z@y")
+    assert store.get_meta("admin_email") == "z@y" and store.get_meta("nope") is None
+    made = [IntegrationRecord(integration_id=f"i{n}", project=P, source=f"s{n}", dest=f"d{n}",
+                              create_time="2026-01-01T00:00:00Z") for n in (3, 1, 2)]
+    for rec in made:
+        store.transaction(lambda tx, rec=rec: tx.put_integration(rec))
+    flipped = made[0].model_copy(update={"source": "d3", "dest": "s3"})
+    store.transaction(lambda tx: tx.put_integration(flipped))
+    assert store.list_integrations(P) == [flipped, made[1], made[2]]  # in the order they were created
+    store.transaction(lambda tx: tx.delete_integration(P, "i1"))
+    assert [i.integration_id for i in store.list_integrations(P)] == ["i3", "i2"]
+    assert store.get_integration(P, "i2") == made[2] and store.get_integration(P, "i1") is None
+
+
+def test_operations_never_run_again_once_ended_and_their_start_and_end_are_events(store):
+    op = operation("op-1")
+    assert store.put_operation(op)
+    assert store.put_operation(op.model_copy(update={"message": "step 2"}))  # progress: no event
+    assert store.running_operations() == [op.model_copy(update={"message": "step 2"})]
+    assert store.read(lambda tx: tx.running_operation(P, "pg-a")).message == "step 2"
+    ended = op.model_copy(update={"state": "failed", "finish_time": "2026-01-01T00:00:07Z", "message": "superseded"})
+    assert store.put_operation(ended)
+    assert not store.put_operation(op.model_copy(update={"message": "a late progress write"}))
+    assert store.get_operation("op-1") == ended and store.running_operations() == []
+    assert store.read(lambda tx: tx.running_operation(P, "pg-a")) is None
+    assert [(e.event_type, e.event_desc) for e in store.list_events(P)] == [
+        ("crdr_switchover_failed", "switchover of pair pg-a failed, in 7 s: superseded"),
+        ("crdr_switchover_start", "switchover of pair pg-a started: pg-a to active (writer pg-a -> pg-a-dr)")]
+    store.put_operation(operation("op-0", create_time="2025-12-31T00:00:00Z"))
+    store.put_operation(operation("op-9", pair="pg-b"))
+    assert [o.operation_id for o in store.list_operations(P)] == ["op-0", "op-1", "op-9"]
+    assert [o.operation_id for o in store.list_operations(P, "pg-a")] == ["op-0", "op-1"]
+    assert [o.operation_id for o in store.running_operations()] == ["op-0", "op-9"]
+    assert store.get_operation("nope") is None
+
+
+def test_events_newest_first_by_service_and_limit(store):
+    for n in range(7):
+        store.add_event(P, "me", "service_update", f"e{n}", service_name="pg-a" if n % 2 else "pg-b")
+    assert [e.event_desc for e in store.list_events(P, limit=3)] == ["e6", "e5", "e4"]
+    assert [e.event_desc for e in store.list_events(P, service_name="pg-a")] == ["e5", "e3", "e1"]
+    ids = [e.id for e in store.list_events(P)]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 7
+    assert store.list_events("other") == []
+
+
+def test_concurrent_read_modify_writes_from_two_stores_lose_no_update(store, store_env, tmp_path):
+    """Two control-plane processes (two stores on the same state) each add 1 to the same
+    service 40 times, at the same time: the result is 80."""
+    other = open_store(Settings.from_env(home=tmp_path / "home"), store_env)
+    store.add_service(service("pg-a", generation=0))
+    rounds = 40
+    errors: list[BaseException] = []
+
+    def bump(s: Store) -> None:
+        try:
+            for _ in range(rounds):
+                s.update_service(P, "pg-a", lambda cur: cur.model_copy(update={"generation": cur.generation + 1}))
+        except BaseException as exc:  # reported below: a thread's exception would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump, args=(s,)) for s in (store, other, store)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    other.close()
+    assert errors == []
+    assert store.get_service(P, "pg-a").generation == 3 * rounds
+
+
+# --- etcd only ---------------------------------------------------------------------------------
+
+def etcd_store(endpoints: list[str], **kw) -> EtcdStore:
+    return EtcdStore(endpoints, prefix=f"/pgcrdr-test/{uuid.uuid4().hex}/", **kw)
+
+
+def test_a_transaction_that_keeps_conflicting_gives_up_clearly_and_writes_nothing(etcd_server):
+    store = etcd_store(etcd_server.endpoints, attempts=3)
+    rival = EtcdStore(etcd_server.endpoints, prefix=store.prefix)
+    store.add_service(service("pg-a", generation=0))
+    runs = []
+
+    def always_overtaken(tx):
+        cur = tx.service(P, "pg-a")
+        runs.append(cur.generation)
+        # another writer changes what this transaction read before it commits
+        rival.update_service(P, "pg-a", lambda c: c.model_copy(update={"generation": c.generation + 1}))
+        tx.put_service(cur.model_copy(update={"message": "mine"}))
+
+    with pytest.raises(StoreConflict, match="3 times in a row and gave up; nothing of it was written"):
+        store.transaction(always_overtaken)
+    assert runs == [0, 1, 2]  # each run read the state the rival left
+    final = store.get_service(P, "pg-a")
+    assert final.generation == 3 and final.message != "mine"
+    store.close()
+    rival.close()
+
+
+def test_a_new_key_written_concurrently_into_a_listed_range_is_a_conflict(etcd_server):
+    """A transaction that decided on a list (no running operation on the pair) is run again
+    when another one adds to that list meanwhile: both cannot start an operation."""
+    store = etcd_store(etcd_server.endpoints)
+    rival = EtcdStore(etcd_server.endpoints, prefix=store.prefix)
+    started = []
+
+    def start_if_idle(tx):
+        if tx.running_operation(P, "pg-a") is not None:
+            return False
+        if not started:  # the first run is overtaken by the rival's operation
+            rival.put_operation(operation("rival"))
+        started.append(True)
+        tx.put_operation(operation("mine"))
+        return True
+
+    assert store.transaction(start_if_idle) is False
+    assert [o.operation_id for o in store.running_operations()] == ["rival"]
+    store.close()
+    rival.close()
+
+
+def test_a_three_member_cluster_keeps_serving_with_a_member_killed(tmp_path):
+    cluster = EtcdCluster(tmp_path / "etcd", size=3).start()
+    try:
+        store = etcd_store(cluster.endpoints)
+        store.add_service(service("pg-a", generation=0))
+        cluster.kill(0)  # the member the store used so far (its first endpoint)
+        bumped = store.update_service(P, "pg-a", lambda cur: cur.model_copy(update={"generation": 1}))
+        assert bumped is not None and store.get_service(P, "pg-a").generation == 1
+        assert store.add_service(service("pg-b")) and [s.name for s in store.list_services(P)] == ["pg-a", "pg-b"]
+        store.close()
+        # a store opened now, with the dead member first in its list, works as well
+        again = EtcdStore(cluster.endpoints, prefix=store.prefix)
+        assert again.get_service(P, "pg-a").generation == 1
+        again.close()
+    finally:
+        cluster.stop()
+
+
+def test_no_member_answering_is_a_clear_error():
+    (port,) = free_ports(1)
+    with pytest.raises(StoreUnavailable, match=f"answers at none of its endpoints: http://127.0.0.1:{port}: "
+                                               "cannot connect"):
+        EtcdStore([f"http://127.0.0.1:{port}"])
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PGCRDR_STORE": "postgres"}, "PGCRDR_STORE='postgres' is not a store: use sqlite (the default) or etcd"),
+    ({"PGCRDR_STORE": "etcd"}, "PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS"),
+    ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:2379,10.0.0.2"},
+     "'10.0.0.2' is not an etcd client URL (http://HOST:PORT)"),
+    ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:notaport"}, "is not an etcd client URL"),
+    ({"PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:2379"}, "set PGCRDR_STORE=etcd to use etcd"),
+    ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:2379", "PGCRDR_STORE_PREFIX": "pgcrdr"},
+     "a key prefix starts and ends with '/'"),
+])
+def test_bad_store_settings_are_refused_naming_the_setting(env, message):
+    with pytest.raises(StoreSettingsError) as err:
+        StoreSettings.from_env(env)
+    assert message in str(err.value)
+
+
+def test_store_settings():
+    assert StoreSettings.from_env({}) == StoreSettings(backend="sqlite")
+    got = StoreSettings.from_env({"PGCRDR_STORE": "etcd",
+                                  "PGCRDR_STORE_ENDPOINTS": " http://10.0.0.1:2379/, https://[fd00::2]:2379"})
+    assert got.endpoints == ("http://10.0.0.1:2379", "https://[fd00::2]:2379") and got.prefix == "/pgcrdr/v1/"
