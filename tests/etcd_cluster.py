@@ -5,35 +5,26 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
+from tests.helpers import port_free
+
 ETCD = "/usr/bin/etcd"
-# Above the kernel's ephemeral range (32768-60999) and the test platforms' ports (11000+):
-# nothing else here binds there, and no outgoing connection takes one of them.
+# Above the kernel's ephemeral range (32768-60999), where no outgoing connection takes one of
+# them, and the test platforms' port blocks; each is checked free before use.
 PORTS = range(61000, 65000)
 START_TIMEOUT_S = 15.0
-
-
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_ports(count: int) -> list[int]:
     chosen: list[int] = []
     while len(chosen) < count:
         port = random.choice(PORTS)
-        if port not in chosen and _free(port):
+        if port not in chosen and port_free(port):
             chosen.append(port)
     return chosen
 

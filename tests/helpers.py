@@ -110,7 +110,7 @@ class RunningPlatform:
         return out
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -133,7 +133,7 @@ def free_port_offset(start: int) -> int:
         ports = [base, *range(base + 100, base + 140)]
         for region_base in (base + 1000, base + 2000):
             ports += [region_base, region_base + 1, region_base + 2, *range(region_base + 10, region_base + 60)]
-        if all(_port_free(p) for p in ports):
+        if all(port_free(p) for p in ports):
             return offset
     raise RuntimeError(f"no free port range for a test platform from offset {start}")
 

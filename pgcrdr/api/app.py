@@ -29,7 +29,7 @@ from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused, clip
 from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
-from pgcrdr.controlplane.store import Store, verify_password
+from pgcrdr.controlplane.store import Store, StoreError, verify_password
 from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger("pgcrdr.api")
@@ -121,6 +121,11 @@ def create_app(
             if match != Match.NONE and getattr(route, "methods", None):
                 methods.update(route.methods)  # type: ignore[attr-defined]
         return sorted(methods)
+
+    @app.exception_handler(StoreError)
+    async def _store_busy(_: Request, exc: StoreError) -> JSONResponse:
+        # Nothing was changed (or, said so, an etcd write's outcome is unknown): worth retrying.
+        return error_response(503, str(exc))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.config import DEFAULT_HOME, Settings
+from pgcrdr.controlplane.store import StoreError, StoreSettingsError
 from pgcrdr.platform import (
     Platform,
     agent_token_file,
@@ -47,7 +48,16 @@ offset_opt = click.option(
 )
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        # A wrong store setting, or no etcd member answering, ends any command with its message.
+        try:
+            return super().invoke(ctx)
+        except (StoreError, StoreSettingsError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """pgcrdr: PostgreSQL cross-region disaster recovery control plane."""
 

@@ -150,6 +150,15 @@ def test_concurrent_read_modify_writes_from_two_stores_lose_no_update(store, sto
     assert store.get_service(P, "pg-a").generation == 3 * rounds
 
 
+def test_the_api_answers_503_with_the_reason_when_the_store_gives_up(api, monkeypatch):
+    def give_up(fn):
+        raise StoreConflict("a store transaction met concurrent changes to what it read 20 times in a row")
+
+    monkeypatch.setattr(api.store, "transaction", give_up)
+    r = api.put("/v1/project/pgcrdr/service/pg-a/tags", json={"tags": {}})
+    assert r.status_code == 503 and "20 times in a row" in r.json()["message"]
+
+
 # --- etcd only ---------------------------------------------------------------------------------
 
 def etcd_store(endpoints: list[str], **kw) -> EtcdStore:
@@ -198,6 +207,26 @@ def test_a_new_key_written_concurrently_into_a_listed_range_is_a_conflict(etcd_s
     assert [o.operation_id for o in store.running_operations()] == ["rival"]
     store.close()
     rival.close()
+
+
+def test_a_snapshot_compacted_away_midway_is_read_again(etcd_server):
+    store = etcd_store(etcd_server.endpoints)
+    store.add_service(service("pg-a"))
+    store.add_service(service("pg-b"))
+    runs = []
+
+    def read_both(tx):
+        first = tx.service(P, "pg-a")
+        if not runs:  # etcd forgets the revision this run reads at, between its two reads
+            store.update_service(P, "pg-b", lambda cur: cur.model_copy(update={"message": "newer"}))
+            _, now, _ = store._gw.range(store.prefix)
+            store._gw.call("kv/compaction", {"revision": now}, writes=True)
+        runs.append(first)
+        return first, tx.service(P, "pg-b")
+
+    _, second = store.read(read_both)
+    assert len(runs) == 2 and second.message == "newer"
+    store.close()
 
 
 def test_a_three_member_cluster_keeps_serving_with_a_member_killed(tmp_path):
