@@ -402,8 +402,9 @@ class OperationRunner:
                                   lambda cur: cur.model_copy(update={"applied_generation": svc.generation}))
 
     def _update(self, project: str, name: str, **changes: Any) -> ServiceRecord:
+        bump = changes.pop("_bump", False)  # here, not in ``change``: a store may run it twice
+
         def change(cur: ServiceRecord) -> ServiceRecord:
-            bump = "generation" if changes.pop("_bump", False) else None
             upd = dict(changes)
             if bump:
                 upd["generation"] = cur.generation + 1
