@@ -20,6 +20,7 @@ from pgcrdr.controlplane.store import (
     StoreUnavailable,
     open_store,
 )
+from pgcrdr.controlplane.store.etcd_gateway import EtcdUnreachable, prefix_end
 from tests.etcd_cluster import EtcdCluster, free_ports
 from tests.unit.stores import every_store_backend  # noqa: F401  (runs each test on both stores)
 
@@ -207,6 +208,34 @@ def test_a_new_key_written_concurrently_into_a_listed_range_is_a_conflict(etcd_s
     assert [o.operation_id for o in store.running_operations()] == ["rival"]
     store.close()
     rival.close()
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "never-arrived"])
+def test_a_commit_whose_answer_is_lost_is_applied_exactly_once(etcd_server, monkeypatch, applied):
+    """A member dies with the commit (or says "request timed out"): whether it was applied or
+    not, the change ends up in the store once, and the caller gets its result."""
+    store = etcd_store(etcd_server.endpoints)
+    store.add_service(service("pg-a", generation=0))
+    real_txn, lost = store._gw.txn, []
+
+    def answer_lost(compare, success, failure=None):
+        if not lost:
+            lost.append(True)
+            if applied:
+                real_txn(compare, success, failure)
+            raise EtcdUnreachable("http://m0: no answer (ReadTimeout)", ambiguous=True)
+        return real_txn(compare, success, failure)
+
+    monkeypatch.setattr(store._gw, "txn", answer_lost)
+    out = store.update_service(P, "pg-a", lambda cur: cur.model_copy(update={"generation": cur.generation + 1}))
+    assert lost and out.generation == 1 and store.get_service(P, "pg-a").generation == 1
+    assert store.update_service(P, "pg-a", lambda cur: cur.model_copy(update={"generation": 2})).generation == 2
+    monkeypatch.undo()
+    store.close()
+    reader = EtcdStore(etcd_server.endpoints, prefix=store.prefix)
+    markers, _, _ = reader._gw.range(store.prefix + "commits/", prefix_end(store.prefix + "commits/"))
+    reader.close()
+    assert markers == []  # a closed store leaves no commit marker behind
 
 
 def test_a_snapshot_compacted_away_midway_is_read_again(etcd_server):

@@ -11,18 +11,27 @@ Keys live under a prefix (default ``/pgcrdr/v1/``), one JSON document each::
     events/<project>/<10**19-1 - seq>   newest first in key order; event-seq/<project> holds seq
     deletions/<kind>                    changed by every delete of a key of that kind
 
+    commits/<store id>/<thread>         the commit marker of one thread of one store (below)
+
 (path parts are percent-encoded). Transactions are optimistic: a transaction function reads
 one snapshot (every read is at the revision of the first), its writes are buffered, and the
 commit is one etcd ``Txn`` that applies them only if nothing it read changed since: every key
 read keeps its ``mod_revision`` (an absent key: ``create_revision == 0``), every range read has
 no key modified after the snapshot, and no key of a kind it listed was deleted (``deletions/``).
 Otherwise the whole function runs again on a new snapshot, at most ``attempts`` times.
+
+Every commit also writes a new value to its thread's commit marker, on the condition that the
+marker is as this thread last left it. When a commit's answer is lost (a member died with the
+request, or answered "request timed out"), one more ``Txn`` settles it: the marker holds this
+commit's value (it was applied), or the marker is changed (it was not, and now never will be:
+a late arrival fails its condition), and the function runs again.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -58,16 +67,37 @@ TX_ATTEMPTS = 20  # runs of one transaction function before it fails with StoreC
 MAX_EVENT_SEQ = 10**19 - 1
 EVENT_PAGE = 256
 NOT_YET_CREATED = float("inf")  # the creation order of a key this transaction writes first
+SETTLE_FOR_S = 15.0  # how long a commit whose answer was lost is asked about (a leader election)
 
 
 class _Compacted(Exception):
     """The snapshot's revision was compacted away while the transaction read it: start again."""
 
 
+class CommitMarker:
+    """A key only one thread of one store writes, with every commit of that thread."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.mod_revision: int | None = None  # as this thread last left it; None: read it first
+
+
+def _unchanged(key: str, mod_revision: int) -> dict[str, Any]:
+    """The compare: ``key`` has this ``mod_revision`` (0: ``key`` does not exist)."""
+    if mod_revision:
+        return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+
+def _put(key: str, value: str) -> dict[str, Any]:
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
+
+
 class EtcdTx(Tx):
-    def __init__(self, gateway: EtcdGateway, prefix: str):
+    def __init__(self, gateway: EtcdGateway, prefix: str, marker: CommitMarker):
         self._gw = gateway
         self._prefix = prefix
+        self._marker = marker
         self._revision: int | None = None  # the snapshot: the revision of the first read
         self._seen: dict[str, int] = {}  # key read -> its mod_revision then (0: absent)
         self._ranges: set[tuple[str, str]] = set()  # ranges read
@@ -139,25 +169,46 @@ class EtcdTx(Tx):
         """Apply the writes if nothing read changed since the snapshot; False: something did."""
         if not self._writes and not self._pruned:
             return True
-        compare: list[dict[str, Any]] = []
-        for key, mod_revision in self._seen.items():
-            if mod_revision:
-                compare.append({"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision})
-            else:
-                compare.append({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0})
-        for start, end in sorted(self._ranges):
-            compare.append({"key": b64(start), "range_end": b64(end), "target": "MOD", "result": "LESS",
-                            "mod_revision": (self._revision or 0) + 1})
-        success: list[dict[str, Any]] = []
-        for key, value in self._writes.items():
-            if value is None:
-                success.append({"request_delete_range": {"key": b64(key)}})
-            else:
-                success.append({"request_put": {"key": b64(key), "value": b64(value)}})
-        for start, end in self._pruned:
-            success.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
-        succeeded, _ = self._gw.txn(compare, success)
+        marker = self._marker
+        if marker.mod_revision is None:
+            kvs, _, _ = self._gw.range(marker.key)
+            marker.mod_revision = kvs[0].mod_revision if kvs else 0
+        compare = [_unchanged(key, mod_revision) for key, mod_revision in self._seen.items()]
+        compare += [{"key": b64(start), "range_end": b64(end), "target": "MOD", "result": "LESS",
+                     "mod_revision": (self._revision or 0) + 1} for start, end in sorted(self._ranges)]
+        compare.append(_unchanged(marker.key, marker.mod_revision))
+        success = [_put(key, value) if value is not None else {"request_delete_range": {"key": b64(key)}}
+                   for key, value in self._writes.items()]
+        success += [{"request_delete_range": {"key": b64(start), "range_end": b64(end)}} for start, end in self._pruned]
+        this_commit = uuid.uuid4().hex
+        success.append(_put(marker.key, this_commit))
+        marker.mod_revision = None  # unless the commit is known to be applied, below
+        try:
+            succeeded, revision = self._gw.txn(compare, success)
+        except EtcdUnreachable as exc:
+            if not exc.ambiguous:
+                raise
+            return self._settle(this_commit, exc)
+        if succeeded:
+            marker.mod_revision = revision
         return succeeded
+
+    def _settle(self, this_commit: str, lost: EtcdUnreachable) -> bool:
+        """Whether the commit whose answer was ``lost`` was applied; if it was not, it never will be."""
+        key = self._marker.key
+        deadline = time.monotonic() + SETTLE_FOR_S
+        while True:
+            try:
+                applied, _ = self._gw.txn(
+                    [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(this_commit)}],
+                    [], [_put(key, uuid.uuid4().hex)])
+                return applied
+            except EtcdUnreachable as exc:
+                # asking again is harmless: a marker changed twice is as good as once
+                if time.monotonic() > deadline:
+                    raise EtcdUnreachable(f"{lost}; then, asked whether it was applied: {exc}", ambiguous=True) \
+                        from None
+            time.sleep(0.2)
 
     @property
     def wrote(self) -> bool:
@@ -307,6 +358,8 @@ class EtcdStore(Store):
             raise ValueError(f"the etcd key prefix must start and end with '/', not {prefix!r}")
         self.prefix = prefix
         self.attempts = attempts
+        self._id = uuid.uuid4().hex
+        self._markers = threading.local()
         self._gw = EtcdGateway(endpoints)
         try:
             self._gw.range(prefix + "meta/")  # fail at once, and clearly, when no member answers
@@ -315,7 +368,18 @@ class EtcdStore(Store):
             raise StoreUnavailable(f"the etcd store answers at none of its endpoints: {exc}") from None
 
     def close(self) -> None:
+        markers = f"{self.prefix}commits/{self._id}/"
+        try:  # this store's commit markers end with it (one per thread that wrote)
+            self._gw.txn([], [{"request_delete_range": {"key": b64(markers), "range_end": b64(prefix_end(markers))}}])
+        except (EtcdUnreachable, EtcdError):
+            pass  # left behind: a few small keys, harmless
         self._gw.close()
+
+    def _marker(self) -> CommitMarker:
+        marker = getattr(self._markers, "marker", None)
+        if marker is None:
+            marker = self._markers.marker = CommitMarker(f"{self.prefix}commits/{self._id}/{threading.get_ident()}")
+        return marker
 
     def transaction(self, fn: Callable[[Tx], T]) -> T:
         return self._run(fn, writable=True)
@@ -325,7 +389,7 @@ class EtcdStore(Store):
 
     def _run(self, fn: Callable[[Tx], T], writable: bool) -> T:
         for attempt in range(self.attempts):
-            tx = EtcdTx(self._gw, self.prefix)
+            tx = EtcdTx(self._gw, self.prefix, self._marker())
             try:
                 out = fn(tx)
                 if not writable and tx.wrote:

@@ -4,7 +4,8 @@ failover between the members of a cluster. See docs/decisions.md for why not a g
 Requests go to the member that answered last; a member that cannot be reached is skipped for
 the next one. A request that may have reached a member without an answer coming back is only
 sent again when it cannot have written anything (a read, or a write the member refused before
-proposing it): whether such a write was applied is unknown, and saying so is the caller's job.
+proposing it): whether such a write was applied is unknown (``EtcdUnreachable.ambiguous``), and
+finding out is the caller's job (``EtcdStore`` settles it with its commit marker).
 """
 
 from __future__ import annotations
@@ -133,9 +134,12 @@ class EtcdGateway:
         answer = self.call("kv/range", body, writes=False)
         return kvs_of(answer), int(answer["header"]["revision"]), bool(answer.get("more"))
 
-    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> tuple[bool, int]:
-        """Apply ``success`` if every ``compare`` holds; returns whether it did and the revision."""
-        answer = self.call("kv/txn", {"compare": compare, "success": success}, writes=bool(success))
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+            failure: list[dict[str, Any]] | None = None) -> tuple[bool, int]:
+        """Apply ``success`` if every ``compare`` holds, else ``failure``; returns whether they
+        held and the revision."""
+        answer = self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []},
+                           writes=bool(success or failure))
         return bool(answer.get("succeeded")), int(answer["header"]["revision"])
 
 
