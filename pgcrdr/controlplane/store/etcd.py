@@ -89,7 +89,7 @@ def _unchanged(key: str, mod_revision: int) -> dict[str, Any]:
     return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
 
 
-def _put(key: str, value: str) -> dict[str, Any]:
+def _put_op(key: str, value: str) -> dict[str, Any]:
     return {"request_put": {"key": b64(key), "value": b64(value)}}
 
 
@@ -177,11 +177,11 @@ class EtcdTx(Tx):
         compare += [{"key": b64(start), "range_end": b64(end), "target": "MOD", "result": "LESS",
                      "mod_revision": (self._revision or 0) + 1} for start, end in sorted(self._ranges)]
         compare.append(_unchanged(marker.key, marker.mod_revision))
-        success = [_put(key, value) if value is not None else {"request_delete_range": {"key": b64(key)}}
+        success = [_put_op(key, value) if value is not None else {"request_delete_range": {"key": b64(key)}}
                    for key, value in self._writes.items()]
         success += [{"request_delete_range": {"key": b64(start), "range_end": b64(end)}} for start, end in self._pruned]
         this_commit = uuid.uuid4().hex
-        success.append(_put(marker.key, this_commit))
+        success.append(_put_op(marker.key, this_commit))
         marker.mod_revision = None  # unless the commit is known to be applied, below
         try:
             succeeded, revision = self._gw.txn(compare, success)
@@ -201,7 +201,7 @@ class EtcdTx(Tx):
             try:
                 applied, _ = self._gw.txn(
                     [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(this_commit)}],
-                    [], [_put(key, uuid.uuid4().hex)])
+                    [], [_put_op(key, uuid.uuid4().hex)])
                 return applied
             except EtcdUnreachable as exc:
                 # asking again is harmless: a marker changed twice is as good as once
