@@ -26,7 +26,7 @@ def etcd_server(tmp_path_factory):
 
 
 @pytest.fixture()
-def store_backend(request) -> str:
+def store_backend() -> str:
     """The store the ``api`` and ``store`` fixtures use: SQLite, or PGCRDR_TEST_STORE (sqlite or
     etcd) to run every test on etcd. Store test modules run each of their tests on both
     (``tests.unit.stores.every_store_backend``)."""

@@ -100,6 +100,7 @@ class EtcdTx(Tx):
         self._marker = marker
         self._revision: int | None = None  # the snapshot: the revision of the first read
         self._seen: dict[str, int] = {}  # key read -> its mod_revision then (0: absent)
+        self._values: dict[str, str | None] = {}  # key read -> its value then
         self._ranges: set[tuple[str, str]] = set()  # ranges read
         self._writes: dict[str, str | None] = {}  # key -> new value (None: delete)
         self._pruned: list[tuple[str, str]] = []  # ranges to delete (old events)
@@ -125,9 +126,11 @@ class EtcdTx(Tx):
 
     def _observe(self, key: str) -> str | None:
         """``key`` as of the snapshot, kept in the read set."""
-        kvs, _ = self._range(key)
-        self._seen.setdefault(key, kvs[0].mod_revision if kvs else 0)
-        return kvs[0].value if kvs else None
+        if key not in self._seen:
+            kvs, _ = self._range(key)
+            self._seen[key] = kvs[0].mod_revision if kvs else 0
+            self._values[key] = kvs[0].value if kvs else None
+        return self._values[key]
 
     def _get(self, key: str) -> str | None:
         if key in self._writes:
@@ -141,9 +144,7 @@ class EtcdTx(Tx):
         end = prefix_end(directory)
         kvs, _ = self._range(directory, end)
         self._ranges.add((directory, end))
-        marker = self._key("deletions", kind)
-        if marker not in self._seen:
-            self._observe(marker)
+        self._observe(self._key("deletions", kind))
         found: dict[str, tuple[str, float]] = {kv.key: (kv.value, kv.create_revision) for kv in kvs}
         for key, value in self._writes.items():
             if directory <= key < end:
