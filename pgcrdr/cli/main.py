@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -164,7 +165,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     regions = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
     for r in settings.regions:
-        client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0)
+        client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0, verify=settings.agent_verify)
         try:
             h = client.health()
             regions.append({"cloud_name": r.cloud_name, "agent_url": settings.agent_url(r), "up": True,
@@ -235,7 +236,8 @@ def region_down(home: str | None, port_offset: int | None, name: str) -> None:
 
     settings = _settings(home, port_offset)
     r = _region(settings, name)
-    client = AgentClient(settings.agent_url(r), agent_token_file(settings).read_text().strip(), timeout=5)
+    client = AgentClient(settings.agent_url(r), agent_token_file(settings).read_text().strip(), timeout=5,
+                         verify=settings.agent_verify)
     try:
         client.region_outage()
     except AgentError as exc:
@@ -302,7 +304,8 @@ def drill_kill_node(home: str | None, port_offset: int | None, service: str, nod
         raise click.ClickException(f"Service {service} has no node {node}; its nodes: {', '.join(nodes) or 'none'}")
     region = settings.region(svc.cloud)
     assert region is not None
-    client = AgentClient(settings.agent_url(region), agent_token_file(settings).read_text().strip())
+    client = AgentClient(settings.agent_url(region), agent_token_file(settings).read_text().strip(),
+                         verify=settings.agent_verify)
     try:
         res = client.kill_node(svc.cluster, node, restart_after=restart_after)
     except AgentError as exc:
@@ -475,21 +478,53 @@ def drill_heal(host: str, lab_id: str, regions: int, subnet: int) -> None:
 
 # --- parts of a deployment on their own hosts (a topology file) --------------------------------
 
+secrets_opt = click.option(
+    "--secrets", "secrets", default=None, type=click.Path(file_okay=False),
+    help="This part's secrets made by `pgcrdr secrets` (default: <home>/secrets).")
+
+
+@main.command("secrets")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the CA, the agent token and one bundle per region (kept on the control host).")
+def secrets_cmd(topology: str, out: str) -> None:
+    """Make (once; then only what is missing) the deployment's CA, the agent token, and for each
+    region a bundle to copy to its host: OUT/<region>/{agent.crt, agent.key, ca.crt, agent-token}."""
+    from pgcrdr.security.deployment import SecretsError, ensure_deployment_secrets
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        topo = load_topology(topology)
+        written = ensure_deployment_secrets(topo, Path(out))
+    except (TopologyError, SecretsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {', '.join(written)}" if written else f"{out} is complete: nothing to write")
+    for r in topo.regions:
+        click.echo(f"  region {r.cloud_name}: copy {Path(out) / r.cloud_name}/ to its host {r.host} "
+                   f"(then: pgcrdr agent --region {r.cloud_name} --topology FILE --secrets DIR)")
+    click.echo(f"  control plane: pgcrdr controlplane --topology FILE --secrets {out}")
+
+
 @main.command("agent")
 @click.option("--region", "region_name", required=True, help="The region this host runs (its cloud name).")
 @click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
 @home_opt
-@click.option("--token-file", default=None, help="The agent token (default: <home>/control/agent-token).")
-def agent_cmd(region_name: str, topology: str, home: str | None, token_file: str | None) -> None:
+@secrets_opt
+@click.option("--token-file", default=None, help="The agent token (default: the one in the secrets).")
+def agent_cmd(region_name: str, topology: str, home: str | None, secrets: str | None, token_file: str | None) -> None:
     """Run the agent of a region on this host, in the foreground: it binds to the host address the
-    topology gives the region, on the region's ports."""
+    topology gives the region, on the region's ports, and serves its API over TLS."""
+    from pgcrdr.security.deployment import SecretsError, load_agent_secrets
     from pgcrdr.topology import TopologyError, load_topology
 
     try:
-        Settings.from_topology(load_topology(topology), home=home, region=region_name)
-    except (TopologyError, ValueError) as exc:
+        settings = Settings.from_topology(load_topology(topology), home=home, region=region_name, secrets=secrets)
+        assert settings.secrets_dir is not None
+        load_agent_secrets(settings.secrets_dir, settings.host)
+    except (TopologyError, ValueError, SecretsError) as exc:
         raise click.ClickException(str(exc)) from None
-    argv = [sys.executable, "-m", "pgcrdr.agent", "--region", region_name, "--topology", topology]
+    argv = [sys.executable, "-m", "pgcrdr.agent", "--region", region_name, "--topology", topology,
+            "--secrets", str(settings.secrets_dir)]
     if token_file:
         argv += ["--token-file", token_file]
     env = {**os.environ, **({"PGCRDR_HOME": home} if home else {})}
@@ -500,15 +535,20 @@ def agent_cmd(region_name: str, topology: str, home: str | None, token_file: str
 @click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
 @click.option("--control-host", default=None, help="This host's name in the topology (default: the first).")
 @home_opt
-def controlplane_cmd(topology: str, control_host: str | None, home: str | None) -> None:
+@secrets_opt
+def controlplane_cmd(topology: str, control_host: str | None, home: str | None, secrets: str | None) -> None:
     """Run the control plane on this host, in the foreground: API, console, reconciler and the
     Service URI endpoints on the control host's address; the regions' agents run on their own
     hosts (`pgcrdr agent`) and are reached at the addresses the topology gives them."""
+    from pgcrdr.security.deployment import SecretsError, load_control_secrets
     from pgcrdr.topology import TopologyError, load_topology
 
     try:
-        settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host)
-    except (TopologyError, ValueError) as exc:
+        settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host,
+                                          secrets=secrets)
+        assert settings.secrets_dir is not None
+        load_control_secrets(settings.secrets_dir)
+    except (TopologyError, ValueError, SecretsError) as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
