@@ -228,6 +228,19 @@ class LabDeployment:
     cloud_names: list[str]
     api_port: int = 25000
 
+    @classmethod
+    def existing(cls, lab_id: str, root: Path) -> LabDeployment | None:
+        """The deployment ``start`` left under ``root`` (None: there is none)."""
+        from pgcrdr.topology import load_topology
+
+        path = root / "topology.toml"
+        if not path.exists():
+            return None
+        topo = load_topology(path)
+        subnet = int(topo.control_hosts[0].address.split(".")[2])
+        lab = plan_lab(lab_id, regions=len(topo.regions), subnet=subnet)
+        return cls(lab, root, [r.cloud_name for r in topo.regions], topo.api_port)
+
     @property
     def topology_path(self) -> Path:
         return self.root / "topology.toml"

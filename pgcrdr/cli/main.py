@@ -399,29 +399,66 @@ def _lab_error(exc: Exception) -> None:
     sys.exit(1)
 
 
+LAB_ROOT = "/var/lib/pgcrdr-lab"
+lab_root_opt = click.option("--root", default=None, type=click.Path(file_okay=False),
+                            help=f"Where a deployed lab keeps its hosts' homes (default {LAB_ROOT}/<id>).")
+
+
+def _lab_root(root: str | None, lab_id: str) -> Path:
+    return Path(root) if root else Path(LAB_ROOT) / lab_id
+
+
 @lab.command("up")
 @click.option("--id", "lab_id", default="lab", show_default=True, help="1-6 lower-case letters or digits.")
 @click.option("--regions", type=int, default=2, show_default=True, help="Region hosts (besides the control host).")
 @click.option("--subnet", type=int, default=7, show_default=True, help="The lab uses 10.249.SUBNET.0/24.")
 @click.option("--cloud", "clouds", multiple=True, help="Cloud name of each region host, in order (repeatable).")
-def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...]) -> None:
-    """Create the lab's hosts and print its topology file."""
-    from pgcrdr.lab import LabError, lab_up, plan_lab, topology_text
+@click.option("--deploy", is_flag=True, help="Also run pgcrdr on it: the control plane inside the control host, "
+                                             "an agent inside each region host (TLS, its own home each).")
+@lab_root_opt
+def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool,
+               root: str | None) -> None:
+    """Create the lab's hosts and print its topology file (with --deploy: run pgcrdr on them)."""
+    from pgcrdr.lab import LabDeployment, LabError, lab_down, lab_up, plan_lab, topology_text
 
     try:
         the_lab = lab_up(plan_lab(lab_id, regions, subnet))
-        click.echo(topology_text(the_lab, list(clouds) or None))
+        names = list(clouds) or [f"lab-region-{i}" for i in range(regions)]
+        if not deploy:
+            click.echo(topology_text(the_lab, names))
+            return
+        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names)
+        try:
+            deployment.start()
+        except Exception as exc:  # noqa: BLE001 - said in one line; the lab is removed
+            lab_down(lab_id)
+            raise LabError(f"pgcrdr did not start on the lab: {exc}") from None
     except LabError as exc:
         _lab_error(exc)
+        return
+    ctl = deployment.settings("ctl")
+    click.echo(f"lab {lab_id} is up; pgcrdr runs on it (homes under {deployment.root})")
+    click.echo(f"  topology:  {deployment.topology_path}")
+    click.echo(f"  API URL:   {ctl.api_url}   (reachable from inside the control host only)")
+    click.echo(f"  API token: in {ctl.control_dir / 'api-token'}")
+    click.echo(f"  Try:       ip netns exec {the_lab.host('ctl').netns} avn --url {ctl.api_url} "
+               f"--auth-token \"$(cat {ctl.control_dir / 'api-token'})\" project list")
+    click.echo(f"  Drills:    pgcrdr drill partition r0 --id {lab_id}   /   pgcrdr drill heal r0 --id {lab_id}")
+    click.echo(f"  Stop:      pgcrdr lab down --id {lab_id}")
 
 
 @lab.command("down")
 @click.option("--id", "lab_id", default="lab", show_default=True)
-def lab_down_cmd(lab_id: str) -> None:
-    """Remove every namespace (host, bridge) of the lab."""
-    from pgcrdr.lab import LabError, lab_down
+@lab_root_opt
+def lab_down_cmd(lab_id: str, root: str | None) -> None:
+    """Stop pgcrdr on the lab (when deployed) by PID, then remove every namespace (host, bridge)."""
+    from pgcrdr.lab import LabDeployment, LabError, lab_down
 
     try:
+        deployment = LabDeployment.existing(lab_id, _lab_root(root, lab_id))
+        if deployment is not None:
+            for line in deployment.stop():
+                console.print(line)
         removed = lab_down(lab_id)
     except LabError as exc:
         _lab_error(exc)
