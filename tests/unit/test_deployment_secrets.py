@@ -94,3 +94,38 @@ def test_the_secrets_command(tmp_path: Path):
     r = CliRunner().invoke(main, ["agent", "--region", "dc-europe", "--topology", str(topo), "--home",
                                   str(tmp_path / "h")])
     assert r.exit_code != 0 and "pgcrdr secrets --topology" in r.output
+
+
+HEALTH = {"region": "dc-europe", "etcd_healthy": True, "clusters": 0, "message": None}
+
+
+def test_the_control_plane_verifies_the_agent_against_the_deployments_ca(tmp_path: Path):
+    """An agent serving its region's certificate is trusted; a server on the same address with a
+    certificate of another CA (or none) is refused before any request is sent."""
+    from pgcrdr.agent.client import AgentClient, AgentError
+    from tests.unit.local_server import local_server
+
+    local = parse_topology(TOPOLOGY.replace("10.10.1.10", "127.0.0.1"))
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ensure_deployment_secrets(local, ours)
+    ensure_deployment_secrets(local, theirs)
+    ca = str(ours / "ca.crt")
+    bundle = ours / "dc-europe"
+    with local_server((200, HEALTH), tls=(str(bundle / "agent.crt"), str(bundle / "agent.key"))) as srv:
+        client = AgentClient(srv.url, "t", timeout=5, verify=ca)
+        assert client.health().etcd_healthy
+        client.close()
+    other = theirs / "dc-europe"
+    with local_server((200, HEALTH), tls=(str(other / "agent.crt"), str(other / "agent.key"))) as srv:
+        client = AgentClient(srv.url, "t", timeout=5, verify=ca)
+        with pytest.raises(AgentError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.health()
+        client.close()
+        assert srv.seen == []  # refused during the handshake: nothing was sent to it
+    # the right CA's certificate, reached under a name it does not carry, is refused too
+    with local_server((200, HEALTH), tls=(str(bundle / "agent.crt"), str(bundle / "agent.key"))) as srv:
+        host_url = srv.url.replace("127.0.0.1", "localhost")  # the certificate names 127.0.0.1 only
+        client = AgentClient(host_url, "t", timeout=5, verify=ca)
+        with pytest.raises(AgentError, match="CERTIFICATE_VERIFY_FAILED|match"):
+            client.health()
+        client.close()
