@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -18,6 +19,12 @@ ETCD = "/usr/bin/etcd"
 # them, and the test platforms' port blocks; each is checked free before use.
 PORTS = range(61000, 65000)
 START_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, even killed (its finalizers never run)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_ports(count: int) -> list[int]:
@@ -61,7 +68,7 @@ class EtcdCluster:
             for i in range(self.size):
                 with open(self.base / f"m{i}.log", "ab") as log:
                     self.procs[i] = subprocess.Popen(self._argv(i), stdout=log, stderr=subprocess.STDOUT,
-                                                     start_new_session=True)
+                                                     start_new_session=True, preexec_fn=_die_with_parent)
             self.wait_healthy()
         except BaseException:
             self.stop()
