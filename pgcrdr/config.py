@@ -130,6 +130,8 @@ class Settings:
     # the deployment's CA, and the control plane verifies it. None: the embedded default, where
     # the agents answer on this machine's loopback only.
     secrets_dir: Path | None = None
+    # The global etcd a topology file names for the control plane's state (``[control] store``).
+    store_endpoints: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None,
@@ -221,4 +223,5 @@ class Settings:
             if ctl is None:
                 raise ValueError(f"{topology.source}: no control host {control_host!r}")
             host = ctl.address
-        return replace(env, host=host, port_base=topology.api_port, regions=regions, secrets_dir=secrets_dir)
+        return replace(env, host=host, port_base=topology.api_port, regions=regions, secrets_dir=secrets_dir,
+                       store_endpoints=topology.store_endpoints)

@@ -5,6 +5,7 @@ A TOML file (``pgcrdr up --topology FILE``, later ``pgcrdr agent --region R --to
 
     [control]
     api_port = 25000                      # optional
+    store = ["http://10.10.0.10:2379"]    # the global etcd's client URLs; required with several hosts
 
     [[control.hosts]]
     name = "control-1"
@@ -32,10 +33,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 REGION_PORT_BLOCK = 1000
-CONTROL_KEYS = {"api_port", "hosts"}
+CONTROL_KEYS = {"api_port", "hosts", "store"}
 CONTROL_HOST_KEYS = {"name", "address"}
 REGION_KEYS = {"cloud_name", "description", "geo_region", "latitude", "longitude", "host", "port_base"}
 
@@ -67,6 +69,8 @@ class Topology:
     api_port: int
     regions: tuple[RegionHost, ...]
     source: str = "<topology>"
+    # The global etcd's client URLs: the control plane's state (empty: SQLite, on one host only).
+    store_endpoints: tuple[str, ...] = ()
 
     def region(self, cloud_name: str) -> RegionHost | None:
         return next((r for r in self.regions if r.cloud_name == cloud_name), None)
@@ -128,6 +132,37 @@ def _port(value: Any, where: _Where, header: str | None, index: int, key: str, s
     return value
 
 
+def split_client_url(raw: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``http(s)://HOST:PORT`` with nothing more (a path, a user...), or None."""
+    try:
+        url = urlsplit(raw)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme not in ("http", "https") or not url.hostname or port is None or url.path not in ("", "/") \
+            or url.query or url.fragment or url.username:
+        return None
+    return url.scheme, url.hostname, port
+
+
+def _store_urls(value: Any, where: _Where) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error('store must be a list of etcd client URLs, e.g. ["http://10.10.0.10:2379"]', None, 0,
+                          "store")
+    urls = []
+    for raw in value:
+        parts = split_client_url(raw)
+        if parts is None:
+            raise where.error(f"store: {raw[:80]!r} is not an etcd client URL (http://ADDRESS:PORT)", None, 0, "store")
+        scheme, host, port = parts
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise where.error(f"store: {raw[:80]!r} must name its host by IP address", None, 0, "store") from None
+        urls.append(f"{scheme}://{f'[{ip}]' if ip.version == 6 else ip}:{port}")
+    return tuple(urls)
+
+
 def _unknown(table: dict[str, Any], allowed: set[str], where: _Where, header: str | None, index: int,
              what: str) -> None:
     for key in table:
@@ -161,6 +196,10 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             raise where.error("name must be lower-case letters, digits and '-', starting with a letter",
                               "control.hosts", i, "name")
         hosts.append(ControlHost(name=name, address=_address(h.get("address"), where, "control.hosts", i, "address")))
+    store = _store_urls(control.get("store", []), where)
+    if len(hosts) > 1 and not store:
+        raise TopologyError(f"{source}: several control hosts keep one state in etcd: list its client URLs in "
+                            '[control] as store = ["http://ADDRESS:PORT", ...]')
     regions_raw = doc.get("regions")
     if not isinstance(regions_raw, list) or len(regions_raw) < 2:
         raise TopologyError(f"{source}: at least two [[regions]] are needed: a pair spans two regions")
@@ -185,7 +224,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             latitude=float(lat), longitude=float(lon),
             host=_address(r.get("host"), where, "regions", i, "host"), port_base=base))
     _consistent(hosts, api_port, regions, where)
-    return Topology(control_hosts=tuple(hosts), api_port=api_port, regions=tuple(regions), source=source)
+    return Topology(control_hosts=tuple(hosts), api_port=api_port, regions=tuple(regions), source=source,
+                    store_endpoints=store)
 
 
 def _consistent(hosts: list[ControlHost], api_port: int, regions: list[RegionHost], where: _Where) -> None:

@@ -21,8 +21,10 @@ from pgcrdr.controlplane.store import (
     open_store,
 )
 from pgcrdr.controlplane.store.etcd_gateway import EtcdUnreachable, prefix_end
+from pgcrdr.topology import TopologyError, parse_topology
 from tests.etcd_cluster import EtcdCluster, free_ports
 from tests.unit.stores import every_store_backend  # noqa: F401  (runs each test on both stores)
+from tests.unit.test_topology import GOOD
 
 P = "proj"
 
@@ -304,3 +306,35 @@ def test_store_settings():
     got = StoreSettings.from_env({"PGCRDR_STORE": "etcd",
                                   "PGCRDR_STORE_ENDPOINTS": " http://10.0.0.1:2379/, https://[fd00::2]:2379"})
     assert got.endpoints == ("http://10.0.0.1:2379", "https://[fd00::2]:2379") and got.prefix == "/pgcrdr/v1/"
+
+
+STORE_LINE = 'store = ["http://10.77.0.10:2379", "http://10.77.0.20:2379", "http://[fd00::30]:2379"]'
+# test_topology's three hosts, with a second control host and the etcd they share (line 3)
+TWO_CONTROL_HOSTS = GOOD.replace("api_port = 25000\n", f"api_port = 25000\n{STORE_LINE}\n").replace(
+    "[[regions]]", '[[control.hosts]]\nname = "control-2"\naddress = "10.77.0.20"\n\n[[regions]]', 1)
+
+
+def test_a_topology_names_the_control_planes_etcd_and_the_environment_may_override_it():
+    topology = parse_topology(TWO_CONTROL_HOSTS, "deploy.toml")
+    endpoints = ("http://10.77.0.10:2379", "http://10.77.0.20:2379", "http://[fd00::30]:2379")
+    assert topology.store_endpoints == endpoints
+    assert Settings.from_topology(topology, home="/tmp/unused", control_host="control-2").store_endpoints == endpoints
+    from_topology = StoreSettings.from_env({}, topology_endpoints=endpoints)
+    assert from_topology == StoreSettings(backend="etcd", endpoints=endpoints)
+    assert StoreSettings.from_env({"PGCRDR_STORE": "sqlite"}, topology_endpoints=endpoints).backend == "sqlite"
+    chosen = StoreSettings.from_env({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://127.0.0.1:2379"},
+                                    topology_endpoints=endpoints)
+    assert chosen.endpoints == ("http://127.0.0.1:2379",)
+
+
+@pytest.mark.parametrize("store_line, message", [
+    ("", "deploy.toml: several control hosts keep one state in etcd: list its client URLs in [control] as store = "),
+    ('store = ["etcd.example:2379"]', "deploy.toml:3: store: 'etcd.example:2379' is not an etcd client URL"),
+    ('store = ["http://etcd.example:2379"]', "deploy.toml:3: store: 'http://etcd.example:2379' must name its host "
+                                             "by IP address"),
+    ('store = "http://10.77.0.10:2379"', "deploy.toml:3: store must be a list of etcd client URLs"),
+])
+def test_a_wrong_store_in_a_topology_is_refused_naming_the_line(store_line, message):
+    with pytest.raises(TopologyError) as err:
+        parse_topology(TWO_CONTROL_HOSTS.replace(STORE_LINE, store_line), "deploy.toml")
+    assert str(err.value).startswith(message), str(err.value)

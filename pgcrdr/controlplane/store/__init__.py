@@ -34,9 +34,9 @@ __all__ = [
 
 
 def open_store(settings: Settings, store: StoreSettings | None = None) -> Store:
-    """The store ``store`` names (default: from the environment, see ``store.settings``):
-    etcd, or SQLite in the control plane's home."""
-    chosen = store if store is not None else StoreSettings.from_env()
+    """The store ``store`` names (default: from the environment, else the deployment's topology,
+    see ``store.settings``): etcd, or SQLite in the control plane's home."""
+    chosen = store if store is not None else StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
     if chosen.backend == "etcd":
         return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix)
     return SQLiteStore(settings.db_path)

@@ -1,15 +1,15 @@
 """Which store the control plane uses: ``PGCRDR_STORE`` (``sqlite``, the default, or ``etcd``),
 ``PGCRDR_STORE_ENDPOINTS`` (etcd's client URLs, comma-separated) and ``PGCRDR_STORE_PREFIX``
-(etcd's key prefix). A wrong setting is refused with a message naming it."""
+(etcd's key prefix); without ``PGCRDR_STORE``, the etcd a topology file names (``[control] store``).
+A wrong setting is refused with a message naming it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
-
 from pgcrdr.controlplane.store.etcd import DEFAULT_PREFIX
+from pgcrdr.topology import split_client_url
 
 BACKENDS = ("sqlite", "etcd")
 
@@ -25,8 +25,15 @@ class StoreSettings:
     prefix: str = DEFAULT_PREFIX
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> StoreSettings:
-        backend = env.get("PGCRDR_STORE", "").strip().lower() or "sqlite"
+    def from_env(cls, env: Mapping[str, str] = os.environ, topology_endpoints: tuple[str, ...] = ()) -> StoreSettings:
+        """From the environment; ``topology_endpoints`` (a topology's ``[control] store``) when it
+        names no store."""
+        backend = env.get("PGCRDR_STORE", "").strip().lower()
+        if not backend:
+            if topology_endpoints and not env.get("PGCRDR_STORE_ENDPOINTS", "").strip():
+                return cls(backend="etcd", endpoints=topology_endpoints,
+                           prefix=_prefix(env.get("PGCRDR_STORE_PREFIX", "").strip() or DEFAULT_PREFIX))
+            backend = "sqlite"
         if backend not in BACKENDS:
             raise StoreSettingsError(f"PGCRDR_STORE={backend[:40]!r} is not a store: use sqlite (the default) or etcd")
         raw = env.get("PGCRDR_STORE_ENDPOINTS", "").strip()
@@ -40,21 +47,21 @@ class StoreSettings:
             raise StoreSettingsError("PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS, etcd's client URLs: "
                                      "http://HOST:PORT,http://HOST:PORT,...")
         endpoints = tuple(endpoint_url(e.strip()) for e in raw.split(",") if e.strip())
-        if not (prefix.startswith("/") and prefix.endswith("/")) or len(prefix) < 2:
-            raise StoreSettingsError(f"PGCRDR_STORE_PREFIX={prefix[:60]!r}: a key prefix starts and ends with '/', "
-                                     "e.g. /pgcrdr/v1/")
-        return cls(backend="etcd", endpoints=endpoints, prefix=prefix)
+        return cls(backend="etcd", endpoints=endpoints, prefix=_prefix(prefix))
+
+
+def _prefix(prefix: str) -> str:
+    if not (prefix.startswith("/") and prefix.endswith("/")) or len(prefix) < 2:
+        raise StoreSettingsError(f"PGCRDR_STORE_PREFIX={prefix[:60]!r}: a key prefix starts and ends with '/', "
+                                 "e.g. /pgcrdr/v1/")
+    return prefix
 
 
 def endpoint_url(raw: str) -> str:
     """``raw`` as an etcd client URL (http or https, a host and a port, nothing else)."""
-    try:
-        url = urlsplit(raw)
-        port = url.port
-    except ValueError:
-        port, url = None, None
-    if url is None or url.scheme not in ("http", "https") or not url.hostname or port is None \
-            or url.path not in ("", "/") or url.query or url.username:
+    parts = split_client_url(raw)
+    if parts is None:
         raise StoreSettingsError(f"PGCRDR_STORE_ENDPOINTS: {raw[:80]!r} is not an etcd client URL "
                                  "(http://HOST:PORT)")
-    return f"{url.scheme}://{url.netloc}"
+    scheme, host, port = parts
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
