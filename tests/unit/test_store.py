@@ -288,6 +288,7 @@ def test_no_member_answering_is_a_clear_error():
 @pytest.mark.parametrize("env, message", [
     ({"PGCRDR_STORE": "postgres"}, "PGCRDR_STORE='postgres' is not a store: use sqlite (the default) or etcd"),
     ({"PGCRDR_STORE": "etcd"}, "PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS"),
+    ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": " , "}, "PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS"),
     ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:2379,10.0.0.2"},
      "'10.0.0.2' is not an etcd client URL (http://HOST:PORT)"),
     ({"PGCRDR_STORE": "etcd", "PGCRDR_STORE_ENDPOINTS": "http://10.0.0.1:notaport"}, "is not an etcd client URL"),

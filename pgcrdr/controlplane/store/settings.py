@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 from pgcrdr.controlplane.store.etcd import DEFAULT_PREFIX
 from pgcrdr.topology import split_client_url
 
@@ -29,24 +30,22 @@ class StoreSettings:
         """From the environment; ``topology_endpoints`` (a topology's ``[control] store``) when it
         names no store."""
         backend = env.get("PGCRDR_STORE", "").strip().lower()
-        if not backend:
-            if topology_endpoints and not env.get("PGCRDR_STORE_ENDPOINTS", "").strip():
-                return cls(backend="etcd", endpoints=topology_endpoints,
-                           prefix=_prefix(env.get("PGCRDR_STORE_PREFIX", "").strip() or DEFAULT_PREFIX))
-            backend = "sqlite"
-        if backend not in BACKENDS:
-            raise StoreSettingsError(f"PGCRDR_STORE={backend[:40]!r} is not a store: use sqlite (the default) or etcd")
         raw = env.get("PGCRDR_STORE_ENDPOINTS", "").strip()
         prefix = env.get("PGCRDR_STORE_PREFIX", "").strip() or DEFAULT_PREFIX
+        if not backend and not raw and topology_endpoints:
+            return cls(backend="etcd", endpoints=topology_endpoints, prefix=_prefix(prefix))
+        backend = backend or "sqlite"
+        if backend not in BACKENDS:
+            raise StoreSettingsError(f"PGCRDR_STORE={backend[:40]!r} is not a store: use sqlite (the default) or etcd")
         if backend == "sqlite":
             if raw:
                 raise StoreSettingsError("PGCRDR_STORE_ENDPOINTS is set but the store is sqlite: "
                                          "set PGCRDR_STORE=etcd to use etcd")
             return cls()
-        if not raw:
+        endpoints = tuple(endpoint_url(e.strip()) for e in raw.split(",") if e.strip())
+        if not endpoints:
             raise StoreSettingsError("PGCRDR_STORE=etcd needs PGCRDR_STORE_ENDPOINTS, etcd's client URLs: "
                                      "http://HOST:PORT,http://HOST:PORT,...")
-        endpoints = tuple(endpoint_url(e.strip()) for e in raw.split(",") if e.strip())
         return cls(backend="etcd", endpoints=endpoints, prefix=_prefix(prefix))
 
 
