@@ -234,8 +234,11 @@ class TagsUpdateRequest(_Body):
 # Access tokens (tokens.py checks these bodies itself, with its own messages).
 TOKEN_MAX_AGE_LIMIT_S = 10 * 365 * 24 * 3600
 TOKEN_DESCRIPTION_MAX_CHARS = 1000
+# A character that is not blank, the same in the schema's (ECMA) regex and in Python's: their \s
+# differ (Python's also has U+001C-U+001F and U+0085, ECMA's U+FEFF), so both are spelled out.
+NOT_BLANK = r"[^\s\u001c-\u001f\u0085\ufeff]"
 TOKEN_DESCRIPTION_SCHEMA: dict[str, Any] = {
-    "type": "string", "minLength": 1, "maxLength": TOKEN_DESCRIPTION_MAX_CHARS, "pattern": r"\S",
+    "type": "string", "minLength": 1, "maxLength": TOKEN_DESCRIPTION_MAX_CHARS, "pattern": NOT_BLANK,
     "description": "What the token is for (not only whitespace)",
 }
 

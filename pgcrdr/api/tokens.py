@@ -14,6 +14,7 @@ with ``extend_when_used``; an expired token gets 403 like a revoked one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +53,7 @@ def token_json(t: TokenRow, current_hash: str | None) -> dict:
 def parse_create(body: dict) -> tuple[str, int | None, bool]:
     """Validate a create body (pure): (description, max_age_seconds, extend_when_used)."""
     description = body.get("description")
-    if not isinstance(description, str) or not description.strip():
+    if not isinstance(description, str) or not re.search(S.NOT_BLANK, description):
         raise Refused(400, "description is required: say what the token is for")
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise Refused(400, f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
@@ -114,7 +115,7 @@ def tokens_router(store: Store, auth: Callable[..., str], now_rfc3339: Callable[
     async def update_token(request: Request, token_prefix: str = prefix_param, token: str = Auth) -> dict[str, Any]:
         body = S.check_body(S.AccessTokenUpdateRequest, await json_body(request))
         description = body.get("description")
-        if not isinstance(description, str) or not description.strip():
+        if not isinstance(description, str) or not re.search(S.NOT_BLANK, description):
             raise Refused(400, "description is required")
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise Refused(400, f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
