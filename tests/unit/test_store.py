@@ -339,3 +339,30 @@ def test_a_wrong_store_in_a_topology_is_refused_naming_the_line(store_line, mess
     with pytest.raises(TopologyError) as err:
         parse_topology(TWO_CONTROL_HOSTS.replace(STORE_LINE, store_line), "deploy.toml")
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_leases_over_the_gateway_bind_keys_renew_and_expire(etcd_server):
+    """What a leader key and a writer's lease are made of: a key put with a lease lives while
+    the lease is renewed and is gone once it is revoked or expires."""
+    import time as _time
+
+    from pgcrdr.controlplane.store.etcd_gateway import EtcdGateway
+
+    gw = EtcdGateway(etcd_server.endpoints)
+    key = f"/pgcrdr-test/{uuid.uuid4().hex}/lease"
+    try:
+        lease = gw.lease_grant(2)
+        gw.put(key, "holder", lease=lease)
+        assert [kv.value for kv in gw.range(key)[0]] == ["holder"]
+        assert gw.lease_keepalive(lease) == 2
+        gw.lease_revoke(lease)
+        assert gw.range(key)[0] == []
+        gw.lease_revoke(lease)  # again: not an error
+        short = gw.lease_grant(1)
+        gw.put(key, "short", lease=short)
+        deadline = _time.monotonic() + 10
+        while gw.range(key)[0] and _time.monotonic() < deadline:
+            _time.sleep(0.2)
+        assert gw.range(key)[0] == [] and gw.lease_keepalive(short) == 0  # expired: renewing says so
+    finally:
+        gw.close()

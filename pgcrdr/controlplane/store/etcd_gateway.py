@@ -143,6 +143,38 @@ class EtcdGateway:
         return bool(answer.get("succeeded")), int(answer["header"]["revision"])
 
 
+    # --- leases (a leader key, a writer's lease) ------------------------------------------------
+    def lease_grant(self, ttl_s: int) -> int:
+        """A new lease of ``ttl_s`` seconds; keys put with it go when it expires or is revoked."""
+        answer = self.call("lease/grant", {"TTL": str(ttl_s)}, writes=True)
+        if answer.get("error"):
+            raise EtcdError(str(answer["error"]), None)
+        return int(answer["ID"])
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``; returns its new TTL in seconds, 0 when it has expired already (its
+        keys are gone: a new lease is needed). The gateway answers the stream's one message as
+        a JSON line (as Patroni reads it)."""
+        answer = self.call("lease/keepalive", {"ID": str(lease)}, writes=True)
+        result = answer.get("result", answer)
+        return int(result.get("TTL", 0) or 0)
+
+    def lease_revoke(self, lease: int) -> None:
+        """End ``lease`` now (its keys are deleted); an unknown or expired lease is not an error."""
+        try:
+            self.call("lease/revoke", {"ID": str(lease)}, writes=True)
+        except EtcdError as exc:
+            if "lease not found" not in str(exc):
+                raise
+
+    def put(self, key: str, value: str, lease: int | None = None) -> int:
+        """Put ``key`` (bound to ``lease`` when given); returns the revision."""
+        op: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease is not None:
+            op["lease"] = str(lease)
+        return self.txn([], [{"request_put": op}])[1]
+
+
 def _json(r: httpx.Response) -> dict[str, Any]:
     try:
         out = r.json()
