@@ -23,10 +23,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgcrdr.controlplane.store.etcd_gateway import EtcdError, EtcdGateway, EtcdUnreachable
+
+if TYPE_CHECKING:
+    from pgcrdr.config import Settings
 
 log = logging.getLogger("pgcrdr.writer_lease")
 
@@ -126,6 +130,24 @@ class WriterLease:
         while not self._stop.is_set():
             ok = self.renew_once()
             self._stop.wait(self.ttl_s / 3 if ok else RETRY_S)
+
+
+def lease_store(settings: Settings) -> tuple[list[str], str] | None:
+    """The global etcd's endpoints and key prefix when the deployment has one (its control-plane
+    store is etcd), else None: the embedded default has no writer leases."""
+    from pgcrdr.controlplane.store.settings import StoreSettings
+
+    chosen = StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
+    return (list(chosen.endpoints), chosen.prefix) if chosen.backend == "etcd" else None
+
+
+def lease_reader(settings: Settings) -> Callable[[str], dict[str, Any] | None] | None:
+    """For the control plane: who holds a region's writer lease (None: no writer leases)."""
+    where = lease_store(settings)
+    if where is None:
+        return None
+    gateway = EtcdGateway(where[0])
+    return lambda cloud: lease_holder(gateway, where[1], cloud)
 
 
 def lease_holder(gateway: EtcdGateway, prefix: str, cloud: str) -> dict[str, Any] | None:

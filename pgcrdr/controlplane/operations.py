@@ -94,8 +94,13 @@ class OperationRunner:
 
     def __init__(self, store: Store, agents: dict[str, AgentClient], endpoints: Endpoints | None,
                  endpoint_name: Callable[[ServiceRecord], str], pause_deadline_s: float = 5.0,
-                 retry_bound_s: float = 30.0):
+                 retry_bound_s: float = 30.0, lease_holder: Callable[[str], dict[str, Any] | None] | None = None,
+                 writer_lease_ttl_s: float = 10.0):
         self.store = store
+        # Who holds a region's writer lease (pgcrdr.writer_lease); None: the deployment has no
+        # writer leases (the embedded default, whose store is SQLite).
+        self.lease_holder = lease_holder
+        self.writer_lease_ttl_s = writer_lease_ttl_s
         self.agents = agents
         self.endpoints = endpoints
         self.endpoint_name = endpoint_name
@@ -752,13 +757,41 @@ class OperationRunner:
         except AgentError as exc:
             live_lsn, problem = None, str(exc)
             op.data["primary_unreachable"] = exc.status is None
+        if live_lsn is None and op.data.get("primary_unreachable") and self.lease_holder is not None:
+            self._await_writer_lease(op, pri)
         op.data_loss = data_loss_report(live_lsn, problem, pri, received, time.time())
+        if "lease_wait_s" in op.data:
+            op.data_loss["writer_lease_wait_s"] = op.data["lease_wait_s"]
         b = op.data_loss
         if b["bytes"] is not None:
             return f"primary at {live_lsn}, recovery received {received}: {b['bytes']} bytes not replicated"
         return (f"primary unreachable: data given up unknown (at least {b['lower_bound_bytes']} bytes; last seen "
                 f"{b['primary_last_seen_lsn']}, {b['primary_last_seen_age_s']} s before); recovery received "
                 f"{received}")
+
+    def _await_writer_lease(self, op: OperationRecord, pri: ServiceRecord) -> None:
+        """An unreachable primary may still be a writer taking writes inside its region: the
+        recovery is promoted only once that region's writer lease is gone (its agent stops its
+        writers before the lease expires). Waits at most twice the TTL; a lease still held then
+        means the region's agent is alive and reaches the global store: nothing is changed."""
+        assert self.lease_holder is not None
+        started = float(op.data.setdefault("t_lease_wait", time.time()))
+        waited = time.time() - started
+        try:
+            holder = self.lease_holder(pri.cloud)
+        except Exception as exc:  # noqa: BLE001 - the global store not answering: no safe decision yet
+            holder, why = {}, f"the global store does not answer ({str(exc)[:200]})"
+        else:
+            why = f"held by {holder.get('holder', '?')}" if holder is not None else ""
+        if holder is None:
+            op.data["lease_wait_s"] = round(waited, 2)
+            return
+        if waited > 2 * self.writer_lease_ttl_s:
+            raise Fail(f"{pri.cloud}'s writer lease is still {why or 'held'} after {waited:.0f} s: its agent is "
+                       f"alive and may still run {pri.name}'s writer; nothing was changed. Restore the control "
+                       "plane's connection to that region (a failover then fences it) or stop its writer")
+        raise Wait(f"{pri.name}'s region is unreachable: waiting for its writer lease to expire "
+                   f"({why}; {waited:.1f} s of at most {self.writer_lease_ttl_s:g} s)")
 
     def step_fence(self, op: OperationRecord) -> str:
         pri, rec = self._svc(op, op.source), self._svc(op, op.target)

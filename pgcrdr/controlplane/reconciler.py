@@ -26,6 +26,7 @@ from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store, Tx
+from pgcrdr.writer_lease import lease_reader
 
 log = logging.getLogger("pgcrdr.reconciler")
 
@@ -86,7 +87,8 @@ class Reconciler:
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
                                       pause_deadline_s=settings.pause_deadline_s,
-                                      retry_bound_s=settings.retry_bound_s)
+                                      retry_bound_s=settings.retry_bound_s, lease_holder=lease_reader(settings),
+                                      writer_lease_ttl_s=settings.writer_lease_ttl_s)
         self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()
