@@ -37,7 +37,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgcrdr.agent.client import AgentClient  # noqa: E402
+from pgcrdr.agentapi.client import AgentClient  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
 from tests.helpers import (  # noqa: E402
     RunningPlatform,

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.reconciler import Reconciler

@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pgcrdr.agent.models import BackupInfo
-from pgcrdr.agent.wal import WAL_SEGMENT, format_lsn, parse_lsn, segno_of, wal_name, wal_segno
+from pgcrdr.agentapi.models import BackupInfo
+from pgcrdr.agent.wal import WAL_SEGMENT, segno_of, wal_name, wal_segno
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 
 __all__ = ["WAL_SEGMENT", "format_lsn", "parse_lsn", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pgcrdr.agent import backrest
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, WalArchiveStatus
+from pgcrdr.agentapi.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, WalArchiveStatus
 from pgcrdr.agent.postgres import connect_superuser
 
 if TYPE_CHECKING:

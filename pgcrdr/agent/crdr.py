@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgcrdr.agent import dcs
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
+from pgcrdr.agent.processes import kill_region_now
 from pgcrdr.agent.backups import now_iso
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     DemoteRequest,
     DemoteResult,
     FenceRequest,
@@ -47,11 +48,12 @@ from pgcrdr.agent.models import (
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
 from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
 from pgcrdr.agent.sessions import read_sessions
-from pgcrdr.agent.wal import ControlData, commits_after, controldata, end_of_wal, max_lsn, parse_lsn
+from pgcrdr.agent.wal import ControlData, commits_after, controldata, end_of_wal, max_lsn
+from pgcrdr.agentapi.lsn import parse_lsn
 
 if TYPE_CHECKING:
     from pgcrdr.agent.layout import ClusterLayout, RegionLayout
-    from pgcrdr.agent.models import ClusterSpec
+    from pgcrdr.agentapi.models import ClusterSpec
     from pgcrdr.agent.runtime import ClusterRuntime
     from pgcrdr.config import RegionConfig, Settings
 
@@ -665,7 +667,7 @@ class CrdrOps:
 
         def _die() -> None:
             time.sleep(delay)  # let the HTTP answer leave
-            killed = proc.kill_region_now(self.settings, self.region)
+            killed = kill_region_now(self.settings, self.region)
             log.warning("region outage drill: SIGKILLed %s; the agent dies now", killed)
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgcrdr.agent.dcs import sync_mode
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     ClusterPhase,
     ClusterSpec,
     ClusterStatus,

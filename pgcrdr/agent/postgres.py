@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgcrdr.agent.models import ClusterSpec, LsnInfo
+from pgcrdr.agentapi.models import ClusterSpec, LsnInfo
 from pgcrdr.agent.patroni import SUPERUSER
 
 

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgcrdr.agent import backrest
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
 from pgcrdr.agent.backups import now_iso
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import RebuildAttempt, RebuildRequest, RebuildState
+from pgcrdr.agentapi.models import RebuildAttempt, RebuildRequest, RebuildState
 from pgcrdr.agent.patroni import REPLICATION_USER, REWIND_USER
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
     from pgcrdr.agent.runtime import ClusterRuntime
@@ -101,7 +102,7 @@ class RebuildOps:
     def rebuild(self, cluster: str, req: RebuildRequest) -> RebuildState:
         from pgcrdr.agent.runtime import Conflict
 
-        backrest.parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
+        parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
         c: ClusterRuntime = self._cluster(cluster)  # type: ignore[attr-defined]
         with c.act_lock:
             if c.rebuild is not None and c.rebuild.request_id == req.request_id:
@@ -199,8 +200,8 @@ class RebuildOps:
             log.info("%s: no estimate from the active service (%s): default order", c.spec.cluster, exc)
             return {}, {}
         assert row is not None
-        current, waldir, db = backrest.parse_lsn(row[0]), int(row[1]), int(row[2])
-        since_fork = max(0, current - backrest.parse_lsn(req.fork_lsn))
+        current, waldir, db = parse_lsn(row[0]), int(row[1]), int(row[2])
+        since_fork = max(0, current - parse_lsn(req.fork_lsn))
         out = {"basebackup": db + since_fork}
         unusable: dict[str, str] = {}
         if self._data_ok(c.layout.data_dir(node)):
@@ -379,7 +380,7 @@ class RebuildOps:
         a.ok = True
         a.backup_label = b.label
         a.local_bytes = b.size + fetched * backrest.WAL_SEGMENT
-        a.stream_start_lsn = backrest.format_lsn(seg * backrest.WAL_SEGMENT)
+        a.stream_start_lsn = format_lsn(seg * backrest.WAL_SEGMENT)
         # so far; the WAL streamed from here on is counted once the standby has caught up
         a.cross_region_bytes = remote * backrest.WAL_SEGMENT
         a.reason = (f"restored backup {b.label} ({b.type}, {b.stop_time}) from the {self.region.cloud_name} "  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pgcrdr.agent import etcd as etcd_mod
 from pgcrdr.agent import ports as ports_mod
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
 from pgcrdr.agent.decide import (
     Action,
     ClusterObs,
@@ -37,7 +37,7 @@ from pgcrdr.agent.decide import (
 from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
 from pgcrdr.agent.backups import BackupOps
 from pgcrdr.agent.crdr import CrdrOps
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     BackupStatus,
     ClusterSpec,
     ClusterStatus,

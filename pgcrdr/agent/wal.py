@@ -11,23 +11,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgcrdr.agent.models import DivergentCommit
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
+from pgcrdr.agentapi.models import DivergentCommit
 
 _ENV = {"LANG": "C", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
-_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-
-def parse_lsn(text: str) -> int:
-    """``"0/3000148"`` -> 50331976. Raises ValueError on anything else."""
-    m = _LSN.match(text.strip())
-    if not m:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
 
 WAL_SEGMENT = 16 * 1024 * 1024
 SEGMENTS_PER_XLOGID = 0x100000000 // WAL_SEGMENT

@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import DEFAULT_HOME, Settings
 from pgcrdr.platform import (
     Platform,
@@ -333,7 +333,7 @@ def drill_agent_fault(home: str | None, port_offset: int | None, region_name: st
     """Make REGION's agent look frozen, slow or failing to the control plane for a while (the
     agent itself runs on). Read by the control plane's agent client from
     <home>/control/agent-faults.json."""
-    from pgcrdr.agent import faults
+    from pgcrdr.agentapi import faults
 
     settings = _settings(home, port_offset)
     _region(settings, region_name)

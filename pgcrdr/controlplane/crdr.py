@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from pgcrdr.agent.models import StandbySource
+from pgcrdr.agentapi.models import StandbySource
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
 from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import psycopg
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.models import (
     DemoteRequest,
     Endpoint,
     FenceRequest,
@@ -30,7 +30,7 @@ from pgcrdr.agent.models import (
     RebuildRequest,
     StandbySource,
 )
-from pgcrdr.agent.sessions import describe_sessions
+from pgcrdr.agentapi.sessions import describe_sessions
 from pgcrdr.controlplane.crdr import slot_for, standby_source_for
 from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.lag import lsn_int, pair_lag

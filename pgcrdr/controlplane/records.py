@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.models import ClusterStatus
 
 ServiceState = Literal["REBUILDING", "RUNNING", "REBALANCING", "POWEROFF"]
 DrRole = Literal["active", "passive", "failed"]

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgcrdr.agent import processes as proc
-from pgcrdr.agent.models import Endpoint
+from pgcrdr import processes as proc
+from pgcrdr.agentapi.models import Endpoint
 from pgcrdr.config import Settings
 from pgcrdr.endpoint.control import PgBouncerAdmin, haproxy_command, resolve_ip
 from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus, PauseTimeout

@@ -87,7 +87,7 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
     that host's address: the control host reaches it there, the machine's loopback does not."""
     import signal
 
-    from pgcrdr.agent.client import AgentClient, AgentError
+    from pgcrdr.agentapi.client import AgentClient, AgentError
     from pgcrdr.config import Settings
     from pgcrdr.topology import load_topology
 
@@ -111,7 +111,7 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
     region = settings.region("lab-a")
     url = settings.agent_url(region)
     assert url == f"http://{lab.host('r0').address}:{region.agent_port}"
-    probe = ("import sys; from pgcrdr.agent.client import AgentClient; "
+    probe = ("import sys; from pgcrdr.agentapi.client import AgentClient; "
              f"c = AgentClient({url!r}, 'lab-agent-token-0123456789', timeout=2); h = c.health(); "
              "sys.exit(0 if h.etcd_healthy and h.region == 'lab-a' else 1)")
     try:

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.agent.crdr import CrdrOps
-from pgcrdr.agent.models import PreserveRequest, PreserveResult, PreserveState, SessionInfo, SessionsInfo
-from pgcrdr.agent.sessions import describe_sessions, sort_sessions
+from pgcrdr.agentapi.models import PreserveRequest, PreserveResult, PreserveState, SessionInfo, SessionsInfo
+from pgcrdr.agent.sessions import sort_sessions
+from pgcrdr.agentapi.sessions import describe_sessions
 from tests.unit.local_server import Server, local_server
 
 

@@ -1,7 +1,7 @@
 """The contract between the control plane and a region agent.
 
 The control plane only ever talks to a region through these messages over HTTP (see
-``pgcrdr.agent.client``), so an agent can run on another host. The agent is declarative: the
+``pgcrdr.agentapi.client``), so an agent can run on another host. The agent is declarative: the
 control plane PUTs the cluster it wants, the agent converges towards it in the background and
 reports what it observes.
 """
