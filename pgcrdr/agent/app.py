@@ -31,7 +31,8 @@ from pgcrdr.agentapi.models import (
     RequestState,
     SessionsInfo,
 )
-from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
+from pgcrdr.agent.errors import Conflict, NotFound, Timeout
+from pgcrdr.agent.runtime import RegionRuntime
 from pgcrdr.agent.validation import source_problems, spec_problems
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from pgcrdr.agentapi.models import BackupInfo
 from pgcrdr.agent.wal import WAL_SEGMENT, segno_of, wal_name, wal_segno
-from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
+from pgcrdr.agentapi.lsn import parse_lsn
 
-__all__ = ["WAL_SEGMENT", "format_lsn", "parse_lsn", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
+__all__ = ["WAL_SEGMENT", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
 
 log = logging.getLogger(__name__)
 

@@ -246,8 +246,8 @@ def test_pgbackrest_conf_is_written_while_the_region_lock_is_held(tmp_path):
     rt = RegionRuntime(settings, settings.regions[0])
     rt.prepare_dirs()
     done = threading.Event()
-    with rt._lock:  # another thread (put_spec) holds the region lock...
-        t = threading.Thread(target=lambda: (rt._write_backrest_conf(), done.set()), daemon=True)
+    with rt.clusters.lock:  # another thread (put_spec) holds the region lock...
+        t = threading.Thread(target=lambda: (rt.backups.write_conf(), done.set()), daemon=True)
         t.start()
         assert done.wait(10), "writing pgbackrest.conf waited for the region lock"
-    assert rt.repo.conf.exists()
+    assert rt.backups.repo.conf.exists()
