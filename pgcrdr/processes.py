@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 from pgcrdr.config import Settings
 
@@ -146,9 +147,9 @@ def cwd_of(pid: int) -> str:
         return ""
 
 
-def pid_matches(pid: int | None, marker: str) -> bool:
+def pid_matches(pid: int | None, marker: str) -> TypeGuard[int]:
     """``pid`` runs and its command line mentions ``marker`` (guards against PID reuse)."""
-    return bool(pid) and is_running(pid) and marker in cmdline(pid)  # type: ignore[arg-type]
+    return pid is not None and is_running(pid) and marker in cmdline(pid)
 
 
 def signal_pid(pid: int, sig: int) -> bool:

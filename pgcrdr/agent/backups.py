@@ -19,13 +19,12 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 from pgcrdr.agent import backrest
 from pgcrdr import processes as proc
 from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime
 from pgcrdr.agent.layout import RegionLayout, node_name
-from pgcrdr.agentapi.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, WalArchiveStatus
+from pgcrdr.agentapi.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, BackupType, WalArchiveStatus
 from pgcrdr.agent.postgres import connect_superuser
 from pgcrdr.config import RegionConfig, Settings
 
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 WORKER_TICK_S = 2.0
 INFO_REFRESH_S = 30.0
 RETRY_AFTER_FAILURE_S = 30.0
-BackupType = Literal["full", "diff", "incr"]
 
 
 def _ts(iso: str) -> float:
@@ -297,7 +295,8 @@ class Backups:
                 "--pg1-user=postgres", f"--type={kind}", "--log-level-console=detail", "backup"]
         size = backrest.data_size(c.layout.data_dir(name))
         run = BackupRun(type=kind, started=now_iso(), size=size, done=0)
-        c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
+        assert c.backup_status is not None  # set by start_worker
+        c.backup_status = c.backup_status.model_copy(update={"running": run})
         log.info("%s: %s backup starts from %s", c.spec.cluster, kind, name)
         t0 = time.monotonic()
         env = {"PGPASSFILE": str(pgpass), "PGSSLMODE": "disable"}
@@ -320,15 +319,15 @@ class Backups:
             pct = backrest.last_percent(backrest.tail(out_file))
             if pct is not None:
                 run = run.model_copy(update={"done": int(size * pct / 100)})
-                c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
+                c.backup_status = c.backup_status.model_copy(update={"running": run})
         p.wait()
         output = backrest.tail(out_file, 4000)
         c.backup_pid = None
-        c.backup_status = c.backup_status.model_copy(update={"running": None})  # type: ignore[union-attr]
+        c.backup_status = c.backup_status.model_copy(update={"running": None})
         if p.returncode == 0:
             c.backup_failed_at = None
             log.info("%s: %s backup done in %.1fs", c.spec.cluster, kind, time.monotonic() - t0)
-            c.backup_status = c.backup_status.model_copy(update={"last_error": None})  # type: ignore[union-attr]
+            c.backup_status = c.backup_status.model_copy(update={"last_error": None})
         else:
             c.backup_failed_at = time.time()
             why = (f"pgbackrest was killed by signal {-p.returncode}" if p.returncode < 0

@@ -14,6 +14,7 @@ from pgcrdr.agent.patroni import NodePaths
 from pgcrdr.agent.ports import ClusterPorts
 from pgcrdr.agentapi.models import (
     BackupStatus,
+    BackupType,
     ClusterSpec,
     ClusterStatus,
     DemoteResult,
@@ -67,7 +68,7 @@ class ClusterRuntime:
     backup_thread: threading.Thread | None = None
     stanza_ok: bool = False
     backup_info_at: float = 0.0
-    backup_requested: str | None = None
+    backup_requested: BackupType | None = None
     backup_failed_at: float | None = None
     backup_pid: int | None = None
     rebuild: RebuildState | None = None

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from pydantic import BaseModel
@@ -50,7 +50,7 @@ from pgcrdr.agentapi.models import (
     SessionsInfo,
 )
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
-from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
+from pgcrdr.agent.postgres import connect_superuser, lsn_info, one_value, timeline_switch_point
 from pgcrdr.agent.region_etcd import RegionEtcd
 from pgcrdr.agent.sessions import read_sessions
 from pgcrdr.agent.wal import ControlData, commits_after, controldata_or_none, disk_position, max_lsn, most_advanced
@@ -229,10 +229,9 @@ class Crdr:
         try:
             yield
         except BaseException as exc:
-            state = "refused" if isinstance(exc, Conflict) else "failed"
+            state: Literal["refused", "failed"] = "refused" if isinstance(exc, Conflict) else "failed"
             with self.clusters.lock:
-                c.requests[request_id] = RequestState(request_id=request_id, state=state,  # type: ignore[arg-type]
-                                                      message=str(exc)[:300])
+                c.requests[request_id] = RequestState(request_id=request_id, state=state, message=str(exc)[:300])
             raise
         with self.clusters.lock:
             c.requests[request_id] = RequestState(request_id=request_id, state="done")
@@ -404,7 +403,7 @@ class Crdr:
         conn = connect_superuser(c.spec, port, self.settings.host)
         steps["connected"] = time.monotonic() - t0
         try:
-            before = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            before = one_value(conn, "SELECT pg_last_wal_replay_lsn()::text")
             current, _ = dcs.read_config(self.region, cluster, self.settings.host)
             steps["config read"] = time.monotonic() - t0
             old_spec = c.spec
@@ -425,7 +424,7 @@ class Crdr:
                 try:
                     if conn.closed:
                         conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    if not one_value(conn, "SELECT pg_is_in_recovery()"):
                         break
                 except psycopg.Error:
                     conn.close()

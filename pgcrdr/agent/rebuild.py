@@ -32,7 +32,7 @@ from pgcrdr.agent.backups import Backups, now_iso
 from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime
 from pgcrdr.agent.errors import Conflict
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agentapi.models import RebuildAttempt, RebuildRequest, RebuildState
+from pgcrdr.agentapi.models import RebuildAttempt, RebuildRequest, RebuildSource, RebuildState
 from pgcrdr.agent.patroni import REPLICATION_USER, REWIND_USER
 from pgcrdr.agent.wal import most_advanced
 from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
@@ -65,7 +65,7 @@ def strip_restore_command(auto_conf: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def order_by_estimate(sources: list[str], estimates: dict[str, int]) -> list[str]:
+def order_by_estimate(sources: list[RebuildSource], estimates: dict[str, int]) -> list[RebuildSource]:
     """Sources with an estimate, cheapest first (ties keep the given order: rewind, restore,
     basebackup); then those that cannot work as things are, in the given order (each says why
     when tried). Pure."""

@@ -37,7 +37,7 @@ from pgcrdr.agent.decide import (
     decide,
     summarize,
 )
-from pgcrdr.agent.backups import Backups, BackupType
+from pgcrdr.agent.backups import Backups
 from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime, persist_spec
 from pgcrdr.agent.crdr import Crdr, load_crdr_results
 from pgcrdr.agent.errors import Conflict, NotFound
@@ -46,6 +46,7 @@ from pgcrdr.agent.rebuild import Rebuilds, load_rebuild
 from pgcrdr.agent.region_etcd import RegionEtcd
 from pgcrdr.agentapi.models import (
     BackupStatus,
+    BackupType,
     ClusterSpec,
     ClusterStatus,
     DemoteRequest,
@@ -56,10 +57,12 @@ from pgcrdr.agentapi.models import (
     LsnInfo,
     PreserveRequest,
     PreserveState,
+    ProgressUnit,
     ProgressUpdate,
     PromoteRequest,
     PromoteResult,
     RebuildRequest,
+    RebuildPhase,
     RebuildState,
     RegionHealth,
     RequestState,
@@ -374,10 +377,10 @@ class RegionRuntime:
                                else n for n in status.nodes]
         rb = c.rebuild
         if rb is not None and rb.state == "running":
-            phases = ["prepare", "basebackup", "stream", "finalize"]
+            phases: list[RebuildPhase] = ["prepare", "basebackup", "stream", "finalize"]
             at = phases.index(rb.phase)
-            progress = [ProgressUpdate(phase=p, completed=True) for p in phases[:at]]  # type: ignore[arg-type]
-            unit = "bytes_uncompressed" if rb.phase == "basebackup" else "prepare_percent"
+            progress = [ProgressUpdate(phase=p, completed=True) for p in phases[:at]]
+            unit: ProgressUnit = "bytes_uncompressed" if rb.phase == "basebackup" else "prepare_percent"
             progress.append(ProgressUpdate(phase=rb.phase, min=0, max=rb.progress_max, current=rb.progress_current,
                                            unit=unit))
             update["nodes"] = [n.model_copy(update={"progress": progress, "state": "starting"}) if n.name == rb.node
@@ -631,8 +634,8 @@ class RegionRuntime:
             name = node_name(c.spec.cluster, i)
             pid = c.nodes[i].pid or proc.read_pid(c.layout.patroni_pid(name))
             if proc.pid_matches(pid, str(c.layout.patroni_yml(name))):
-                proc.signal_pid(pid, signal.SIGKILL)  # type: ignore[arg-type]
-                killed.append(pid)  # type: ignore[arg-type]
+                proc.signal_pid(pid, signal.SIGKILL)
+                killed.append(pid)
             pm = proc.postmaster_pid(c.layout.data_dir(name))
             if pm:
                 proc.kill_postmaster_tree(pm)

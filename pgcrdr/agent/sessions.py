@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
+from pgcrdr.agent.postgres import one_value
 from pgcrdr.agentapi.models import SessionInfo, SessionsInfo
 
 QUERY_CHARS = 200
@@ -24,7 +25,7 @@ SELECT pid, usename, datname, application_name, host(client_addr), state,
 
 
 def read_sessions(conn: psycopg.Connection, node: str) -> SessionsInfo:
-    in_recovery = bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+    in_recovery = bool(one_value(conn, "SELECT pg_is_in_recovery()"))
     sessions = [
         SessionInfo(pid=r[0], usename=r[1], datname=r[2], application_name=r[3] or None, client_addr=r[4],
                     state=r[5], xact_age_s=_age(r[6]), query_age_s=_age(r[7]), wait_event_type=r[8],

@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from pgcrdr.agentapi.client import AgentClient, AgentError
-from pgcrdr.config import DEFAULT_HOME, Settings
+from pgcrdr.config import DEFAULT_HOME, RegionConfig, Settings
 from pgcrdr.platform import (
     Platform,
     agent_token_file,
@@ -161,7 +162,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     """API URL, token, and the health of the control plane and every region."""
     settings = _settings(home, port_offset)
     token = token_file(settings).read_text().strip() if token_file(settings).exists() else None
-    regions = []
+    regions: list[dict[str, Any]] = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
     for r in settings.regions:
         client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0)
@@ -189,9 +190,9 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})")
     click.echo(f"API token:     {token or '(none yet: run pgcrdr up)'}")
     table = Table("region", "agent", "etcd", "clusters", "message")
-    for r in regions:
-        table.add_row(r["cloud_name"], "up" if r["up"] else "down", "healthy" if r["etcd_healthy"] else "-",
-                      str(r["clusters"] if r["clusters"] is not None else "-"), r["message"] or "")
+    for row in regions:
+        table.add_row(row["cloud_name"], "up" if row["up"] else "down", "healthy" if row["etcd_healthy"] else "-",
+                      str(row["clusters"] if row["clusters"] is not None else "-"), row["message"] or "")
     Console().print(table)
     if not data["api_up"]:
         sys.exit(1)
@@ -217,7 +218,7 @@ def region() -> None:
     """Region outage drills: take a whole region down and bring it back."""
 
 
-def _region(settings: Settings, name: str):  # type: ignore[no-untyped-def]
+def _region(settings: Settings, name: str) -> RegionConfig:
     r = settings.region(name)
     if r is None:
         raise click.ClickException(

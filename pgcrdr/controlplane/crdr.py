@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from pgcrdr.agentapi.models import StandbySource
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.records import IntegrationRecord, OperationKind, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
-from pgcrdr.controlplane.store import Store
+from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change
 
 # The steps of each operation, in order. Each is idempotent (see operations.py).
@@ -55,10 +55,10 @@ def standby_source_for(store: Store, svc: ServiceRecord) -> StandbySource | None
                          primary_slot_name=slot_for(svc))
 
 
-def new_operation(project: str, pair: str, kind: str, service: str, role: str, source: str, target: str
+def new_operation(project: str, pair: str, kind: OperationKind, service: str, role: str, source: str, target: str
                   ) -> OperationRecord:
     return OperationRecord(
-        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,  # type: ignore[arg-type]
+        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,
         requested_role=role, source=source, target=target, create_time=now_rfc3339(),
         steps=[StepRecord(name=n) for n in STEPS[kind]],
     )
@@ -193,7 +193,8 @@ def _last_kind(store: Store, project: str, pair: str) -> str | None:
     return ops[-1].kind if ops else None
 
 
-def _start_role_change(tx, svc: ServiceRecord, peer: ServiceRecord, role: str, change: RoleChange) -> OperationRecord:
+def _start_role_change(tx: Tx, svc: ServiceRecord, peer: ServiceRecord, role: str,
+                       change: RoleChange) -> OperationRecord:
     op = new_operation(svc.project, _pair_name(svc, peer), change.kind, svc.name, role, change.source, change.target)
     # In-progress values, as the docs show them during the transition.
     if change.kind == "failover":

@@ -334,6 +334,7 @@ class Reconciler:
             self.store.delete_service(svc.project, svc.name)
             log.info("service %s/%s terminated", svc.project, svc.name)
             return f"{svc.name}: terminated"
+        status: ClusterStatus | None
         try:
             push = svc.applied_generation < svc.generation and not in_operation
             if push:
