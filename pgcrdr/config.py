@@ -125,6 +125,11 @@ class Settings:
     # How long a step that changed nothing yet retries a part that does not answer before the
     # operation fails, saying so (PGCRDR_RETRY_BOUND, seconds).
     retry_bound_s: float = 30.0
+    # A deployment on its own hosts (a topology file): the secrets bundle of this part
+    # (``pgcrdr.security.deployment``). Agents then serve their API over TLS with a certificate of
+    # the deployment's CA, and the control plane verifies it. None: the embedded default, where
+    # the agents answer on this machine's loopback only.
+    secrets_dir: Path | None = None
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None,
@@ -179,15 +184,28 @@ class Settings:
         return None
 
     def agent_url(self, region: RegionConfig) -> str:
-        return f"http://{region.host or self.host}:{region.agent_port}"
+        scheme = "https" if self.secrets_dir is not None else "http"
+        return f"{scheme}://{region.host or self.host}:{region.agent_port}"
+
+    @property
+    def agent_verify(self) -> str | bool:
+        """How a client verifies an agent: the deployment's CA when there is one."""
+        return str(self.secrets_dir / "ca.crt") if self.secrets_dir is not None else True
+
+    @property
+    def agent_token_path(self) -> Path:
+        return (self.secrets_dir if self.secrets_dir is not None else self.control_dir) / "agent-token"
 
     @classmethod
     def from_topology(cls, topology: Topology, home: str | os.PathLike[str] | None = None,
-                      region: str | None = None, control_host: str | None = None) -> Settings:
+                      region: str | None = None, control_host: str | None = None,
+                      secrets: str | os.PathLike[str] | None = None) -> Settings:
         """Settings of one part of a deployment: the agent of ``region`` (it binds to its host's
         address), or the control plane on ``control_host`` (default: the first one). Ports come
-        from the topology; everything else from the environment, as ``from_env``."""
+        from the topology; the secrets bundle from ``secrets`` (default: ``<home>/secrets``);
+        everything else from the environment, as ``from_env``."""
         env = cls.from_env(home=home)
+        secrets_dir = Path(secrets).resolve() if secrets is not None else env.home / "secrets"
         regions = [RegionConfig(index=i, cloud_name=r.cloud_name, description=r.description,
                                 geo_region=r.geo_region, geo_latitude=r.latitude, geo_longitude=r.longitude,
                                 port_base=r.port_base, host=r.host)
@@ -203,4 +221,4 @@ class Settings:
             if ctl is None:
                 raise ValueError(f"{topology.source}: no control host {control_host!r}")
             host = ctl.address
-        return replace(env, host=host, port_base=topology.api_port, regions=regions)
+        return replace(env, host=host, port_base=topology.api_port, regions=regions, secrets_dir=secrets_dir)

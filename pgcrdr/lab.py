@@ -17,9 +17,19 @@ Planning is pure (``plan_lab``); ``lab_up``/``lab_down`` run ``ip``/``tc`` and n
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgcrdr.config import Settings
 
 LAB_PREFIX = "pgl"  # namespace names: pgl-<id>-<host>; interface names stay within 15 characters
 ID_RE = re.compile(r"^[a-z0-9]{1,6}$")
@@ -169,3 +179,193 @@ def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int 
         out += ["[[regions]]", f'cloud_name = "{name}"', f'description = "Lab host {h.name}"',
                 f'host = "{h.address}"', ""]
     return "\n".join(out)
+
+
+# --- entering a host from this process ---------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise LabError(f"setns failed: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def in_host(lab: Lab, host: str) -> Iterator[None]:
+    """Run the calling thread inside ``host``'s network (only this thread: namespaces are per
+    thread). Sockets opened meanwhile stay in that host; threads and processes started meanwhile
+    are born there. The thread's own network is restored on exit."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{lab.host(host).netns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+# --- a deployment on the lab: control plane and agents, each inside its host --------------------
+
+@dataclass
+class LabDeployment:
+    """pgcrdr deployed on a lab as it would be on real hosts: a topology file, the deployment's
+    secrets (`pgcrdr secrets`), each region's bundle copied to its host's home, an agent inside
+    each region host and the control plane inside the control host, each with its own
+    ``PGCRDR_HOME`` under ``root``. Every process is recorded by PID in its host's home and
+    stopped by ``stop`` (also after a failed start)."""
+
+    lab: Lab
+    root: Path
+    cloud_names: list[str]
+    api_port: int = 25000
+
+    @classmethod
+    def existing(cls, lab_id: str, root: Path) -> LabDeployment | None:
+        """The deployment ``start`` left under ``root`` (None: there is none)."""
+        from pgcrdr.topology import load_topology
+
+        path = root / "topology.toml"
+        if not path.exists():
+            return None
+        topo = load_topology(path)
+        subnet = int(topo.control_hosts[0].address.split(".")[2])
+        lab = plan_lab(lab_id, regions=len(topo.regions), subnet=subnet)
+        return cls(lab, root, [r.cloud_name for r in topo.regions], topo.api_port)
+
+    @property
+    def topology_path(self) -> Path:
+        return self.root / "topology.toml"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    def home(self, host: str) -> Path:
+        return self.root / host
+
+    def region_hosts(self) -> list[tuple[str, str]]:
+        """(host, cloud name) of every region host."""
+        return list(zip([h.name for h in self.lab.hosts if h.name != "ctl"], self.cloud_names, strict=True))
+
+    def settings(self, host: str) -> Settings:
+        from pgcrdr.config import Settings
+        from pgcrdr.topology import load_topology
+
+        topo = load_topology(self.topology_path)
+        if host == "ctl":
+            return Settings.from_topology(topo, home=self.home(host), secrets=self.secrets_dir)
+        cloud = dict(self.region_hosts())[host]
+        return Settings.from_topology(topo, home=self.home(host), region=cloud)
+
+    def prepare(self) -> None:
+        """Topology, secrets and homes (idempotent)."""
+        from pgcrdr.security.deployment import ensure_deployment_secrets
+        from pgcrdr.security.files import write_secret
+        from pgcrdr.topology import load_topology
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the node user traverses it to each region's home
+        self.topology_path.write_text(topology_text(self.lab, self.cloud_names, self.api_port))
+        ensure_deployment_secrets(load_topology(self.topology_path), self.secrets_dir)
+        for host, cloud in [("ctl", None), *self.region_hosts()]:
+            home = self.home(host)
+            home.mkdir(exist_ok=True)
+            home.chmod(0o755)
+            if cloud is None:
+                continue
+            # "copy the region's bundle to its host": the files the agent reads, nothing else
+            bundle = self.secrets_dir / cloud
+            for f in sorted(bundle.iterdir()):
+                write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
+            (home / "secrets").chmod(0o700)
+
+    def _spawn(self, host: str, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        from pgcrdr.platform import pid_path
+
+        settings = self.settings(host)
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(settings.run_dir / f"{name}.log", "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGCRDR_")}
+        env["PGCRDR_HOME"] = str(self.home(host))
+        proc = subprocess.Popen(exec_argv(self.lab, host, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        log.close()
+        pid_path(settings, name).write_text(str(proc.pid))  # `ip netns exec` execs: this is the part's pid
+        return proc
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start every part and wait until the API answers and every agent is healthy."""
+        self.prepare()
+        py = sys.executable
+        try:
+            for host, cloud in self.region_hosts():
+                self._spawn(host, f"agent-{cloud}", [py, "-m", "pgcrdr", "agent", "--region", cloud, "--topology",
+                                                    str(self.topology_path), "--home", str(self.home(host))])
+            self._spawn("ctl", "pgcrdr", [py, "-m", "pgcrdr", "controlplane", "--topology", str(self.topology_path),
+                                          "--home", str(self.home("ctl")), "--secrets", str(self.secrets_dir)])
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        from pgcrdr.agentapi.client import AgentClient, AgentError
+        from pgcrdr.platform import read_pid
+
+        ctl = self.settings("ctl")
+        token = (self.secrets_dir / "agent-token").read_text().strip()
+        deadline = time.monotonic() + timeout
+        last = "nothing answered yet"
+        with in_host(self.lab, "ctl"):
+            while time.monotonic() < deadline:
+                dead = [f"{host} ({name})" for host, name in self._parts()
+                        if read_pid(self.settings(host).run_dir / f"{name}.pid") is None]
+                if dead:
+                    raise LabError(f"lab part(s) exited: {', '.join(dead)}; see their logs under {self.root}/*/run")
+                healthy = []
+                for region in ctl.regions:
+                    client = AgentClient(ctl.agent_url(region), token, timeout=2, verify=ctl.agent_verify)
+                    try:
+                        healthy.append(client.health().etcd_healthy)
+                    except AgentError as exc:
+                        last = str(exc)
+                        healthy.append(False)
+                    finally:
+                        client.close()
+                try:
+                    api = httpx.get(ctl.api_url + "/v1/clouds", timeout=2).status_code == 200
+                except httpx.HTTPError as exc:
+                    last, api = f"control plane: {exc}", False
+                if api and all(healthy):
+                    return
+                time.sleep(0.5)
+        raise LabError(f"the lab deployment was not ready after {timeout:.0f}s: {last}")
+
+    def _parts(self) -> list[tuple[str, str]]:
+        return [(host, f"agent-{cloud}") for host, cloud in self.region_hosts()] + [("ctl", "pgcrdr")]
+
+    def stop(self) -> list[str]:
+        """Stop every part by PID (control plane first), then anything left of its hosts' homes."""
+        from pgcrdr.platform import stop_everything
+
+        said: list[str] = []
+        if not self.topology_path.exists():
+            return said
+        for host in ["ctl", *[h for h, _ in self.region_hosts()]]:
+            settings = self.settings(host)
+            said += stop_everything(settings)
+        return said
+
+    def api_token(self) -> str:
+        return (self.home("ctl") / "control" / "api-token").read_text().strip()

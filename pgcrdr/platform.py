@@ -27,6 +27,8 @@ from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, hash_password
+from pgcrdr.security.deployment import load_control_secrets
+from pgcrdr.security.files import write_secret
 from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger("pgcrdr")
@@ -44,19 +46,12 @@ class Credentials:
     password: str | None  # only known on the very first start
 
 
-def _write_secret(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-
-
 def token_file(settings: Settings) -> Path:
     return settings.control_dir / "api-token"
 
 
 def agent_token_file(settings: Settings) -> Path:
-    return settings.control_dir / "agent-token"
+    return settings.agent_token_path
 
 
 def initialize(settings: Settings) -> Credentials:
@@ -68,18 +63,20 @@ def initialize(settings: Settings) -> Credentials:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
     try:
-        if not agent_token_file(settings).exists():
-            _write_secret(agent_token_file(settings), new_token(32))
+        if settings.secrets_dir is not None:
+            load_control_secrets(settings.secrets_dir)  # made by `pgcrdr secrets`: refused clearly if missing
+        elif not agent_token_file(settings).exists():
+            write_secret(agent_token_file(settings), new_token(32))
         password = None
         if store.get_meta("admin_email") is None:
             password = os.environ.get("PGCRDR_ADMIN_PASSWORD") or new_token(12)
             store.set_meta("admin_email", DEFAULT_ADMIN_EMAIL)
             store.set_meta("admin_password_hash", hash_password(password))
-            _write_secret(settings.control_dir / "admin-password", password)
+            write_secret(settings.control_dir / "admin-password", password)
         if not token_file(settings).exists():
             token = new_token(32)
             store.add_token(token, "initial token", now_rfc3339())
-            _write_secret(token_file(settings), token)
+            write_secret(token_file(settings), token)
         if not store.list_projects():
             try:
                 ServiceManager(store, settings).create_project(DEFAULT_PROJECT)
@@ -157,7 +154,7 @@ def start_agent(settings: Settings, region: RegionConfig) -> subprocess.Popen:
 def wait_agent(settings: Settings, region: RegionConfig, proc: subprocess.Popen | None,
                timeout: float = 60.0) -> None:
     token = agent_token_file(settings).read_text().strip()
-    client = AgentClient(settings.agent_url(region), token, timeout=2.0)
+    client = AgentClient(settings.agent_url(region), token, timeout=2.0, verify=settings.agent_verify)
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     try:

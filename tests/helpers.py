@@ -97,7 +97,8 @@ class RunningPlatform:
         for name, cloud in services:
             region = settings.region(cloud)
             assert region is not None
-            client = AgentClient(settings.agent_url(region), self.agent_token(), timeout=2)
+            client = AgentClient(settings.agent_url(region), self.agent_token(), timeout=2,
+                                 verify=settings.agent_verify)
             try:
                 st = client.get_cluster(cluster_id(project, name))
             except Exception:  # noqa: BLE001 - a region that is down has no reachable nodes
@@ -239,9 +240,12 @@ class Writer(threading.Thread):
 class WriterProbe(threading.Thread):
     """Samples every node every ~100 ms: is it writable? Records any moment with two writers."""
 
-    def __init__(self, dsns: Callable[[], dict[str, str]], interval: float = 0.1):
+    def __init__(self, dsns: Callable[[], dict[str, str]], interval: float = 0.1,
+                 connect: Callable[[str], psycopg.Connection] | None = None):
         super().__init__(daemon=True)
         self.dsns, self.interval = dsns, interval
+        # how to reach a node (a lab reaches each node from inside its own host)
+        self.connect = connect or (lambda dsn: psycopg.connect(dsn, connect_timeout=1, autocommit=True))
         self.samples = 0
         self.two_writers: list[tuple[float, list[str]]] = []
         self.writers_seen: set[str] = set()
@@ -262,7 +266,7 @@ class WriterProbe(threading.Thread):
         try:
             conn = self._conns.get(name)
             if conn is None or conn.closed:
-                conn = psycopg.connect(dsn, connect_timeout=1, autocommit=True)
+                conn = self.connect(dsn)
                 self._conns[name] = conn
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and row[0] is False

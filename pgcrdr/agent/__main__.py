@@ -2,7 +2,8 @@
 
 Settings come from the environment (``Settings.from_env``: PGCRDR_HOME, PGCRDR_PORT_BASE,
 PGCRDR_PORT_OFFSET, PGCRDR_REGIONS, ...). Serves the agent API on 127.0.0.1:<agent port of the
-region>, supervises the region's etcd, Patroni/PostgreSQL nodes and HAProxy endpoints, and stops
+region> (with ``--topology``: on its host's address, over TLS with the region's bundle),
+supervises the region's etcd, Patroni/PostgreSQL nodes and HAProxy endpoints, and stops
 all of them on SIGTERM/SIGINT before exiting.
 """
 
@@ -21,6 +22,7 @@ import uvicorn
 from pgcrdr.agent.app import create_app
 from pgcrdr.agent.runtime import RegionRuntime
 from pgcrdr.config import Settings
+from pgcrdr.security.deployment import AgentSecrets, SecretsError, load_agent_secrets
 
 log = logging.getLogger("pgcrdr.agent")
 
@@ -45,19 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file",
                         help="file holding the bearer token (default: $PGCRDR_HOME/control/agent-token)")
     parser.add_argument("--topology", help="the deployment's topology file: the agent binds to its region's "
-                                           "host address and uses the ports the file gives")
+                                           "host address, uses the ports the file gives and serves over TLS")
+    parser.add_argument("--secrets", help="with --topology: this region's bundle made by `pgcrdr secrets` "
+                                          "(agent.crt, agent.key, ca.crt, agent-token; default <home>/secrets)")
     parser.add_argument("--log-level", default=os.environ.get("PGCRDR_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    tls: AgentSecrets | None = None
     if args.topology:
         from pgcrdr.topology import TopologyError, load_topology
 
         try:
-            settings = Settings.from_topology(load_topology(args.topology), region=args.region)
-        except (TopologyError, ValueError) as exc:
+            settings = Settings.from_topology(load_topology(args.topology), region=args.region, secrets=args.secrets)
+            assert settings.secrets_dir is not None
+            tls = load_agent_secrets(settings.secrets_dir, settings.host)
+        except (TopologyError, ValueError, SecretsError) as exc:
             print(f"agent: {exc}", file=sys.stderr)
             return 2
     else:
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(r.cloud_name for r in settings.regions)
         print(f"agent: unknown region {args.region!r} (known: {known})", file=sys.stderr)
         return 2
-    token_file = Path(args.token_file) if args.token_file else settings.control_dir / "agent-token"
+    token_file = Path(args.token_file) if args.token_file else settings.agent_token_path
     try:
         token = token_file.read_text().strip()
     except OSError as exc:
@@ -90,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agent: {p}", file=sys.stderr)
         return 2
 
-    log.info("region agent %s starting on %s:%s (home %s)", region.cloud_name, settings.host,
-             region.agent_port, settings.home)
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime, token), host=settings.host,
-                                           port=region.agent_port, log_level="warning", access_log=False))
+    log.info("region agent %s starting on %s (home %s)", region.cloud_name, settings.agent_url(region), settings.home)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(runtime, token), host=settings.host, port=region.agent_port, log_level="warning", access_log=False,
+        ssl_certfile=str(tls.cert_file) if tls else None, ssl_keyfile=str(tls.key_file) if tls else None))
 
     def _on_signal(signum: int, _frame: object) -> None:
         # uvicorn installs its own handlers while serving and re-raises the signal once it has

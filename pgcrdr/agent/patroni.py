@@ -42,12 +42,15 @@ MANAGED_PARAMETERS = frozenset(
        "synchronous_standby_names", "synchronous_commit"}
 )
 
-PG_HBA = [
-    "local all all scram-sha-256",
-    "hostssl all all 127.0.0.1/32 scram-sha-256",
-    "hostssl replication all 127.0.0.1/32 scram-sha-256",
-    "hostnossl all all 0.0.0.0/0 reject",
-]
+def pg_hba(host: str = "127.0.0.1") -> list[str]:
+    """Who may connect: TLS only, from this machine's loopback and from the region host's own
+    address. Everything from outside the region arrives through the region's proxy (HAProxy on
+    the host's address), so a node sees the host's address as the peer of a standby in another
+    region, of the control host's Service URI endpoints and of a failback's copy."""
+    sources = ["127.0.0.1/32"] + ([f"{host}/32"] if host != "127.0.0.1" else [])
+    return (["local all all scram-sha-256"]
+            + [f"hostssl {db} all {src} scram-sha-256" for src in sources for db in ("all", "replication")]
+            + ["hostnossl all all 0.0.0.0/0 reject"])
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def render_patroni_config(
                            "sslmode": "require"},
             },
             "parameters": local_params,
-            "pg_hba": list(PG_HBA),
+            "pg_hba": pg_hba(host),
             "create_replica_methods": ["basebackup"],
             "basebackup": [{"checkpoint": "fast"}],
         },

@@ -63,6 +63,10 @@ from pgcrdr.agentapi.faults import FaultFile, FaultRule
 from pgcrdr.agentapi.models import BackupStatus
 
 PRESERVE_POLL_S = 1.0
+# Establishing a connection to an agent: a region across a WAN answers a SYN in well under a
+# second (one retransmission comes at 1 s). An agent cut off by a partition drops it instead:
+# without this bound every call would hang for its whole timeout (up to minutes for a fence).
+CONNECT_TIMEOUT_S = 3.0
 
 
 class AgentError(Exception):
@@ -78,13 +82,15 @@ class AgentClient:
     rules of ``region`` before each request; both are needed, else no fault applies."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 10.0, faults_file: Path | None = None,
-                 region: str | None = None):
+                 region: str | None = None, verify: str | bool = True, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.region = region
         self._faults = FaultFile(faults_file) if faults_file is not None and region is not None else None
         self._client = httpx.Client(
-            base_url=self.base_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
+            headers={"Authorization": f"Bearer {token}"}, verify=verify,
         )
 
     def close(self) -> None:
@@ -95,11 +101,20 @@ class AgentClient:
         return AgentError(f"region agent at {self.base_url} unreachable: timed out (fault injected: {how})")
 
     def _send(self, method: str, path: str, **kw: object) -> httpx.Response:
+        """``timeout``: seconds for the whole call; ``connect_timeout``: for establishing the
+        connection (default: the client's), so an unreachable agent is told apart quickly."""
+        connect = kw.pop("connect_timeout", None)
+        connect = float(connect) if isinstance(connect, int | float) else self.connect_timeout
+        if isinstance(kw.get("timeout"), int | float):
+            total = float(kw["timeout"])  # type: ignore[arg-type]
+            kw["timeout"] = httpx.Timeout(total, connect=min(connect, total))
+        elif connect != self.connect_timeout:
+            kw["timeout"] = httpx.Timeout(self.timeout, connect=min(connect, self.timeout))
         rule = self._faults.match(self.region, method, path) if self._faults is not None else None
         if rule is not None:
             t0 = time.monotonic()
-            timeout = kw.get("timeout")
-            timeout = float(timeout) if isinstance(timeout, int | float) else self.timeout
+            given = kw.get("timeout")
+            timeout = given.read if isinstance(given, httpx.Timeout) and given.read else self.timeout
             if rule.mode == "fail" and not rule.lose_answer:
                 raise AgentError(f"region agent at {self.base_url} unreachable: connection refused "
                                  "(fault injected)")
@@ -163,8 +178,10 @@ class AgentClient:
         return KillResult.model_validate(resp.json())
 
     # --- CRDR primitives ------------------------------------------------------------------
-    def lsn(self, cluster: str, timeout: float | None = None) -> LsnInfo:
-        kw = {"timeout": timeout} if timeout is not None else {}
+    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None) -> LsnInfo:
+        kw: dict[str, float] = {"timeout": timeout} if timeout is not None else {}
+        if connect_timeout is not None:
+            kw["connect_timeout"] = connect_timeout
         return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn", **kw).json())
 
     def sessions(self, cluster: str, timeout: float | None = None) -> SessionsInfo:
@@ -194,8 +211,9 @@ class AgentClient:
         resp = self._request("POST", f"/clusters/{cluster}/requests/{request_id}/cancel", **kw)
         return RequestState.model_validate(resp.json())
 
-    def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
-        resp = self._request("POST", f"/clusters/{cluster}/fence", json=req.model_dump(mode="json"), timeout=60)
+    def fence(self, cluster: str, req: FenceRequest, connect_timeout: float | None = None) -> FenceResult:
+        resp = self._request("POST", f"/clusters/{cluster}/fence", json=req.model_dump(mode="json"), timeout=60,
+                             **({"connect_timeout": connect_timeout} if connect_timeout is not None else {}))
         return FenceResult.model_validate(resp.json())
 
     def start_preserve(self, cluster: str, req: PreserveRequest) -> PreserveState:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -165,7 +166,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     regions: list[dict[str, Any]] = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
     for r in settings.regions:
-        client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0)
+        client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0, verify=settings.agent_verify)
         try:
             h = client.health()
             regions.append({"cloud_name": r.cloud_name, "agent_url": settings.agent_url(r), "up": True,
@@ -236,7 +237,8 @@ def region_down(home: str | None, port_offset: int | None, name: str) -> None:
 
     settings = _settings(home, port_offset)
     r = _region(settings, name)
-    client = AgentClient(settings.agent_url(r), agent_token_file(settings).read_text().strip(), timeout=5)
+    client = AgentClient(settings.agent_url(r), agent_token_file(settings).read_text().strip(), timeout=5,
+                         verify=settings.agent_verify)
     try:
         client.region_outage()
     except AgentError as exc:
@@ -303,7 +305,8 @@ def drill_kill_node(home: str | None, port_offset: int | None, service: str, nod
         raise click.ClickException(f"Service {service} has no node {node}; its nodes: {', '.join(nodes) or 'none'}")
     region = settings.region(svc.cloud)
     assert region is not None
-    client = AgentClient(settings.agent_url(region), agent_token_file(settings).read_text().strip())
+    client = AgentClient(settings.agent_url(region), agent_token_file(settings).read_text().strip(),
+                         verify=settings.agent_verify)
     try:
         res = client.kill_node(svc.cluster, node, restart_after=restart_after)
     except AgentError as exc:
@@ -397,29 +400,66 @@ def _lab_error(exc: Exception) -> None:
     sys.exit(1)
 
 
+LAB_ROOT = "/var/lib/pgcrdr-lab"
+lab_root_opt = click.option("--root", default=None, type=click.Path(file_okay=False),
+                            help=f"Where a deployed lab keeps its hosts' homes (default {LAB_ROOT}/<id>).")
+
+
+def _lab_root(root: str | None, lab_id: str) -> Path:
+    return Path(root) if root else Path(LAB_ROOT) / lab_id
+
+
 @lab.command("up")
 @click.option("--id", "lab_id", default="lab", show_default=True, help="1-6 lower-case letters or digits.")
 @click.option("--regions", type=int, default=2, show_default=True, help="Region hosts (besides the control host).")
 @click.option("--subnet", type=int, default=7, show_default=True, help="The lab uses 10.249.SUBNET.0/24.")
 @click.option("--cloud", "clouds", multiple=True, help="Cloud name of each region host, in order (repeatable).")
-def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...]) -> None:
-    """Create the lab's hosts and print its topology file."""
-    from pgcrdr.lab import LabError, lab_up, plan_lab, topology_text
+@click.option("--deploy", is_flag=True, help="Also run pgcrdr on it: the control plane inside the control host, "
+                                             "an agent inside each region host (TLS, its own home each).")
+@lab_root_opt
+def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool,
+               root: str | None) -> None:
+    """Create the lab's hosts and print its topology file (with --deploy: run pgcrdr on them)."""
+    from pgcrdr.lab import LabDeployment, LabError, lab_down, lab_up, plan_lab, topology_text
 
     try:
         the_lab = lab_up(plan_lab(lab_id, regions, subnet))
-        click.echo(topology_text(the_lab, list(clouds) or None))
+        names = list(clouds) or [f"lab-region-{i}" for i in range(regions)]
+        if not deploy:
+            click.echo(topology_text(the_lab, names))
+            return
+        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names)
+        try:
+            deployment.start()
+        except Exception as exc:  # noqa: BLE001 - said in one line; the lab is removed
+            lab_down(lab_id)
+            raise LabError(f"pgcrdr did not start on the lab: {exc}") from None
     except LabError as exc:
         _lab_error(exc)
+        return
+    ctl = deployment.settings("ctl")
+    click.echo(f"lab {lab_id} is up; pgcrdr runs on it (homes under {deployment.root})")
+    click.echo(f"  topology:  {deployment.topology_path}")
+    click.echo(f"  API URL:   {ctl.api_url}   (reachable from inside the control host only)")
+    click.echo(f"  API token: in {ctl.control_dir / 'api-token'}")
+    click.echo(f"  Try:       ip netns exec {the_lab.host('ctl').netns} avn --url {ctl.api_url} "
+               f"--auth-token \"$(cat {ctl.control_dir / 'api-token'})\" project list")
+    click.echo(f"  Drills:    pgcrdr drill partition r0 --id {lab_id}   /   pgcrdr drill heal r0 --id {lab_id}")
+    click.echo(f"  Stop:      pgcrdr lab down --id {lab_id}")
 
 
 @lab.command("down")
 @click.option("--id", "lab_id", default="lab", show_default=True)
-def lab_down_cmd(lab_id: str) -> None:
-    """Remove every namespace (host, bridge) of the lab."""
-    from pgcrdr.lab import LabError, lab_down
+@lab_root_opt
+def lab_down_cmd(lab_id: str, root: str | None) -> None:
+    """Stop pgcrdr on the lab (when deployed) by PID, then remove every namespace (host, bridge)."""
+    from pgcrdr.lab import LabDeployment, LabError, lab_down
 
     try:
+        deployment = LabDeployment.existing(lab_id, _lab_root(root, lab_id))
+        if deployment is not None:
+            for line in deployment.stop():
+                console.print(line)
         removed = lab_down(lab_id)
     except LabError as exc:
         _lab_error(exc)
@@ -476,21 +516,53 @@ def drill_heal(host: str, lab_id: str, regions: int, subnet: int) -> None:
 
 # --- parts of a deployment on their own hosts (a topology file) --------------------------------
 
+secrets_opt = click.option(
+    "--secrets", "secrets", default=None, type=click.Path(file_okay=False),
+    help="This part's secrets made by `pgcrdr secrets` (default: <home>/secrets).")
+
+
+@main.command("secrets")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the CA, the agent token and one bundle per region (kept on the control host).")
+def secrets_cmd(topology: str, out: str) -> None:
+    """Make (once; then only what is missing) the deployment's CA, the agent token, and for each
+    region a bundle to copy to its host: OUT/<region>/{agent.crt, agent.key, ca.crt, agent-token}."""
+    from pgcrdr.security.deployment import SecretsError, ensure_deployment_secrets
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        topo = load_topology(topology)
+        written = ensure_deployment_secrets(topo, Path(out))
+    except (TopologyError, SecretsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {', '.join(written)}" if written else f"{out} is complete: nothing to write")
+    for r in topo.regions:
+        click.echo(f"  region {r.cloud_name}: copy {Path(out) / r.cloud_name}/ to its host {r.host} "
+                   f"(then: pgcrdr agent --region {r.cloud_name} --topology FILE --secrets DIR)")
+    click.echo(f"  control plane: pgcrdr controlplane --topology FILE --secrets {out}")
+
+
 @main.command("agent")
 @click.option("--region", "region_name", required=True, help="The region this host runs (its cloud name).")
 @click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
 @home_opt
-@click.option("--token-file", default=None, help="The agent token (default: <home>/control/agent-token).")
-def agent_cmd(region_name: str, topology: str, home: str | None, token_file: str | None) -> None:
+@secrets_opt
+@click.option("--token-file", default=None, help="The agent token (default: the one in the secrets).")
+def agent_cmd(region_name: str, topology: str, home: str | None, secrets: str | None, token_file: str | None) -> None:
     """Run the agent of a region on this host, in the foreground: it binds to the host address the
-    topology gives the region, on the region's ports."""
+    topology gives the region, on the region's ports, and serves its API over TLS."""
+    from pgcrdr.security.deployment import SecretsError, load_agent_secrets
     from pgcrdr.topology import TopologyError, load_topology
 
     try:
-        Settings.from_topology(load_topology(topology), home=home, region=region_name)
-    except (TopologyError, ValueError) as exc:
+        settings = Settings.from_topology(load_topology(topology), home=home, region=region_name, secrets=secrets)
+        assert settings.secrets_dir is not None
+        load_agent_secrets(settings.secrets_dir, settings.host)
+    except (TopologyError, ValueError, SecretsError) as exc:
         raise click.ClickException(str(exc)) from None
-    argv = [sys.executable, "-m", "pgcrdr.agent", "--region", region_name, "--topology", topology]
+    argv = [sys.executable, "-m", "pgcrdr.agent", "--region", region_name, "--topology", topology,
+            "--secrets", str(settings.secrets_dir)]
     if token_file:
         argv += ["--token-file", token_file]
     env = {**os.environ, **({"PGCRDR_HOME": home} if home else {})}
@@ -501,15 +573,20 @@ def agent_cmd(region_name: str, topology: str, home: str | None, token_file: str
 @click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
 @click.option("--control-host", default=None, help="This host's name in the topology (default: the first).")
 @home_opt
-def controlplane_cmd(topology: str, control_host: str | None, home: str | None) -> None:
+@secrets_opt
+def controlplane_cmd(topology: str, control_host: str | None, home: str | None, secrets: str | None) -> None:
     """Run the control plane on this host, in the foreground: API, console, reconciler and the
     Service URI endpoints on the control host's address; the regions' agents run on their own
     hosts (`pgcrdr agent`) and are reached at the addresses the topology gives them."""
+    from pgcrdr.security.deployment import SecretsError, load_control_secrets
     from pgcrdr.topology import TopologyError, load_topology
 
     try:
-        settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host)
-    except (TopologyError, ValueError) as exc:
+        settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host,
+                                          secrets=secrets)
+        assert settings.secrets_dir is not None
+        load_control_secrets(settings.secrets_dir)
+    except (TopologyError, ValueError, SecretsError) as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -61,6 +61,9 @@ IN_SYNC_LAG_BYTES = 16 * 1024 * 1024  # a rebuilt passive side is "in sync" this
 CALL_TIMEOUT_S = 5.0
 CHECKPOINT_TIMEOUT_S = 60.0  # a CHECKPOINT under load writes every dirty buffer
 PRIMARY_PROBE_TIMEOUT_S = 2.0  # failover: the primary's region is probably gone
+# failover: a primary whose agent does not even accept a connection within this is unreachable
+# (its region is down or cut off); the fence is then recorded, not sent (see step_fence)
+PRIMARY_CONNECT_TIMEOUT_S = 1.0
 DEMOTE_TIMEOUT_S = 30.0  # demote outside a pause window
 PROMOTE_TIMEOUT_S = 10.0
 PASSIVE_CATCH_UP_BOUND_S = 300.0  # after a planned move: the old writer rejoining as a standby
@@ -739,11 +742,13 @@ class OperationRunner:
             raise Transient(f"the recovery service {rec.name} cannot be reached: {exc}") from None
         received = r.receive_lsn or r.replay_lsn
         try:
-            w = self._agent(pri).lsn(pri.cluster, timeout=PRIMARY_PROBE_TIMEOUT_S)
+            w = self._agent(pri).lsn(pri.cluster, timeout=PRIMARY_PROBE_TIMEOUT_S,
+                                     connect_timeout=PRIMARY_CONNECT_TIMEOUT_S)
             live_lsn = w.current_lsn or w.receive_lsn
             problem = None
         except AgentError as exc:
             live_lsn, problem = None, str(exc)
+            op.data["primary_unreachable"] = exc.status is None
         op.data_loss = data_loss_report(live_lsn, problem, pri, received, time.time())
         b = op.data_loss
         if b["bytes"] is not None:
@@ -762,8 +767,13 @@ class OperationRunner:
             pri = self._update(op.project, pri.name, powered=False, standby_of=rec.name, _bump=True)
             op.data["fence_recorded"] = True
             self.store.put_operation(op)
+        if op.data.get("primary_unreachable"):
+            # Its agent did not answer a moment ago: a second wait would only delay the promote.
+            # The fence is applied when the region answers again (the reconciler pushes the record).
+            return f"{pri.name}'s region is unreachable; the fence is recorded and applied when it returns"
         try:
-            res = self._agent(pri).fence(pri.cluster, FenceRequest(standby_of=source))
+            res = self._agent(pri).fence(pri.cluster, FenceRequest(standby_of=source),
+                                         connect_timeout=PRIMARY_CONNECT_TIMEOUT_S)
             self.store.update_service(op.project, pri.name,
                                       lambda cur: cur.model_copy(update={"applied_generation": pri.generation}))
             return f"{pri.name} stopped (pids {res.killed_pids}); last LSN on disk {res.last_lsn}"

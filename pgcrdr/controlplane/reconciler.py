@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from pgcrdr.agentapi.client import AgentClient, AgentError
@@ -78,7 +78,8 @@ class Reconciler:
         # (``pgcrdr drill agent-fault``; pgcrdr.agentapi.faults).
         faults = faults_path(settings.home)
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token, faults_file=faults,
-                                                 region=r.cloud_name) for r in settings.regions}
+                                                 region=r.cloud_name, verify=settings.agent_verify)
+                       for r in settings.regions}
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
                                       pause_deadline_s=settings.pause_deadline_s,
@@ -90,6 +91,7 @@ class Reconciler:
         # One observer thread per region: a region that does not answer delays only its own services.
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(settings.regions)), thread_name_prefix="observe")
         self._first_tick = True
+        self._observing: dict[str, Future[None]] = {}  # cloud -> its observation in flight
         self._no_writer_since: dict[tuple[str, str], float] = {}  # pair -> monotonic time first seen
         self._last_busy: dict[tuple[str, str], float] = {}  # pair -> last time an operation ran on it
 
@@ -129,15 +131,21 @@ class Reconciler:
 
     def _next_wait(self) -> float:
         """The tick interval, shortened so that the watchdog runs right when a pause window ends."""
-        wait = self.interval
+        window = self._next_window_s()
+        return self.interval if window is None else min(self.interval, window)
+
+    def _next_window_s(self) -> float | None:
+        """Seconds until the nearest pause window of a running operation ends (None: no window)."""
+        nearest: float | None = None
         try:
             for op in self.store.running_operations():
                 left = self.runner.window_left(op)
                 if left is not None:
-                    wait = min(wait, max(0.02, left + 0.01))
+                    left = max(0.02, left + 0.01)
+                    nearest = left if nearest is None else min(nearest, left)
         except Exception:  # noqa: BLE001 - the store is read again next tick
             log.exception("reading the pause windows failed")
-        return wait
+        return nearest
 
     def reconcile_now(self, project: str, name: str) -> None:
         """Push one service's change at once (so a create answers with its endpoints)."""
@@ -167,15 +175,24 @@ class Reconciler:
     def observe_all(self, busy: set[tuple[str, str]]) -> None:
         """Reconcile every service, the regions in parallel: one ``GET /clusters`` per region,
         then a PUT for each service whose spec changed. A region that does not answer delays
-        only its own services."""
+        only its own services: the tick waits for the observations at most until the next pause
+        window ends (so the watchdog is never late), and a region still being observed from an
+        earlier tick is not asked again meanwhile."""
         by_region: dict[str, list[ServiceRecord]] = {}
         for svc in self.store.list_services():
             by_region.setdefault(svc.cloud, []).append(svc)
-        futures = [self._pool.submit(self._observe_region, cloud, services, busy)
-                   for cloud, services in by_region.items()]
-        for f in futures:
+        for cloud, services in by_region.items():
+            running = self._observing.get(cloud)
+            if running is None or running.done():
+                self._observing[cloud] = self._pool.submit(self._observe_region, cloud, services, busy)
+        bound = OBSERVE_TIMEOUT_S + 5.0
+        window = self._next_window_s()
+        if window is not None:
+            bound = min(bound, window)
+        done, _ = wait(list(self._observing.values()), timeout=bound)
+        for f in done:
             try:
-                f.result(timeout=60)
+                f.result()
             except Exception:  # a bug in one region's pass must not stop the loop; it is logged
                 log.exception("observing a region failed")
 

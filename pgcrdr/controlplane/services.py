@@ -226,7 +226,7 @@ class ServiceManager:
             if existing.deleting:
                 raise Refused(409, f"Service {name} already exists and is being terminated; retry in a moment")
             raise Refused(409, f"Service {name} already exists")
-        cert = self._server_cert(proj, name)
+        cert = self._server_cert(proj, name, cloud)
         ts = now_rfc3339()
         direct, pooled = self._free_endpoint_ports()
         admin = user_config.get("admin_username", "avnadmin")
@@ -301,9 +301,15 @@ class ServiceManager:
         except ValueError:
             raise Refused(409, "No free ports left for a new Service URI; terminate unused services") from None
 
-    def _server_cert(self, proj: ProjectRecord, name: str) -> CertPair:
+    def _server_cert(self, proj: ProjectRecord, name: str, cloud: str) -> CertPair:
+        """The nodes' certificate: valid for the Service URI's address (the control host's: its
+        endpoints pass TLS through) and for the region host's (replication and failback copies
+        from another region reach the nodes there), so clients can verify it with the project CA."""
         ca = CertPair(proj.ca_cert_pem, proj.ca_key_pem)
-        return issue_server_cert(ca, [self.settings.host, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
+        region = self.settings.region(cloud)
+        host = region.host if region is not None else None
+        addresses = [self.settings.host] + ([host] if host and host != self.settings.host else [])
+        return issue_server_cert(ca, [*addresses, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
 
     def update_service(self, project: str, name: str, body: dict[str, Any]) -> ServiceRecord:
         self.service(project, name)

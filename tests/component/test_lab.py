@@ -83,12 +83,14 @@ def test_bandwidth_cap_and_topology_of_the_lab(lab: Lab):
 
 
 def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
-    """`pgcrdr agent --region R --topology F` inside a lab host binds its API (and its etcd) to
-    that host's address: the control host reaches it there, the machine's loopback does not."""
+    """`pgcrdr agent --region R --topology F --secrets B` inside a lab host binds its API (and its
+    etcd) to that host's address and serves it over TLS: the control host reaches it there with
+    the deployment's CA and token; the machine's loopback does not reach it at all."""
     import signal
 
     from pgcrdr.agentapi.client import AgentClient, AgentError
     from pgcrdr.config import Settings
+    from pgcrdr.security.deployment import ensure_deployment_secrets
     from pgcrdr.topology import load_topology
 
     # the node user must traverse the agent's home: not under pytest's 0700 tmp_path
@@ -99,20 +101,20 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
     home.mkdir()
     for d in (tmp_path, home):
         d.chmod(0o755)
-    token = tmp_path / "agent-token"
-    token.write_text("lab-agent-token-0123456789")
-    token.chmod(0o600)
+    secrets = tmp_path / "secrets"
+    ensure_deployment_secrets(load_topology(topo), secrets)
     log = open(tmp_path / "agent.log", "wb")
     agent = subprocess.Popen(exec_argv(lab, "r0", [sys.executable, "-m", "pgcrdr", "agent", "--region",
                                                    "lab-a", "--topology", str(topo), "--home", str(home),
-                                                   "--token-file", str(token)]),
+                                                   "--secrets", str(secrets / "lab-a")]),
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    settings = Settings.from_topology(load_topology(topo), home=home)
+    settings = Settings.from_topology(load_topology(topo), home=home, secrets=secrets)
     region = settings.region("lab-a")
     url = settings.agent_url(region)
-    assert url == f"http://{lab.host('r0').address}:{region.agent_port}"
+    token = (secrets / "agent-token").read_text().strip()
+    assert url == f"https://{lab.host('r0').address}:{region.agent_port}"
     probe = ("import sys; from pgcrdr.agentapi.client import AgentClient; "
-             f"c = AgentClient({url!r}, 'lab-agent-token-0123456789', timeout=2); h = c.health(); "
+             f"c = AgentClient({url!r}, {token!r}, timeout=2, verify={settings.agent_verify!r}); h = c.health(); "
              "sys.exit(0 if h.etcd_healthy and h.region == 'lab-a' else 1)")
     try:
         try:
@@ -120,7 +122,7 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
                 exec_argv(lab, "ctl", [sys.executable, "-c", probe]), capture_output=True).returncode == 0, timeout=60)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; agent log: {(tmp_path / 'agent.log').read_text()[-2000:]}") from None
-        local = AgentClient(f"http://127.0.0.1:{region.agent_port}", "lab-agent-token-0123456789", timeout=1)
+        local = AgentClient(f"https://127.0.0.1:{region.agent_port}", token, timeout=1, verify=settings.agent_verify)
         with pytest.raises(AgentError):  # not on this machine's loopback: only on its host's address
             local.health()
         local.close()

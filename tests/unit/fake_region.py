@@ -125,7 +125,7 @@ class FakeAgent:
         return out
 
     # --- the client's surface ---------------------------------------------------------------
-    def lsn(self, cluster: str, timeout: float | None = None) -> LsnInfo:
+    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None) -> LsnInfo:
         return self._call("lsn", cluster, lambda: self._c(cluster).info())
 
     def checkpoint(self, cluster: str, timeout: float | None = None) -> LsnInfo:
@@ -178,7 +178,7 @@ class FakeAgent:
 
         return self._call("cancel_request", cluster, effect)
 
-    def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
+    def fence(self, cluster: str, req: FenceRequest, connect_timeout: float | None = None) -> FenceResult:
         c = self._c(cluster)
 
         def effect() -> FenceResult:

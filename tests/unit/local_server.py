@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def local_server(default: tuple[int, dict] = (200, {})) -> Iterator[Server]:
+def local_server(default: tuple[int, dict] = (200, {}), tls: tuple[str, str] | None = None) -> Iterator[Server]:
+    """``tls``: (certificate file, key file) to serve HTTPS with."""
     srv = Server(url="", default=default)
 
     class Handler(BaseHTTPRequestHandler):
@@ -47,7 +49,11 @@ def local_server(default: tuple[int, dict] = (200, {})) -> Iterator[Server]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    if tls is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    srv.url = f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     try:

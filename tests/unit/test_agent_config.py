@@ -9,7 +9,7 @@ import yaml
 
 from pgcrdr.agent.layout import RegionLayout, node_index
 from pgcrdr.agentapi.models import ClusterSpec, DbUser, TLSMaterial
-from pgcrdr.agent.patroni import PG_HBA, NodePaths, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.patroni import NodePaths, pg_hba, render_patroni_config, render_patroni_yaml
 from pgcrdr.agent.ports import BLOCK_SIZE, ClusterPorts, allocate, choose_block, load_ports
 from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config
 from pgcrdr.agent.validation import spec_problems
@@ -47,7 +47,11 @@ def test_patroni_config_has_the_required_settings(tmp_path: Path) -> None:
     assert pg["listen"] == "127.0.0.1:5" and pg["connect_address"] == "127.0.0.1:5"
     assert pg["parameters"]["ssl"] == "on" and pg["parameters"]["password_encryption"] == "scram-sha-256"
     assert pg["parameters"]["min_wal_size"] == "32MB" and pg["parameters"]["work_mem"] == "8MB"
-    assert pg["pg_hba"] == PG_HBA and "hostnossl all all 0.0.0.0/0 reject" in PG_HBA
+    assert pg["pg_hba"] == pg_hba() and "hostnossl all all 0.0.0.0/0 reject" in pg_hba()
+    assert not any("10.0.0.5" in line for line in pg_hba())
+    # on a region host, connections arrive through its proxy, from the host's own address
+    assert {"hostssl all all 10.0.0.5/32 scram-sha-256", "hostssl replication all 10.0.0.5/32 scram-sha-256"} \
+        <= set(pg_hba("10.0.0.5")) and pg_hba("10.0.0.5")[-1] == "hostnossl all all 0.0.0.0/0 reject"
     auth = pg["authentication"]
     assert auth["superuser"] == {"username": "postgres", "password": "su"}
     assert auth["replication"]["username"] == "replicator" and auth["replication"]["sslmode"] == "require"
