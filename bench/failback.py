@@ -19,12 +19,18 @@ Then the primary is promoted back (failback takeover) and backed up on its new t
 the next run. Prints, per change and source, the median time of the restore (request to RUNNING
 passive) and the median bytes moved across regions, and their ratio to a full copy.
 
-    .venv/bin/python bench/failback.py [--runs 3] [--scale 70] [--changes 1,10]
+With ``--bandwidth RATE`` (e.g. 200mbit; root) it runs on a lab of hosts instead (pgcrdr.lab:
+the control plane and each region on its own network namespace, the agents over TLS), with the
+primary region's link capped by ``tc tbf`` once the pair is set up: what crosses regions then
+costs time as it would between data centres, and the time ratio to a full copy is printed too.
+
+    .venv/bin/python bench/failback.py [--runs 3] [--scale 70] [--changes 1,10] [--bandwidth 200mbit]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -37,8 +43,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgcrdr.agentapi.client import AgentClient  # noqa: E402
+from pgcrdr.agentapi.client import AgentClient, AgentError  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
+from pgcrdr.lab import cap_bandwidth  # noqa: E402
 from tests.helpers import (  # noqa: E402
     RunningPlatform,
     dr_status,
@@ -47,6 +54,7 @@ from tests.helpers import (  # noqa: E402
     wait_for,
     wait_operation,
 )
+from tests.lab_helpers import LabPlatform, lab_platform  # noqa: E402
 
 PROJECT = "pgcrdr"
 PRI, REC = "bench-fb", "bench-fb-dr"
@@ -72,7 +80,31 @@ def agent(p: RunningPlatform, cloud: str) -> AgentClient:
     s = p.settings()
     region = s.region(cloud)
     assert region is not None
-    return AgentClient(s.agent_url(region), p.agent_token(), timeout=30)
+    return AgentClient(s.agent_url(region), p.agent_token(), timeout=30, verify=s.agent_verify)
+
+
+def region_down(p: RunningPlatform, cloud: str) -> None:
+    """Every process of the region killed at once (agent included), its disk kept."""
+    if isinstance(p, LabPlatform):
+        a = agent(p, cloud)
+        try:
+            a.region_outage()
+        except AgentError:
+            pass  # the agent dies with its region: the answer may not come back
+        finally:
+            a.close()
+    else:
+        p.pgcrdr("region", "down", cloud)
+
+
+def region_up(p: RunningPlatform, cloud: str) -> None:
+    if isinstance(p, LabPlatform):
+        assert p.deployment is not None
+        host = next(h for h, c in p.deployment.region_hosts() if c == cloud)
+        p.deployment.start_agent(host)
+        p.deployment.wait_ready(120)
+    else:
+        p.pgcrdr("region", "up", cloud)
 
 
 def wait_backup_on_current_timeline(p: RunningPlatform) -> None:
@@ -91,7 +123,7 @@ def wait_backup_on_current_timeline(p: RunningPlatform) -> None:
 
 
 def region_dir(p: RunningPlatform, cloud: str) -> Path:
-    s = p.settings()
+    s = p.deployment.settings("r0") if isinstance(p, LabPlatform) and p.deployment else p.settings()
     region = s.region(cloud)
     assert region is not None
     return s.region_dir(region)
@@ -99,13 +131,13 @@ def region_dir(p: RunningPlatform, cloud: str) -> Path:
 
 def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -> dict:
     wait_backup_on_current_timeline(p)
-    p.pgcrdr("region", "down", PRI_CLOUD)
+    region_down(p, PRI_CLOUD)
     api_put(p, PRI, {"disaster_recovery_role": "failed"})
     done(wait_operation(p, PROJECT, PRI, "failover", timeout=300))
     n = int(accounts * change_pct / 100)
     with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (n,))
-    p.pgcrdr("region", "up", PRI_CLOUD)
+    region_up(p, PRI_CLOUD)
     if source not in ("rewind", "auto"):
         nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
         for d in nodes.glob("*/data"):
@@ -141,51 +173,72 @@ def main() -> int:
     ap.add_argument("--changes", default="1,10", help="percentages of pgbench_accounts changed after failover")
     ap.add_argument("--sources", default=",".join(SOURCES))
     ap.add_argument("--port-offset", type=int, default=18000)
+    ap.add_argument("--bandwidth", help="run on a lab of hosts with the primary region's link capped at RATE "
+                                        "(tc tbf, e.g. 200mbit; needs root)")
     args = ap.parse_args()
     changes = [float(x) for x in args.changes.split(",")]
     sources = [s for s in args.sources.split(",") if s]
     os.environ.setdefault("PGCRDR_BACKUP_INCR_INTERVAL", "86400")  # only the full backups this bench needs
 
-    p = start_platform(args.port_offset)
-    results: dict[tuple[float, str], list[dict]] = {}
-    try:
-        p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "startup-4", "--cloud", PRI_CLOUD,
-              "--project", PROJECT)
-        p.avn("service", "wait", PRI, "--project", PROJECT, "--timeout", "300")
-        uri = p.service(PROJECT, PRI)["service_uri"]
-        t0 = time.monotonic()
-        subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), uri],
-                       check=True, capture_output=True, text=True)
-        with psycopg.connect(uri, connect_timeout=10) as conn:
-            size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
-            accounts = int(conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()[0])
-        print(f"pgbench scale {args.scale}: {size / 2**20:.0f} MiB, {accounts} accounts, "
-              f"loaded in {time.monotonic() - t0:.0f} s", flush=True)
-        a = agent(p, PRI_CLOUD)
-        a.request_backup(cluster_id(PROJECT, PRI), "full")  # a backup that holds the loaded data
-        a.close()
-        p.avn("service", "create", REC, "--service-type", "pg", "--plan", "startup-4", "--cloud", REC_CLOUD,
-              "--disaster-recovery-copy-for", PRI, "--project", PROJECT)
-        p.avn("service", "wait", REC, "--project", PROJECT, "--timeout", "1800")
-        time.sleep(5)
-        for change in changes:
-            for source in sources:
-                for i in range(args.runs):
-                    r = one_run(p, source, change, accounts)
-                    results.setdefault((change, source), []).append(r)
-                    print(f"change {change:g}% source {source} run {i + 1}: {r['time_s']:.1f} s, "
-                          f"{r['cross_bytes'] / 2**20:.1f} MiB across regions, "
-                          f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository", flush=True)
-    finally:
-        stop_platform(p)
+    with contextlib.ExitStack() as stack:
+        if args.bandwidth:
+            p: RunningPlatform = stack.enter_context(lab_platform([PRI_CLOUD, REC_CLOUD], "bfb", 171))
+        else:
+            p = start_platform(args.port_offset)
+            stack.callback(stop_platform, p)
+        size, results = run_all(p, args, changes, sources)
+    print_table(args, size, changes, sources, results)
+    return 0
 
+
+def run_all(p: RunningPlatform, args: argparse.Namespace, changes: list[float],
+            sources: list[str]) -> tuple[int, dict[tuple[float, str], list[dict]]]:
+    results: dict[tuple[float, str], list[dict]] = {}
+    p.avn("service", "create", PRI, "--service-type", "pg", "--plan", "startup-4", "--cloud", PRI_CLOUD,
+          "--project", PROJECT)
+    p.avn("service", "wait", PRI, "--project", PROJECT, "--timeout", "300")
+    uri = p.service(PROJECT, PRI)["service_uri"]
+    t0 = time.monotonic()
+    subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), uri],
+                   check=True, capture_output=True, text=True)
+    with psycopg.connect(uri, connect_timeout=10) as conn:
+        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        accounts = int(conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()[0])
+    print(f"pgbench scale {args.scale}: {size / 2**20:.0f} MiB, {accounts} accounts, "
+          f"loaded in {time.monotonic() - t0:.0f} s", flush=True)
+    a = agent(p, PRI_CLOUD)
+    a.request_backup(cluster_id(PROJECT, PRI), "full")  # a backup that holds the loaded data
+    a.close()
+    p.avn("service", "create", REC, "--service-type", "pg", "--plan", "startup-4", "--cloud", REC_CLOUD,
+          "--disaster-recovery-copy-for", PRI, "--project", PROJECT)
+    p.avn("service", "wait", REC, "--project", PROJECT, "--timeout", "1800")
+    time.sleep(5)
+    if args.bandwidth:
+        assert isinstance(p, LabPlatform)
+        cap_bandwidth(p.lab, "r0", args.bandwidth)
+        print(f"the primary region's link is capped at {args.bandwidth}", flush=True)
+    for change in changes:
+        for source in sources:
+            for i in range(args.runs):
+                r = one_run(p, source, change, accounts)
+                results.setdefault((change, source), []).append(r)
+                print(f"change {change:g}% source {source} run {i + 1}: {r['time_s']:.1f} s, "
+                      f"{r['cross_bytes'] / 2**20:.1f} MiB across regions, "
+                      f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository", flush=True)
+    return size, results
+
+
+def print_table(args: argparse.Namespace, size: int, changes: list[float], sources: list[str],
+                results: dict[tuple[float, str], list[dict]]) -> None:
     print()
-    print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs")
-    print(f"{'change':>7} {'source':>13} {'time s':>8} {'cross-region MiB':>17} {'vs full copy':>13} "
-          f"{'local MiB':>10}")
+    link = f"; cross-region link capped at {args.bandwidth} (lab)" if args.bandwidth else ""
+    print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs{link}")
+    print(f"{'change':>7} {'source':>13} {'time s':>8} {'vs full copy':>13} {'cross-region MiB':>17} "
+          f"{'vs full copy':>13} {'local MiB':>10}")
     for change in changes:
         full = results.get((change, "basebackup"))
         full_bytes = statistics.median(r["cross_bytes"] for r in full) if full else None
+        full_time = statistics.median(r["time_s"] for r in full) if full else None
         for source in sources:
             rs = results.get((change, source), [])
             if not rs:
@@ -194,9 +247,10 @@ def main() -> int:
             b = statistics.median(r["cross_bytes"] for r in rs)
             loc = statistics.median(r["local_bytes"] for r in rs)
             ratio = f"{100 * b / full_bytes:.1f}%" if full_bytes else "-"
+            t_ratio = f"{t / full_time:.2f}x" if full_time else "-"
             label = source if source != "auto" else "auto:" + "/".join(sorted({r["source"] for r in rs}))
-            print(f"{change:>6g}% {label:>13} {t:>8.1f} {b / 2**20:>17.1f} {ratio:>13} {loc / 2**20:>10.1f}")
-    return 0
+            print(f"{change:>6g}% {label:>13} {t:>8.1f} {t_ratio:>13} {b / 2**20:>17.1f} {ratio:>13} "
+                  f"{loc / 2**20:>10.1f}")
 
 
 if __name__ == "__main__":

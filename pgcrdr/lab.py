@@ -294,7 +294,9 @@ class LabDeployment:
         settings = self.settings(host)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(settings.run_dir / f"{name}.log", "ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PGCRDR_")}
+        # the part's place comes from the topology and its home; other settings pass through
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PGCRDR_HOME", "PGCRDR_PORT_BASE", "PGCRDR_PORT_OFFSET", "PGCRDR_REGIONS")}
         env["PGCRDR_HOME"] = str(self.home(host))
         proc = subprocess.Popen(exec_argv(self.lab, host, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -305,17 +307,22 @@ class LabDeployment:
     def start(self, timeout: float = 120.0) -> None:
         """Start every part and wait until the API answers and every agent is healthy."""
         self.prepare()
-        py = sys.executable
         try:
-            for host, cloud in self.region_hosts():
-                self._spawn(host, f"agent-{cloud}", [py, "-m", "pgcrdr", "agent", "--region", cloud, "--topology",
-                                                    str(self.topology_path), "--home", str(self.home(host))])
-            self._spawn("ctl", "pgcrdr", [py, "-m", "pgcrdr", "controlplane", "--topology", str(self.topology_path),
-                                          "--home", str(self.home("ctl")), "--secrets", str(self.secrets_dir)])
+            for host, _ in self.region_hosts():
+                self.start_agent(host)
+            self._spawn("ctl", "pgcrdr", [sys.executable, "-m", "pgcrdr", "controlplane", "--topology",
+                                          str(self.topology_path), "--home", str(self.home("ctl")), "--secrets",
+                                          str(self.secrets_dir)])
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def start_agent(self, host: str) -> None:
+        """Start the agent of a region host (again, after a drill killed its region)."""
+        cloud = dict(self.region_hosts())[host]
+        self._spawn(host, f"agent-{cloud}", [sys.executable, "-m", "pgcrdr", "agent", "--region", cloud,
+                                             "--topology", str(self.topology_path), "--home", str(self.home(host))])
 
     def wait_ready(self, timeout: float) -> None:
         import httpx
