@@ -327,7 +327,7 @@ class LabDeployment:
     def wait_ready(self, timeout: float) -> None:
         import httpx
 
-        from pgcrdr.agent.client import AgentClient, AgentError
+        from pgcrdr.agentapi.client import AgentClient, AgentError
         from pgcrdr.platform import read_pid
 
         ctl = self.settings("ctl")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgcrdr.agent.dcs import sync_mode
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     ClusterPhase,
     ClusterSpec,
     ClusterStatus,
@@ -273,13 +273,12 @@ def lsn_info_from_rest(n: NodeObs) -> LsnInfo | None:
                    replay_time=str(ts) if ts else None)
 
 
+_ROLES: dict[str | None, NodeRole] = {"primary": "primary", "master": "primary", "replica": "replica",
+                                     "standby_leader": "standby_leader"}
+
+
 def _role(n: NodeObs) -> NodeRole:
-    role = n.rest_role if n.patroni_running else None
-    if role in ("primary", "master"):
-        return "primary"
-    if role in ("replica", "standby_leader"):
-        return role  # type: ignore[return-value]
-    return "unknown"
+    return _ROLES.get(n.rest_role if n.patroni_running else None, "unknown")
 
 
 def node_failing(n: NodeObs) -> str | None:
@@ -331,6 +330,10 @@ def _recorded(n: NodeObs) -> bool:
     return bool(n.rest and n.rest_role == "replica" and (n.rest.get("sync_standby") or n.rest.get("quorum_standby")))
 
 
+_SYNC_STATES: dict[str | None, SyncState] = {"sync": "sync", "quorum": "quorum", "potential": "potential",
+                                             "async": "async"}
+
+
 def node_sync_state(n: NodeObs, leader: NodeObs | None, pg_states: Mapping[str, str]) -> SyncState | None:
     """A standby's sync state on its writer: "sync"/"quorum" once PostgreSQL waits for it AND
     Patroni recorded it in /sync (only then may a failover promote it); "potential" when
@@ -338,12 +341,10 @@ def node_sync_state(n: NodeObs, leader: NodeObs | None, pg_states: Mapping[str, 
     writer, for nodes not streaming from it and in standby clusters. Pure."""
     if leader is None or not _is_writer(leader) or n.index == leader.index:
         return None
-    pg = pg_states.get(n.name)
-    if pg in ("sync", "quorum"):
-        return pg if _recorded(n) else "potential"  # type: ignore[return-value]
-    if pg in ("potential", "async"):
-        return pg  # type: ignore[return-value]
-    return None
+    state = _SYNC_STATES.get(pg_states.get(n.name))
+    if state in ("sync", "quorum") and not _recorded(n):
+        return "potential"
+    return state
 
 
 DEGRADED = ("durability degraded: no synchronous standby, commits are acknowledged by the writer alone "
@@ -419,7 +420,7 @@ def summarize(
                         "the control plane PUTs its spec again")
     if spec.powered and not obs.held:
         for n in obs.wanted:
-            if n.held(now):
+            if n.held_until is not None and n.held(now):
                 messages.append(f"{n.name} was killed by a drill; it restarts in {n.held_until - now:.0f} s")
         if leader is None and ever_ready and not any(n.held(now) for n in obs.wanted):
             messages.append("no writer at the moment: waiting for Patroni to elect a leader")

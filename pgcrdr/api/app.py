@@ -118,8 +118,9 @@ def create_app(
         methods: set[str] = set()
         for route in app.router.routes:
             match, _ = route.matches({**request.scope, "method": "GET"})
-            if match != Match.NONE and getattr(route, "methods", None):
-                methods.update(route.methods)  # type: ignore[attr-defined]
+            route_methods = getattr(route, "methods", None)  # Mount and WebSocketRoute have none
+            if match != Match.NONE and route_methods:
+                methods.update(route_methods)
         return sorted(methods)
 
     @app.exception_handler(StoreError)

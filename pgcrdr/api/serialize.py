@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from pgcrdr.agent.models import ClusterStatus, NodeStatus
+from pgcrdr.agentapi.models import ClusterStatus, NodeStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.lag import pair_lag

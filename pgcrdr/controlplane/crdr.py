@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from pgcrdr.agent.models import StandbySource
+from pgcrdr.agentapi.models import StandbySource
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.records import IntegrationRecord, OperationKind, OperationRecord, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change
@@ -55,10 +55,10 @@ def standby_source_for(store: Store, svc: ServiceRecord) -> StandbySource | None
                          primary_slot_name=slot_for(svc))
 
 
-def new_operation(project: str, pair: str, kind: str, service: str, role: str, source: str, target: str
+def new_operation(project: str, pair: str, kind: OperationKind, service: str, role: str, source: str, target: str
                   ) -> OperationRecord:
     return OperationRecord(
-        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,  # type: ignore[arg-type]
+        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,
         requested_role=role, source=source, target=target, create_time=now_rfc3339(),
         steps=[StepRecord(name=n) for n in STEPS[kind]],
     )

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pgcrdr.agent.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
+from pgcrdr.agentapi.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceState
 

@@ -19,22 +19,23 @@ from typing import Any, Protocol
 
 import psycopg
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.models import (
     DemoteRequest,
     Endpoint,
     FenceRequest,
     LsnInfo,
     PreserveRequest,
     PromoteRequest,
+    REBUILD_SOURCES,
     RebuildRequest,
     StandbySource,
 )
-from pgcrdr.agent.sessions import describe_sessions
+from pgcrdr.agentapi.sessions import describe_sessions
 from pgcrdr.controlplane.crdr import slot_for, standby_source_for
 from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.lag import lsn_int, pair_lag
-from pgcrdr.controlplane.records import OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.records import OperationRecord, OperationState, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.steps import (
     STEP_PHASE,
@@ -254,8 +255,8 @@ class OperationRunner:
         return self._finish(op, "failed", f"{op.kind} failed at {step.name}: {err}; nothing was changed"
                             if phase is Phase.BEFORE else f"{op.kind} failed at {step.name}: {err}")
 
-    def _finish(self, op: OperationRecord, state: str, message: str | None) -> str:
-        op.state = state  # type: ignore[assignment]
+    def _finish(self, op: OperationRecord, state: OperationState, message: str | None) -> str:
+        op.state = state
         op.finish_time = now_rfc3339()
         op.message = message or op.message
         self.store.put_operation(op)
@@ -539,8 +540,7 @@ class OperationRunner:
         timeline = failover.data.get("timeline") if failover else None
         if timeline is None and active.status and active.status.lsn:
             timeline = active.status.lsn.timeline
-        sources = op.data.get("sources") or (["rewind", "restore", "basebackup"] if fork and timeline
-                                             else ["basebackup"])
+        sources = op.data.get("sources") or (list(REBUILD_SOURCES) if fork and timeline else ["basebackup"])
         source = self._source_for(active, failed)
         tries = int(op.data.get("rebuild_try", 1))
         req_id = f"{op.operation_id}-{tries}"
@@ -556,7 +556,7 @@ class OperationRunner:
                 raise Wait(f"an earlier rebuild of {failed.name} ({st.request_id}) is still running")
             st = agent.rebuild(failed.cluster, RebuildRequest(
                 source=source, fork_lsn=fork or "0/0", fork_timeline=int(timeline or 2),
-                sources=sources, request_id=req_id))  # type: ignore[arg-type]
+                sources=sources, request_id=req_id))
         if st.state == "running":
             tried = ", ".join(f"{a.source} {'skipped' if a.skipped else 'failed'}" for a in st.attempts)
             pct = (f" {100 * st.progress_current // st.progress_max}%"
@@ -839,7 +839,8 @@ class OperationRunner:
         def pos(i: LsnInfo | None) -> int | None:
             return None if i is None else lsn_int(i.receive_lsn or i.replay_lsn or i.current_lsn)
 
-        a, b = pos(seen[act.name]), pos(seen[pas.name])
+        act_seen, pas_seen = seen[act.name], seen[pas.name]
+        a, b = pos(act_seen), pos(pas_seen)
         if writable:
             chosen = act if writable[0] == act.name else pas
             why = f"{chosen.name} takes writes"
@@ -847,8 +848,8 @@ class OperationRunner:
             raise Wait(f"{act.name} has no leader answering: its position is unknown, so no side is chosen yet")
         else:
             chosen = pas if b is not None and b > a else act
-            why = f"{chosen.name} is the most advanced ({seen[act.name] and seen[act.name].receive_lsn} vs " \
-                  f"{seen[pas.name] and seen[pas.name].receive_lsn})"
+            why = f"{chosen.name} is the most advanced ({act_seen and act_seen.receive_lsn} vs " \
+                  f"{pas_seen and pas_seen.receive_lsn})"
         op.source = act.name
         op.target = chosen.name
         return f"{why}; it is the writer"

@@ -15,9 +15,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.faults import faults_path
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.faults import faults_path
+from pgcrdr.agentapi.models import ClusterStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.crdr import new_operation, standby_source_for
 from pgcrdr.controlplane.decide import Observation, cluster_spec, pair_without_writer, service_view
@@ -79,7 +79,7 @@ class Reconciler:
         self.settings = settings
         self.interval = interval
         # Drills and tests may make a region's agent look frozen, slow or failing from here
-        # (``pgcrdr drill agent-fault``; pgcrdr.agent.faults).
+        # (``pgcrdr drill agent-fault``; pgcrdr.agentapi.faults).
         faults = faults_path(settings.home)
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token, faults_file=faults,
                                                  region=r.cloud_name, verify=settings.agent_verify)
@@ -356,6 +356,7 @@ class Reconciler:
             self.store.delete_service(svc.project, svc.name)
             log.info("service %s/%s terminated", svc.project, svc.name)
             return f"{svc.name}: terminated"
+        status: ClusterStatus | None
         try:
             push = svc.applied_generation < svc.generation and not in_operation
             if push:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.models import ClusterStatus
 
 ServiceState = Literal["REBUILDING", "RUNNING", "REBALANCING", "POWEROFF"]
 DrRole = Literal["active", "passive", "failed"]
@@ -98,6 +98,7 @@ class StepRecord(BaseModel):
 
 OperationKind = Literal["setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote",
                         "repair"]
+OperationState = Literal["running", "done", "failed", "undone"]
 
 
 class OperationRecord(BaseModel):
@@ -109,7 +110,7 @@ class OperationRecord(BaseModel):
     requested_role: str
     source: str  # writer before
     target: str  # writer after
-    state: Literal["running", "done", "failed", "undone"] = "running"
+    state: OperationState = "running"
     steps: list[StepRecord] = Field(default_factory=list)
     data: dict = Field(default_factory=dict)  # step outputs needed by later steps (LSNs, timings)
     create_time: str

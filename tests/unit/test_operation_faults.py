@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.steps import Phase, StepRefused, Transient, decide_on_error
 from tests.unit.fake_region import FAULT_KINDS, FakeAgent, FakeCluster, FakeEndpoints, Fault, World
@@ -228,7 +228,7 @@ def test_data_given_up_is_unknown_when_the_primary_cannot_be_asked(api):
     """Item 6: a stale last-seen LSN is not the loss; it gives a lower bound and its age."""
     rig = Rig(api)
     a = rig.store.get_service("pgcrdr", "pg-a")
-    from pgcrdr.agent.models import LsnInfo
+    from pgcrdr.agentapi.models import LsnInfo
 
     st = a.status.model_copy(update={"lsn": LsnInfo(node="x", in_recovery=False, current_lsn="0/3000200")})
     rig.store.update_service("pgcrdr", "pg-a", lambda cur: cur.model_copy(
