@@ -24,13 +24,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pgcrdr.config import Settings
 
+STORE_CLIENT_PORT = 24379  # the lab's global etcd on the control host (+1: its peer port)
 LAB_PREFIX = "pgl"  # namespace names: pgl-<id>-<host>; interface names stay within 15 characters
 ID_RE = re.compile(r"^[a-z0-9]{1,6}$")
 
@@ -166,14 +167,17 @@ def exec_argv(lab: Lab, host: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", lab.host(host).netns, *argv]
 
 
-def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int = 25000) -> str:
-    """The topology file of a deployment on this lab: the control host and one region per host."""
+def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int = 25000,
+                  store: list[str] | None = None) -> str:
+    """The topology file of a deployment on this lab: the control host and one region per host
+    (``store``: the global etcd's client URLs)."""
     regions = [h for h in lab.hosts if h.name != "ctl"]
     names = cloud_names or [f"lab-region-{i}" for i in range(len(regions))]
     if len(names) != len(regions):
         raise LabError(f"{len(names)} cloud names for {len(regions)} region hosts")
     ctl = lab.host("ctl")
-    out = [f"# lab {lab.lab_id}: {lab.subnet}", "[control]", f"api_port = {api_port}", "",
+    out = [f"# lab {lab.lab_id}: {lab.subnet}", "[control]", f"api_port = {api_port}",
+           *([f"store = [{', '.join(repr(u).replace(chr(39), chr(34)) for u in store)}]"] if store else []), "",
            "[[control.hosts]]", f'name = "{ctl.netns}"', f'address = "{ctl.address}"', ""]
     for name, h in zip(names, regions, strict=True):
         out += ["[[regions]]", f'cloud_name = "{name}"', f'description = "Lab host {h.name}"',
@@ -227,6 +231,10 @@ class LabDeployment:
     root: Path
     cloud_names: list[str]
     api_port: int = 25000
+    # A one-member global etcd on the control host (the writer lease and the store need one);
+    # a real deployment spreads it over the regions and a witness.
+    store_on_ctl: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings passed to every part
 
     @classmethod
     def existing(cls, lab_id: str, root: Path) -> LabDeployment | None:
@@ -274,7 +282,8 @@ class LabDeployment:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # the node user traverses it to each region's home
-        self.topology_path.write_text(topology_text(self.lab, self.cloud_names, self.api_port))
+        self.topology_path.write_text(topology_text(self.lab, self.cloud_names, self.api_port,
+                                                    [self.store_url] if self.store_on_ctl else None))
         ensure_deployment_secrets(load_topology(self.topology_path), self.secrets_dir)
         for host, cloud in [("ctl", None), *self.region_hosts()]:
             home = self.home(host)
@@ -288,6 +297,19 @@ class LabDeployment:
                 write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
             (home / "secrets").chmod(0o700)
 
+    @property
+    def store_url(self) -> str:
+        return f"http://{self.lab.host('ctl').address}:{STORE_CLIENT_PORT}"
+
+    def _start_store(self) -> None:
+        data = self.home("ctl") / "store-etcd"
+        peer = f"http://{self.lab.host('ctl').address}:{STORE_CLIENT_PORT + 1}"
+        self._spawn("ctl", "store-etcd", [
+            "/usr/bin/etcd", "--name", "store-ctl", "--data-dir", str(data), "--listen-client-urls", self.store_url,
+            "--advertise-client-urls", self.store_url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
+            peer, "--initial-cluster", f"store-ctl={peer}", "--initial-cluster-state", "new",
+            "--auto-compaction-retention", "1", "--logger", "zap", "--log-outputs", "stderr"])
+
     def _spawn(self, host: str, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         from pgcrdr.platform import pid_path
 
@@ -297,6 +319,7 @@ class LabDeployment:
         # the part's place comes from the topology and its home; other settings pass through
         env = {k: v for k, v in os.environ.items()
                if k not in ("PGCRDR_HOME", "PGCRDR_PORT_BASE", "PGCRDR_PORT_OFFSET", "PGCRDR_REGIONS")}
+        env.update(self.extra_env)
         env["PGCRDR_HOME"] = str(self.home(host))
         proc = subprocess.Popen(exec_argv(self.lab, host, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -308,6 +331,8 @@ class LabDeployment:
         """Start every part and wait until the API answers and every agent is healthy."""
         self.prepare()
         try:
+            if self.store_on_ctl:
+                self._start_store()
             for host, _ in self.region_hosts():
                 self.start_agent(host)
             self._spawn("ctl", "pgcrdr", [sys.executable, "-m", "pgcrdr", "controlplane", "--topology",
@@ -364,7 +389,7 @@ class LabDeployment:
 
     def stop(self) -> list[str]:
         """Stop every part by PID (control plane first), then anything left of its hosts' homes."""
-        from pgcrdr.platform import stop_everything
+        from pgcrdr.platform import pid_path, read_pid, stop_everything, stop_pid
 
         said: list[str] = []
         if not self.topology_path.exists():
@@ -372,6 +397,10 @@ class LabDeployment:
         for host in ["ctl", *[h for h, _ in self.region_hosts()]]:
             settings = self.settings(host)
             said += stop_everything(settings)
+        store = read_pid(pid_path(self.settings("ctl"), "store-etcd"))
+        if store:  # last: the agents and the control plane used it until they stopped
+            stop_pid(store, timeout=30)
+            said.append(f"stopped the global etcd (pid {store})")
         return said
 
     def api_token(self) -> str:

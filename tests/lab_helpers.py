@@ -52,12 +52,13 @@ class LabPlatform(RunningPlatform):
 
 
 @contextmanager
-def lab_platform(cloud_names: list[str], lab_id: str, subnet: int) -> Iterator[LabPlatform]:
+def lab_platform(cloud_names: list[str], lab_id: str, subnet: int, store_on_ctl: bool = False,
+                 extra_env: dict[str, str] | None = None) -> Iterator[LabPlatform]:
     """A lab of three hosts with pgcrdr deployed on it; the calling thread runs inside the control
     host until the end. Everything is stopped by PID and every namespace removed, even on failure."""
     lab = lab_up(plan_lab(lab_id, regions=len(cloud_names), subnet=subnet))
     root = Path(tempfile.mkdtemp(prefix=f"pgcrdr-lab-{lab_id}-", dir="/tmp"))
-    deployment = LabDeployment(lab, root, cloud_names)
+    deployment = LabDeployment(lab, root, cloud_names, store_on_ctl=store_on_ctl, extra_env=extra_env or {})
     try:
         deployment.start()
         ctl = deployment.settings("ctl")

@@ -57,6 +57,7 @@ class ClusterRuntime:
     last_reason: str = ""
     # CRDR
     held: bool = False  # resumed with nothing running: start nothing until the spec is PUT again
+    held_reason: str | None = None  # why, when it is not that (the writer lease was lost)
     dcs_synced: bool = True
     dcs_error: str | None = None
     last_demote: DemoteResult | None = None

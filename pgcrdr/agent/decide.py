@@ -80,6 +80,7 @@ class ClusterObs:
     endpoint_verified: str | None = None  # the leader a probe through the primary endpoint reached
     # CRDR
     held: bool = False  # resumed after an agent restart with nothing running: start nothing until a PUT
+    held_reason: str | None = None  # why it is held, when not for that (the writer lease was lost)
     dcs_synced: bool = True  # the DCS config (standby_cluster, slots) matches the spec
     dcs_error: str | None = None
 
@@ -415,7 +416,9 @@ def summarize(
         messages.append(f"could not create users/databases: {obs.ensure_error}")
     if obs.dcs_error:
         messages.append(f"cannot bring the DCS config in line with the spec: {obs.dcs_error}")
-    if obs.held:
+    if obs.held and obs.held_reason:
+        messages.append(f"held: {obs.held_reason}")
+    elif obs.held:
         messages.append("held: the agent restarted while this cluster was down; nothing starts until "
                         "the control plane PUTs its spec again")
     if spec.powered and not obs.held:

@@ -77,10 +77,13 @@ from pgcrdr.agent.postgres import (
 )
 from pgcrdr.agent.proxy import ProxyNode, haproxy_argv, render_haproxy_config
 from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.writer_lease import WriterLease, lease_store
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+NO_LEASE = ("its region does not hold its writer lease: no writer runs here until the lease is held and the "
+            "control plane PUTs the spec again")
 STOP_TIMEOUT_S = 30.0
 
 
@@ -96,6 +99,7 @@ class RegionRuntime:
         self.backups = Backups(settings, region, self.layout, self.clusters, self._stop)
         self.crdr = Crdr(settings, region, self.clusters, self.etcd)
         self.rebuilds = Rebuilds(settings, region, self.clusters, self.backups)
+        self.lease: WriterLease | None = None  # with a global etcd: the region's writer lease
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -108,6 +112,17 @@ class RegionRuntime:
     def start(self) -> None:
         self.prepare_dirs()
         self.etcd.start()
+        where = lease_store(self.settings)
+        if where is not None:
+            self.lease = WriterLease(where[0], where[1], self.region.cloud_name,
+                                     holder=self.settings.agent_url(self.region),
+                                     ttl_s=self.settings.writer_lease_ttl_s)
+            # Before any cluster is resumed: a writer still running from before an agent restart
+            # is kept only if the lease is held now.
+            if not self.lease.renew_once():
+                log.warning("region %s: no writer lease (%s): its writers stay stopped until it is held",
+                            self.region.cloud_name, self.lease.state().last_error)
+            self.lease.start()
         for spec_file in sorted(self.layout.clusters_dir.glob("*/spec.json")):
             try:
                 spec = ClusterSpec.model_validate_json(spec_file.read_text())
@@ -134,6 +149,8 @@ class RegionRuntime:
         with ThreadPoolExecutor(max_workers=max(1, len(clusters))) as pool:
             list(pool.map(self._stop_cluster_processes, clusters))
         self.etcd.stop()
+        if self.lease is not None:
+            self.lease.stop()  # given up once its writers are down
         log.info("region %s: every child stopped", self.region.cloud_name)
 
     def health(self) -> RegionHealth:
@@ -169,10 +186,11 @@ class RegionRuntime:
                 c = self._register(spec)
             else:
                 c.spec = spec
-                if c.held:
+                no_lease = self._lease_forbids(spec)
+                if c.held and not no_lease:
                     log.info("%s: spec PUT again (generation %s): no longer held", spec.cluster, spec.generation)
-                c.held = False
-            status = c.status.model_copy(update={"held": False}) if c.status is not None else None
+                c.held, c.held_reason = (True, NO_LEASE) if no_lease else (False, None)
+            status = c.status.model_copy(update={"held": c.held}) if c.status is not None else None
         if status is None:
             status = summarize(
                 ClusterObs(spec=spec, now=time.monotonic(), nodes=()),
@@ -192,6 +210,8 @@ class RegionRuntime:
         # Resumed from disk with none of its Patroni processes alive (the agent and the region
         # were down): the control plane may have fenced it meanwhile, so start nothing yet.
         c.held = resumed and not any(n.pid for n in c.nodes.values())
+        if self._lease_forbids(spec):
+            c.held, c.held_reason = True, NO_LEASE
         self.clusters.add(c)
         c.thread = threading.Thread(target=self._loop, args=(c,), name=f"cluster-{spec.cluster}", daemon=True)
         c.thread.start()
@@ -338,8 +358,31 @@ class RegionRuntime:
                 c.action_error = f"agent error: {exc}"
             self._stop.wait(max(0.1, TICK_S - (time.monotonic() - started)))
 
+    # --- the writer lease (pgcrdr.writer_lease) ----------------------------------------------
+
+    def _lease_forbids(self, spec: ClusterSpec) -> bool:
+        """A writer may not run here now: the deployment has writer leases and this region's is
+        not held."""
+        return (self.lease is not None and spec.powered and spec.standby_of is None
+                and not self.lease.allowed())
+
+    def _fence_without_lease(self, c: ClusterRuntime) -> None:
+        """The lease was not renewed in time: stop the writer at once (every process of the
+        cluster is killed: connections are refused; what was flushed stays on disk) and hold it
+        until the control plane PUTs its spec again, since another region may have been promoted."""
+        if c.held and c.held_reason:
+            return
+        killed = self._kill_cluster_processes(c)
+        c.held, c.held_reason = True, (f"its region's writer lease was not renewed in time "
+                                       f"({self.lease.state().last_error if self.lease else '?'}); the writer "
+                                       "was stopped so that it takes no writes while another region may be "
+                                       "promoted, and nothing starts until the control plane PUTs its spec again")
+        log.warning("%s: writer lease lost: writer stopped (killed pids %s)", c.spec.cluster, killed)
+
     def _tick(self, c: ClusterRuntime) -> None:
         spec = c.spec
+        if self._lease_forbids(spec):
+            self._fence_without_lease(c)
         self._write_tls(c)
         if not c.held and self.etcd.healthy:
             self.crdr.sync_dcs(c)
@@ -448,7 +491,7 @@ class RegionRuntime:
             spec=c.spec, now=now, nodes=tuple(nodes), etcd_healthy=self.etcd.healthy,
             proxy_running=proxy_running, proxy_config_changed=proxy_changed, ensured=c.ensured,
             ensure_error=c.ensure_error, action_error=c.action_error,
-            held=c.held, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
+            held=c.held, held_reason=c.held_reason, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
         )
         leader = obs.leader
         verified_leader = None
