@@ -274,10 +274,29 @@ class AccessTokenUpdateRequest(_Body):
     description: Annotated[Any, checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)]
 
 
+AUTOMATIC_FAILOVER_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["enabled"],
+    "description": "pgcrdr extension: fail the pair over without a request when its active region has not "
+                   "answered for grace_seconds and its last known lag is at most max_data_loss_bytes "
+                   "(needs writer leases: a deployment with a global etcd)",
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "grace_seconds": {"type": "number", "minimum": 1, "maximum": 86400},
+        "max_data_loss_bytes": {"type": "integer", "minimum": 0, "maximum": 2 ** 40},
+    },
+}
+
+
+class DisasterRecoveryUpdateRequest(_Body):
+    """PUT .../disaster-recovery (pgcrdr extension): the pair's automatic failover."""
+
+    automatic_failover: Annotated[Any, checked_elsewhere(AUTOMATIC_FAILOVER_SCHEMA)]
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [
     UserAuthRequest, ProjectCreateRequest, ServiceCreateRequest, ServiceUpdateRequest, IntegrationCreateRequest,
     IntegrationUpdateRequest, DatabaseCreateRequest, ServiceUserCreateRequest, TagsUpdateRequest,
-    ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest,
+    ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest, DisasterRecoveryUpdateRequest,
 ]
 
 
@@ -534,6 +553,7 @@ class DisasterRecoveryStatus(_Out):
     replication: dict[str, Any]
     operation: dict[str, Any] | None
     history: list[dict[str, Any]]
+    automatic_failover: dict[str, Any] | None = None
 
 
 class Event(_Out):

@@ -27,6 +27,17 @@ class ProjectRecord(BaseModel):
     default_cloud: str
 
 
+class AutomaticFailover(BaseModel):
+    """pgcrdr extension, kept on a pair's primary service: fail the pair over without a request
+    when the active region has not answered for ``grace_seconds`` and the data it would give up
+    (the last known lag) is at most ``max_data_loss_bytes``. Only with writer leases: the cut-off
+    writer has stopped itself before the recovery is promoted."""
+
+    enabled: bool = False
+    grace_seconds: float = 30.0
+    max_data_loss_bytes: int = 16 * 1024 * 1024
+
+
 class ServiceRecord(BaseModel):
     project: str
     name: str
@@ -69,6 +80,7 @@ class ServiceRecord(BaseModel):
     message: str | None = None
     status: ClusterStatus | None = None
     status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
+    automatic_failover: AutomaticFailover | None = None  # on a pair's primary (pgcrdr extension)
 
     @property
     def primary_user(self) -> ServiceUser:

@@ -126,3 +126,40 @@ def test_a_cut_off_writer_fences_itself_before_the_recovery_is_promoted(lab: Lab
     assert inside_during <= kept
     after = {w for w, t in zip(uri_log.ok, uri_log.ok_times, strict=True) if t > t_request}
     assert not (after & kept), "A took a write through the Service URI after the failover"
+
+
+def test_automatic_failover_moves_the_writer_without_a_request(lab: LabPlatform):
+    """The pair opted in (pgcrdr extension on its disaster-recovery resource); the active region
+    (now the recovery service's, after the first test's failback restore) is cut off: writes
+    through the Service URI resume in the other region without any request."""
+    p = lab
+    assert helpers.dr_status(p, PROJECT, REC)["disaster_recovery_role"] == "active"
+    with p.api() as c:
+        r = c.put(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery",
+                  json={"automatic_failover": {"enabled": True, "grace_seconds": 2, "max_data_loss_bytes": 2 ** 26}})
+        assert r.status_code == 200, r.text
+    svc = p.service(PROJECT, PRI)
+    writer = Writer(svc["service_uri"])
+    writer.start()
+    wait_for("writes through the Service URI", lambda: len(writer.log.ok) > 10, timeout=60)
+    partition(p.lab, "r1")
+    t_partition = time.monotonic()
+    try:
+        wait_for("writes through the Service URI to resume in region A by themselves",
+                 lambda: _first_after(writer.log.ok_times, t_partition + 0.5), timeout=60, interval=0.05)
+        resumed_s = _first_after(writer.log.ok_times, t_partition + 0.5) - t_partition
+        failover = wait_done(p, REC, "failover", timeout=60)
+    finally:
+        heal(p.lab, "r1")
+    log = writer.stop()
+    assert failover["details"]["automatic"].startswith("automatic: lab-east has not answered"), failover
+    assert failover["data_loss"]["writer_lease_wait_s"] is not None
+    probe = WriterProbe(lambda: node_dsns(p), connect=p.connect_node)
+    probe.start()
+    time.sleep(5)
+    probe.stop()
+    old = {name for name in node_dsns(p) if name.startswith(cluster_id(PROJECT, REC))}
+    assert not (probe.writers_seen & old) and probe.two_writers == []
+    print(f"automatic failover (grace 2 s, lease TTL {TTL_S} s): writes through the Service URI in region A "
+          f"{resumed_s:.2f} s after the partition, no request; {len(log.ok)} acknowledged writes in all; "
+          f"{failover['details']['automatic']}")
