@@ -43,6 +43,10 @@ def test_the_decision(api):
     assert withheld is not None and not withheld[0] and "above the bound" in withheld[1]
     silent_too = automatic_failover_due(CFG, a, b.model_copy(update={"status_time": NOW - 60}), NOW)
     assert silent_too is not None and not silent_too[0] and "does not answer either" in silent_too[1]
+    # as in Aiven's CRDR only the primary fails over: with the recovery active, fail back first
+    flipped = automatic_failover_due(CFG, b.model_copy(update={"dr_role": "active", "status_time": NOW - 40}),
+                                     a.model_copy(update={"dr_role": "passive", "status_time": NOW}), NOW)
+    assert flipped is None
     unknown = automatic_failover_due(CFG, a.model_copy(update={"status": None}), b, NOW)
     assert unknown is not None and not unknown[0] and "unknown" in unknown[1]
 
