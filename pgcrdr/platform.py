@@ -34,6 +34,7 @@ log = logging.getLogger("pgcrdr")
 
 DEFAULT_PROJECT = os.environ.get("PGCRDR_DEFAULT_PROJECT", "pgcrdr")
 DEFAULT_ADMIN_EMAIL = os.environ.get("PGCRDR_ADMIN_EMAIL", "admin@pgcrdr.local")
+STORE_MEMBER_PID = "store-member"  # a member of the global etcd run by this home (pgcrdr store-member)
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,10 @@ def stop_everything(settings: Settings) -> list[str]:
     if up and up != os.getpid():
         stop_pid(up, timeout=90)
         said.append(f"stopped pgcrdr (pid {up})")
+    store_member = read_pid(pid_path(settings, STORE_MEMBER_PID))
+    if store_member:
+        stop_pid(store_member, timeout=30)
+        said.append(f"stopped the global etcd member (pid {store_member})")
     killed_endpoints = stop_all_endpoints(settings)
     if killed_endpoints:
         said.append(f"stopped Service URI endpoints: {killed_endpoints}")

@@ -21,6 +21,7 @@ from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.config import DEFAULT_HOME, Settings
 from pgcrdr.controlplane.store import StoreError, StoreSettingsError
 from pgcrdr.platform import (
+    STORE_MEMBER_PID,
     Platform,
     agent_token_file,
     api_healthy,
@@ -576,6 +577,35 @@ def agent_cmd(region_name: str, topology: str, home: str | None, secrets: str | 
         argv += ["--token-file", token_file]
     env = {**os.environ, **({"PGCRDR_HOME": home} if home else {})}
     os.execve(sys.executable, argv, env)
+
+
+@main.command("store-member")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@click.option("--name", "member_name", required=True, help="This member's name in [[control.store_members]].")
+@home_opt
+def store_member_cmd(topology: str, member_name: str, home: str | None) -> None:
+    """Run one member of the global etcd (the control plane's state) on this host, in the
+    foreground: etcd on the member's address and ports, its data under <home>/store/<name>; its
+    PID is recorded in the home, so `pgcrdr down` stops it."""
+    from pgcrdr.controlplane.store.member import member_argv, member_data_dir
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        topo = load_topology(topology)
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from None
+    member = topo.store_member(member_name)
+    if member is None:
+        names = ", ".join(m.name for m in topo.store_members) or "none: add [[control.store_members]]"
+        raise click.ClickException(f"{topology}: no store member {member_name!r} (members: {names})")
+    settings = Settings.from_env(home=home)
+    data_dir = member_data_dir(settings.home, member)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    # exec keeps this PID: the recorded one is etcd's
+    pid_path(settings, STORE_MEMBER_PID).write_text(str(os.getpid()))
+    argv = member_argv(topo, member, data_dir)
+    os.execv(argv[0], argv)
 
 
 @main.command("controlplane")
