@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -242,6 +242,8 @@ class LabDeployment:
     api_port: int = 25000
     replicas: tuple[str, ...] = ("ctl",)
     store_hosts: tuple[str, ...] = ()
+    # settings of each replica's own (host -> environment), e.g. a crash drill for one of them
+    replica_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def existing(cls, lab_id: str, root: Path) -> LabDeployment | None:
@@ -367,14 +369,14 @@ class LabDeployment:
                     [sys.executable, "-m", "pgcrdr", "store-member", "--topology", str(self.topology_path),
                      "--name", host, "--home", str(self.home(host, "store"))])
 
-    def start_replica(self, host: str, env: dict[str, str] | None = None) -> None:
-        """Start the control-plane replica of ``host`` (again, after a drill killed it); ``env``:
-        settings for this replica only (e.g. a crash drill)."""
+    def start_replica(self, host: str) -> None:
+        """Start the control-plane replica of ``host`` (again, after a drill killed it), with its
+        own settings from ``replica_env``."""
         home = self.home(host, "control")
         self._spawn(host, home, "pgcrdr",
                     [sys.executable, "-m", "pgcrdr", "controlplane", "--topology", str(self.topology_path),
                      "--home", str(home), "--secrets", str(self.secrets_dir),
-                     "--control-host", self.lab.host(host).netns], env)
+                     "--control-host", self.lab.host(host).netns], self.replica_env.get(host))
 
     def start_agent(self, host: str) -> None:
         """Start the agent of a region host (again, after a drill killed its region)."""

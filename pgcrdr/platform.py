@@ -23,6 +23,7 @@ import uvicorn
 from pgcrdr.agent.client import AgentClient, AgentError
 from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.leader import election_for
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import hash_password, open_store
@@ -237,8 +238,29 @@ class Platform:
 
         # Service URIs live in the control plane, outside every region (they survive a region loss).
         self.endpoints = EndpointManager(settings)
-        self.reconciler = Reconciler(self.store, settings, agent_token, endpoints=self.endpoints)
+        # Several replicas on one etcd: only the elected leader runs the reconciler and the
+        # operations, through a store whose writes are fenced by its leader key.
+        self.election = election_for(settings)
+        if self.election is not None:
+            self.leader_store = open_store(settings, fence=self.election.fence)
+            self.reconciler = Reconciler(self.leader_store, settings, agent_token, endpoints=self.endpoints,
+                                         leading=self.election.leading)
+            self.election.on_change = self._leadership_changed
+        else:
+            self.leader_store = self.store
+            self.reconciler = Reconciler(self.store, settings, agent_token, endpoints=self.endpoints)
         self.server: uvicorn.Server | None = None
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if leading:
+            self.reconciler.wake()  # operations a dead leader left are resumed now, not at the next tick
+
+    def leader_name(self) -> str:
+        """The replica that leads, as this replica last saw it ("" while nobody does)."""
+        if self.election is None:
+            return self.settings.control_host
+        leader = self.election.leader()
+        return leader.name if leader else ""
 
     def start_agents(self) -> None:
         """Start every region's agent, or adopt it when it still runs: a control plane that was
@@ -256,12 +278,14 @@ class Platform:
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
                          reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True,
-                         lag=self.reconciler.lag)
+                         lag=self.reconciler.lag, leader=self.leader_name)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",
         )
         self.server = uvicorn.Server(config)
+        if self.election is not None:
+            self.election.start()
         self.reconciler.start()
         if callable(on_ready):
             threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
@@ -276,6 +300,8 @@ class Platform:
             time.sleep(0.05)
 
     def shutdown(self) -> None:
+        if self.election is not None:
+            self.election.resign()  # the next leader need not wait for the lease to expire
         self.reconciler.stop()
         self.endpoints.stop_all()
         for proc in self.agents.values():
@@ -291,11 +317,22 @@ class Platform:
 
         for region in self.settings.regions:
             stop_region_processes(self.settings, region)
+        if self.leader_store is not self.store:
+            self.leader_store.close()
         self.store.close()
 
 
 def api_healthy(settings: Settings) -> bool:
+    return bool(api_answer(settings)["api_up"])
+
+
+def api_answer(settings: Settings) -> dict[str, str | bool | None]:
+    """Whether the API answers, and (several replicas) which replica answered and which leads."""
+    from pgcrdr.api.replica import LEADER_HEADER, REPLICA_HEADER
+
     try:
-        return httpx.get(settings.api_url + "/v1/clouds", timeout=2).status_code == 200
+        r = httpx.get(settings.api_url + "/v1/clouds", timeout=2)
     except httpx.HTTPError:
-        return False
+        return {"api_up": False, "replica": None, "leader": None}
+    return {"api_up": r.status_code == 200, "replica": r.headers.get(REPLICA_HEADER),
+            "leader": r.headers.get(LEADER_HEADER)}

@@ -24,6 +24,7 @@ from pgcrdr.platform import (
     STORE_MEMBER_PID,
     Platform,
     agent_token_file,
+    api_answer,
     api_healthy,
     create_token,
     initialize,
@@ -190,7 +191,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
         "home": str(settings.home),
         "api_url": settings.api_url,
         "console_url": settings.api_url + "/",
-        "api_up": api_healthy(settings),
+        **api_answer(settings),
         "pid": read_pid(pid_path(settings, "pgcrdr")),
         "token": token,
         "regions": regions,
@@ -198,7 +199,8 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})")
+    click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})"
+               + (f"; replica {data['replica']}, leader {data['leader'] or 'none yet'}" if data["replica"] else ""))
     click.echo(f"API token:     {token or '(none yet: run pgcrdr up)'}")
     table = Table("region", "agent", "etcd", "clusters", "message")
     for r in regions:

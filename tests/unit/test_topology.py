@@ -146,3 +146,25 @@ def test_a_lab_with_a_witness_and_replicas_on_the_region_hosts():
     assert [h.address for h in t.control_hosts] == ["10.249.9.11", "10.249.9.12"]
     assert t.store_endpoints == ("http://10.249.9.11:2379", "http://10.249.9.12:2379", "http://10.249.9.13:2379")
     assert [r.host for r in t.regions] == ["10.249.9.11", "10.249.9.12"]
+
+
+def test_every_replica_serves_the_service_uri_so_one_uri_names_them_all(tmp_path):
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from pgcrdr.api.serialize import multi_host_uri
+    from pgcrdr.config import Settings
+    from pgcrdr.lab import plan_lab, topology_text
+
+    lab = plan_lab("ab12", regions=2, subnet=9, witness=True)
+    topo = parse_topology(topology_text(lab, ["a", "b"], replicas=("r0", "r1"), store_hosts=("r0", "r1", "w")))
+    settings = Settings.from_topology(topo, home=tmp_path, control_host="pgl-ab12-r1")
+    assert (settings.host, settings.control_host) == ("10.249.9.12", "pgl-ab12-r1")
+    uri = multi_host_uri("avnadmin", "p@ss", settings.control_addresses, 25100)
+    assert uri == ("postgres://avnadmin:p%40ss@10.249.9.11:25100,10.249.9.12:25100/defaultdb"
+                   "?sslmode=require&target_session_attrs=read-write")
+    info = psycopg.conninfo.conninfo_to_dict(uri)  # libpq reads it as two hosts
+    assert (info["host"], info["port"], info["target_session_attrs"]) == ("10.249.9.11,10.249.9.12", "25100,25100",
+                                                                          "read-write")
+    assert urlsplit(multi_host_uri("u", "p", ("fd00::1", "10.0.0.1"), 5)).netloc.endswith("@[fd00::1]:5,10.0.0.1:5")
