@@ -7,6 +7,7 @@ the process that started it is gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +227,20 @@ def stop_everything(settings: Settings) -> list[str]:
 
 # --- the foreground platform ----------------------------------------------------------------
 
+class _Server(uvicorn.Server):
+    """uvicorn, whose SIGTERM/SIGINT ends ``serve`` and not the process: uvicorn (since 0.29)
+    raises the signal again once it has stopped serving, which killed the process before
+    ``Platform.shutdown`` ran (a leader then kept its key until its lease expired)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()  # the caller shuts down, then returns
+
+
 class Platform:
     """Control plane (API + reconciler) in this process, agents as child processes."""
 
@@ -283,7 +299,7 @@ class Platform:
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         if self.election is not None:
             self.election.start()
         self.reconciler.start()

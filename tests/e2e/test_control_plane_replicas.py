@@ -178,7 +178,7 @@ def test_the_witness_lost_changes_nothing_for_the_pair(lab: LabPlatform):
         os.kill(witness, signal.SIGKILL)
         t = time.monotonic()
         # the store keeps its quorum: the API still writes (a tag), the leader stays, writes go on
-        p.avn("service", "tags", "update", PRI, "--add-tag", "witness=lost", "--project", PROJECT)
+        p.avn("service", "tags", "replace", PRI, "--tag", "witness=lost", "--project", PROJECT)
         n = len(writer.log.ok)
         wait_for("writes after the witness was lost", lambda: len(writer.log.ok) > n + 20, timeout=30)
         assert leader_seen_by(p, "r0") == leader == leader_seen_by(p, "r1")
