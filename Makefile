@@ -12,6 +12,7 @@ test: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check pgcrdr tests bench
+	.venv/bin/mypy
 
 bench: bootstrap
 	.venv/bin/python bench/create_and_get.py

@@ -43,7 +43,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgcrdr.agent.client import AgentClient, AgentError  # noqa: E402
+from pgcrdr.agentapi.client import AgentClient, AgentError  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
 from pgcrdr.lab import cap_bandwidth  # noqa: E402
 from tests.helpers import (  # noqa: E402

@@ -125,6 +125,9 @@ class Settings:
     # How long a step that changed nothing yet retries a part that does not answer before the
     # operation fails, saying so (PGCRDR_RETRY_BOUND, seconds).
     retry_bound_s: float = 30.0
+    # A region may run a writer only while it renews its lease in the global etcd, when the
+    # deployment has one (pgcrdr.writer_lease; PGCRDR_WRITER_LEASE_TTL, seconds).
+    writer_lease_ttl_s: float = 10.0
     # A deployment on its own hosts (a topology file): the secrets bundle of this part
     # (``pgcrdr.security.deployment``). Agents then serve their API over TLS with a certificate of
     # the deployment's CA, and the control plane verifies it. None: the embedded default, where
@@ -156,6 +159,7 @@ class Settings:
             pause_deadline_s=_seconds("PGCRDR_PAUSE_DEADLINE", 5.0, 0.5, 120.0),
             retry_bound_s=_seconds("PGCRDR_RETRY_BOUND", 30.0, 1.0, 3600.0),
             leader_ttl_s=round(_seconds("PGCRDR_LEADER_TTL", 5.0, 2.0, 60.0)),
+            writer_lease_ttl_s=_seconds("PGCRDR_WRITER_LEASE_TTL", 10.0, 2.0, 300.0),
         )
 
     @property

@@ -242,6 +242,7 @@ class LabDeployment:
     api_port: int = 25000
     replicas: tuple[str, ...] = ("ctl",)
     store_hosts: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings passed to every part
     # settings of each replica's own (host -> environment), e.g. a crash drill for one of them
     replica_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -339,8 +340,9 @@ class LabDeployment:
         # the part's place comes from the topology and its home; other settings pass through
         env = {k: v for k, v in os.environ.items()
                if k not in ("PGCRDR_HOME", "PGCRDR_PORT_BASE", "PGCRDR_PORT_OFFSET", "PGCRDR_REGIONS")}
-        env["PGCRDR_HOME"] = str(home)
+        env.update(self.extra_env)
         env.update(env_extra or {})
+        env["PGCRDR_HOME"] = str(home)
         proc = subprocess.Popen(exec_argv(self.lab, host, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         log.close()
@@ -393,7 +395,7 @@ class LabDeployment:
     def wait_ready(self, timeout: float) -> None:
         import httpx
 
-        from pgcrdr.agent.client import AgentClient, AgentError
+        from pgcrdr.agentapi.client import AgentClient, AgentError
         from pgcrdr.config import Settings
         from pgcrdr.platform import pid_path, read_pid
 

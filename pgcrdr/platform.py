@@ -15,14 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
 
-from pgcrdr.agent.client import AgentClient, AgentError
+from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.leader import election_for
@@ -289,7 +289,7 @@ class Platform:
         for region in self.settings.regions:
             wait_agent(self.settings, region, self.agents.get(region.cloud_name))
 
-    def serve(self, on_ready: object = None) -> None:
+    def serve(self, on_ready: Callable[[], object] | None = None) -> None:
         from pgcrdr.api.app import create_app
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
@@ -303,15 +303,15 @@ class Platform:
         if self.election is not None:
             self.election.start()
         self.reconciler.start()
-        if callable(on_ready):
+        if on_ready is not None:
             threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
         self.server.run()
 
-    def _announce(self, on_ready: object) -> None:
+    def _announce(self, on_ready: Callable[[], object]) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.server is not None and self.server.started:
-                on_ready()  # type: ignore[operator]
+                on_ready()
                 return
             time.sleep(0.05)
 

@@ -68,7 +68,7 @@ if [ ! -x .venv/bin/pgcrdr ] || [ "$(cat .venv/.pgcrdr-stamp 2>/dev/null)" != "$
   log "building project virtualenv .venv"
   "$SYS_PY" -m venv .venv
   quiet_pip .venv/bin/pip install -q --upgrade pip
-  quiet_pip .venv/bin/pip install -q -e '.[test]'
+  quiet_pip .venv/bin/pip install -q -e '.[test,dev]'
   echo "$pyhash" > .venv/.pgcrdr-stamp
 fi
 log "ready"

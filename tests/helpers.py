@@ -88,7 +88,7 @@ class RunningPlatform:
     def node_dsns(self, project: str, services: list[tuple[str, str]]) -> dict[str, str]:
         """Every PostgreSQL node of these (service, cloud) pairs, addressed directly (no proxy),
         as the services' admin user. A region that is down contributes no node."""
-        from pgcrdr.agent.client import AgentClient
+        from pgcrdr.agentapi.client import AgentClient
         from pgcrdr.controlplane.services import cluster_id
 
         settings = self.settings()

@@ -54,15 +54,16 @@ class LabPlatform(RunningPlatform):
 @contextmanager
 def lab_platform(cloud_names: list[str], lab_id: str, subnet: int, replicas: tuple[str, ...] = ("ctl",),
                  store_hosts: tuple[str, ...] = (), replica_env: dict[str, dict[str, str]] | None = None,
-                 ) -> Iterator[LabPlatform]:
+                 extra_env: dict[str, str] | None = None) -> Iterator[LabPlatform]:
     """A lab of three hosts with pgcrdr deployed on it (default: one control plane on the control
     host; or ``replicas`` on those hosts over a global etcd on ``store_hosts``, a host ``w`` being
-    the witness); the calling thread runs inside the control host until the end, as a client.
+    the witness; ``extra_env``: settings of every part); the calling thread runs inside the
+    control host until the end, as a client.
     Everything is stopped by PID and every namespace removed, even on failure."""
     lab = lab_up(plan_lab(lab_id, regions=len(cloud_names), subnet=subnet, witness="w" in replicas + store_hosts))
     root = Path(tempfile.mkdtemp(prefix=f"pgcrdr-lab-{lab_id}-", dir="/tmp"))
     deployment = LabDeployment(lab, root, cloud_names, replicas=replicas, store_hosts=store_hosts,
-                               replica_env=replica_env or {})
+                               replica_env=replica_env or {}, extra_env=extra_env or {})
     try:
         deployment.start()
         ctl = deployment.replica_settings(replicas[0])

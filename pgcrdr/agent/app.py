@@ -1,4 +1,4 @@
-"""HTTP routes of the region agent (see ``pgcrdr.agent.client`` for the list). Routes only:
+"""HTTP routes of the region agent (see ``pgcrdr.agentapi.client`` for the list). Routes only:
 the work is done by ``RegionRuntime``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     BackupStatus,
     ClusterSpec,
     ClusterStatus,
@@ -31,7 +31,8 @@ from pgcrdr.agent.models import (
     RequestState,
     SessionsInfo,
 )
-from pgcrdr.agent.runtime import Conflict, NotFound, RegionRuntime, Timeout
+from pgcrdr.agent.errors import Conflict, NotFound, Timeout
+from pgcrdr.agent.runtime import RegionRuntime
 from pgcrdr.agent.validation import source_problems, spec_problems
 
 

@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pgcrdr.agent.models import BackupInfo
-from pgcrdr.agent.wal import WAL_SEGMENT, format_lsn, parse_lsn, segno_of, wal_name, wal_segno
+from pgcrdr.agentapi.models import BackupInfo
+from pgcrdr.agent.wal import WAL_SEGMENT, segno_of, wal_name, wal_segno
+from pgcrdr.agentapi.lsn import parse_lsn
 
-__all__ = ["WAL_SEGMENT", "format_lsn", "parse_lsn", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
+__all__ = ["WAL_SEGMENT", "segno_of", "wal_name", "wal_segno"]  # used as backrest.*
 
 log = logging.getLogger(__name__)
 

@@ -19,25 +19,20 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 from pgcrdr.agent import backrest
-from pgcrdr.agent import processes as proc
-from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, WalArchiveStatus
+from pgcrdr import processes as proc
+from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime
+from pgcrdr.agent.layout import RegionLayout, node_name
+from pgcrdr.agentapi.models import BackupInfo, BackupPolicy, BackupRun, BackupStatus, BackupType, WalArchiveStatus
 from pgcrdr.agent.postgres import connect_superuser
-
-if TYPE_CHECKING:
-    from pgcrdr.agent.layout import RegionLayout
-    from pgcrdr.agent.runtime import ClusterRuntime
-    from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.config import RegionConfig, Settings
 
 log = logging.getLogger(__name__)
 
 WORKER_TICK_S = 2.0
 INFO_REFRESH_S = 30.0
 RETRY_AFTER_FAILURE_S = 30.0
-BackupType = Literal["full", "diff", "incr"]
 
 
 def _ts(iso: str) -> float:
@@ -77,16 +72,20 @@ def next_backup(policy: BackupPolicy, timeline: int | None, backups: list[Backup
     return None
 
 
-class BackupOps:
-    settings: Settings
-    region: RegionConfig
-    layout: RegionLayout
+class Backups:
+    """The region's pgBackRest repository and one backup worker per cluster. ``stop`` ends the
+    workers (the agent is stopping)."""
+
+    def __init__(self, settings: Settings, region: RegionConfig, layout: RegionLayout, clusters: ClusterRegistry,
+                 stop: threading.Event):
+        self.settings = settings
+        self.region = region
+        self.clusters = clusters
+        self.repo = backrest.RepoLayout(layout.region_dir / "backrest")
+        self._stop = stop
+        self._conf_lock = threading.Lock()  # pgbackrest.conf is written by several threads
 
     # --- region configuration ----------------------------------------------------------------
-
-    @property
-    def repo(self) -> backrest.RepoLayout:
-        return backrest.RepoLayout(self.layout.region_dir / "backrest")
 
     def _repo_options(self) -> dict[str, str]:
         try:
@@ -95,24 +94,23 @@ class BackupOps:
             log.error("%s", exc)
             return {}
 
-    def _write_backrest_conf(self) -> None:
+    def write_conf(self) -> None:
         """(Re)write the region's pgbackrest.conf: one stanza per cluster, retention from its spec."""
         repo = self.repo
         for d in (repo.dir, repo.log_path, repo.lock_path, repo.spool_path):
             proc.make_node_dir(self.settings, d, 0o750)
         if "repo1-path" not in self._repo_options() and "repo1-type" not in self._repo_options():
             proc.make_node_dir(self.settings, repo.repo_path, 0o750)
-        with self._backrest_lock:  # type: ignore[attr-defined]
-            # The region lock is NOT taken here: put_spec holds it while it registers a cluster
-            # (which writes this file), so taking it under _backrest_lock inverted the lock order
-            # and deadlocked the agent when clusters were created while backups ran (seen with
-            # 25 clusters). list() copies the dict in one step under the GIL.
-            clusters = list(self._clusters.items())  # type: ignore[attr-defined]
-            stanzas = {name: c.spec.backup.retention_full for name, c in clusters if not c.deleted}
+        with self._conf_lock:
+            # The registry's lock is NOT taken here: put_spec holds it while it registers a
+            # cluster (which writes this file), so taking it under the conf lock inverted the lock
+            # order and deadlocked the agent when clusters were created while backups ran (seen
+            # with 25 clusters). ClusterRegistry.all() does not take it.
+            stanzas = {c.spec.cluster: c.spec.backup.retention_full for c in self.clusters.all() if not c.deleted}
             proc.write_node_file(self.settings, repo.conf,
                                  backrest.render_conf(repo, self._repo_options(), stanzas), 0o640)
 
-    def _delete_stanza(self, cluster: str) -> None:
+    def delete_stanza(self, cluster: str) -> None:
         """A deleted service's backups go with it (a service created again under the same name
         is a new database: its stanza must start empty)."""
         opts = self._repo_options()
@@ -121,25 +119,25 @@ class BackupOps:
                 for sub in ("backup", "archive"):
                     shutil.rmtree(self.repo.repo_path / sub / cluster, ignore_errors=True)
             else:
-                ids = self._node_ids()
+                ids = self.node_ids()
                 backrest.run([*backrest.base_args(self.repo, cluster), "stop"], user_ids=ids, timeout=60)
                 r = backrest.run([*backrest.base_args(self.repo, cluster), "--force", "stanza-delete"],
                                  user_ids=ids, timeout=600)
                 if r.returncode != 0:
                     log.warning("stanza-delete %s: %s", cluster, backrest.last_error_line(r.stderr or r.stdout))
-            self._write_backrest_conf()
+            self.write_conf()
         except Exception:  # the files only matter if the name is reused; say so in the log
             log.exception("could not delete the pgBackRest stanza of %s", cluster)
 
     def archive_command_for(self, cluster: str, data_dir: Path) -> str:
         return backrest.archive_command(self.repo, cluster, data_dir)
 
-    def _node_ids(self) -> tuple[int, int] | None:
+    def node_ids(self) -> tuple[int, int] | None:
         return proc.node_user_ids(self.settings)
 
     # --- the worker -----------------------------------------------------------------------------
 
-    def _start_backup_worker(self, c: ClusterRuntime) -> None:
+    def start_worker(self, c: ClusterRuntime) -> None:
         c.backup_status = BackupStatus(
             repository=backrest.repository_description(self.repo, self._repo_options()), stanza=c.spec.cluster)
         t = threading.Thread(target=self._backup_loop, args=(c,), name=f"backup-{c.spec.cluster}", daemon=True)
@@ -147,14 +145,13 @@ class BackupOps:
         t.start()
 
     def _backup_loop(self, c: ClusterRuntime) -> None:
-        stop: threading.Event = self._stop  # type: ignore[attr-defined]
-        while not stop.is_set() and not c.deleted:
+        while not self._stop.is_set() and not c.deleted:
             try:
                 self._backup_step(c)
             except Exception as exc:  # keep the worker alive; say what failed
                 log.exception("backup worker of %s", c.spec.cluster)
                 self._backup_error(c, f"backup worker error: {exc}")
-            stop.wait(WORKER_TICK_S)
+            self._stop.wait(WORKER_TICK_S)
 
     def _backup_error(self, c: ClusterRuntime, message: str) -> None:
         st = c.backup_status
@@ -185,9 +182,9 @@ class BackupOps:
         data_dir = self._any_data_dir(c)
         if data_dir is None:
             return False
-        self._write_backrest_conf()
+        self.write_conf()
         r = backrest.run([*backrest.base_args(self.repo, c.spec.cluster), f"--pg1-path={data_dir}", "--no-online",
-                          "stanza-create"], user_ids=self._node_ids(), timeout=120, cwd=self.repo.dir)
+                          "stanza-create"], user_ids=self.node_ids(), timeout=120, cwd=self.repo.dir)
         if r.returncode != 0:
             self._backup_error(c, f"stanza-create failed: {backrest.last_error_line(r.stderr or r.stdout)}")
             return False
@@ -204,7 +201,7 @@ class BackupOps:
         if st is None:
             return
         try:
-            data = backrest.info(self.repo, c.spec.cluster, self._node_ids())
+            data = backrest.info(self.repo, c.spec.cluster, self.node_ids())
         except Exception as exc:
             c.backup_status = st.model_copy(update={"ok": False, "message": f"repository unreadable: {exc}"})
             return
@@ -277,20 +274,20 @@ class BackupOps:
             c.backup_requested = requested  # asked for: retried until it succeeds
 
     def request_backup(self, cluster: str, kind: BackupType = "full") -> BackupStatus:
-        c = self._cluster(cluster)  # type: ignore[attr-defined]
+        c = self.clusters.get(cluster)
         c.backup_requested = kind
         assert c.backup_status is not None
         return c.backup_status
 
-    def backup_status(self, cluster: str) -> BackupStatus:
-        c = self._cluster(cluster)  # type: ignore[attr-defined]
+    def status(self, cluster: str) -> BackupStatus:
+        c = self.clusters.get(cluster)
         self._refresh_info(c, force=True)
         assert c.backup_status is not None
         return c.backup_status
 
     def _run_backup(self, c: ClusterRuntime, index: int, kind: BackupType) -> bool:
         name = node_name(c.spec.cluster, index)
-        self._write_backrest_conf()
+        self.write_conf()
         pgpass = c.layout.dir / "backrest.pgpass"
         proc.write_node_file(self.settings, pgpass, f"*:*:*:postgres:{c.spec.superuser_password}\n", 0o600)
         argv = [*backrest.base_args(self.repo, c.spec.cluster), f"--pg1-path={c.layout.data_dir(name)}",
@@ -298,18 +295,18 @@ class BackupOps:
                 "--pg1-user=postgres", f"--type={kind}", "--log-level-console=detail", "backup"]
         size = backrest.data_size(c.layout.data_dir(name))
         run = BackupRun(type=kind, started=now_iso(), size=size, done=0)
-        c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
+        assert c.backup_status is not None  # set by start_worker
+        c.backup_status = c.backup_status.model_copy(update={"running": run})
         log.info("%s: %s backup starts from %s", c.spec.cluster, kind, name)
         t0 = time.monotonic()
         env = {"PGPASSFILE": str(pgpass), "PGSSLMODE": "disable"}
         out_file = c.layout.dir / "backup.log"  # pgBackRest's detail output: a line per file with its %
         with open(out_file, "w") as out_f:
             p = subprocess.Popen(argv, stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True,
-                                 **backrest.as_node_user(self._node_ids(), env, self.repo.dir))
+                                 **backrest.as_node_user(self.node_ids(), env, self.repo.dir))
         c.backup_pid = p.pid
-        stop: threading.Event = self._stop  # type: ignore[attr-defined]
         while p.poll() is None:
-            if stop.wait(1.0) or c.deleted or c.spec.standby_of is not None or not c.spec.powered:
+            if self._stop.wait(1.0) or c.deleted or c.spec.standby_of is not None or not c.spec.powered:
                 # The agent stops, or the writer is being demoted/fenced: the backup is abandoned
                 # (pgBackRest cleans the partial backup up on the next run).
                 _signal_group(p.pid, signal.SIGTERM)  # pgbackrest and its local worker processes
@@ -322,15 +319,15 @@ class BackupOps:
             pct = backrest.last_percent(backrest.tail(out_file))
             if pct is not None:
                 run = run.model_copy(update={"done": int(size * pct / 100)})
-                c.backup_status = c.backup_status.model_copy(update={"running": run})  # type: ignore[union-attr]
+                c.backup_status = c.backup_status.model_copy(update={"running": run})
         p.wait()
         output = backrest.tail(out_file, 4000)
         c.backup_pid = None
-        c.backup_status = c.backup_status.model_copy(update={"running": None})  # type: ignore[union-attr]
+        c.backup_status = c.backup_status.model_copy(update={"running": None})
         if p.returncode == 0:
             c.backup_failed_at = None
             log.info("%s: %s backup done in %.1fs", c.spec.cluster, kind, time.monotonic() - t0)
-            c.backup_status = c.backup_status.model_copy(update={"last_error": None})  # type: ignore[union-attr]
+            c.backup_status = c.backup_status.model_copy(update={"last_error": None})
         else:
             c.backup_failed_at = time.time()
             why = (f"pgbackrest was killed by signal {-p.returncode}" if p.returncode < 0

@@ -4,8 +4,9 @@ data, and the region outage drill (architecture.md, "The safe sequences").
 
 Each primitive is idempotent and persists what it changes in the cluster's spec.json *before*
 acting, so an agent killed half-way comes back with the intent the control plane asked for
-(a demoted cluster never comes back as a writer). ``RegionRuntime`` mixes these in; they use its
-per-cluster ``act_lock`` so the converge loop never acts on a half-changed cluster.
+(a demoted cluster never comes back as a writer). ``RegionRuntime`` owns a ``Crdr`` and
+delegates to it; these take each cluster's ``act_lock`` so the converge loop never acts on a
+half-changed cluster.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import psycopg
+from pydantic import BaseModel
 
 from pgcrdr.agent import dcs
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
+from pgcrdr.agent.processes import kill_region_now
 from pgcrdr.agent.backups import now_iso
+from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime, persist_spec
+from pgcrdr.agent.errors import Conflict, Timeout
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     DemoteRequest,
     DemoteResult,
     FenceRequest,
@@ -45,15 +50,12 @@ from pgcrdr.agent.models import (
     SessionsInfo,
 )
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
-from pgcrdr.agent.postgres import connect_superuser, lsn_info, timeline_switch_point
+from pgcrdr.agent.postgres import connect_superuser, lsn_info, one_value, timeline_switch_point
+from pgcrdr.agent.region_etcd import RegionEtcd
 from pgcrdr.agent.sessions import read_sessions
-from pgcrdr.agent.wal import ControlData, commits_after, controldata, end_of_wal, max_lsn, parse_lsn
-
-if TYPE_CHECKING:
-    from pgcrdr.agent.layout import ClusterLayout, RegionLayout
-    from pgcrdr.agent.models import ClusterSpec
-    from pgcrdr.agent.runtime import ClusterRuntime
-    from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.agent.wal import ControlData, commits_after, controldata_or_none, disk_position, max_lsn, most_advanced
+from pgcrdr.agentapi.lsn import parse_lsn
+from pgcrdr.config import RegionConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +64,40 @@ POLL_PROMOTE_S = 0.02  # promote: how often to ask pg_is_in_recovery()
 LOCK_WAIT_S = 10.0
 
 
-def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
-    from pgcrdr.agent.runtime import Conflict, NotFound, Timeout
+def save_result(c: ClusterRuntime, kind: str, result: BaseModel) -> None:
+    path = c.layout.dir / f"{kind}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(result.model_dump_json())
+    tmp.replace(path)
 
-    return NotFound, Conflict, Timeout
+
+def load_crdr_results(c: ClusterRuntime) -> None:
+    """The last demote and promote results and preserve job of a cluster the agent resumes."""
+    for kind, model in (("demote", DemoteResult), ("promote", PromoteResult)):
+        try:
+            setattr(c, f"last_{kind}", model.model_validate_json((c.layout.dir / f"{kind}.json").read_text()))
+        except (OSError, ValueError):
+            pass
+    try:
+        job = PreserveState.model_validate_json((c.layout.dir / "preserve-job.json").read_text())
+    except (OSError, ValueError):
+        return
+    if job.state == "running":  # the agent died during the copy
+        job = job.model_copy(update={"state": "failed", "finished": now_iso(),
+                                     "message": "interrupted by an agent restart; request the preserve again"})
+        save_result(c, "preserve-job", job)
+    c.preserve = job
 
 
-class CrdrOps:
-    settings: Settings
-    region: RegionConfig
-    layout: RegionLayout
+class Crdr:
+    """The CRDR primitives of one region's clusters (found in ``clusters``); ``etcd`` says
+    whether the DCS can be written straight when no Patroni runs."""
 
-    # provided by RegionRuntime
-    def _cluster(self, cluster: str) -> ClusterRuntime:
-        with self._lock:  # type: ignore[attr-defined]
-            c = self._clusters.get(cluster)  # type: ignore[attr-defined]
-        if c is None or c.deleted:
-            raise _errors()[0](cluster)
-        return c
-
-    @staticmethod
-    def _persist_spec(layout: ClusterLayout, spec: ClusterSpec) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def __init__(self, settings: Settings, region: RegionConfig, clusters: ClusterRegistry, etcd: RegionEtcd):
+        self.settings = settings
+        self.region = region
+        self.clusters = clusters
+        self.etcd = etcd
 
     # --- DCS in line with the spec -----------------------------------------------------------
 
@@ -106,7 +120,7 @@ class CrdrOps:
         dcs.write_config(self.region, c.spec.cluster, dcs.apply_patch(current, patch), self.settings.host)
         return "written to etcd"
 
-    def _sync_dcs(self, c: ClusterRuntime) -> None:
+    def sync_dcs(self, c: ClusterRuntime) -> None:
         """Make the DCS config say what the spec says (standby_cluster, slots). Called by each tick
         before deciding; a cluster whose DCS is not in line is not started (decide)."""
         spec = c.spec
@@ -119,7 +133,7 @@ class CrdrOps:
                     full = render_patroni_config(
                         spec, node_name(spec.cluster, 1), pg_port=c.ports.pg(1), rest_port=c.ports.rest(1),
                         etcd_port=self.region.etcd_client_port,
-                        paths=self._node_paths(c, node_name(spec.cluster, 1)),  # type: ignore[attr-defined]
+                        paths=c.node_paths(node_name(spec.cluster, 1)),
                         pg_bin_dir=self.settings.pg_bin_dir, host=self.settings.host,
                     )["bootstrap"]["dcs"]
                     dcs.write_config(self.region, spec.cluster, full, self.settings.host)
@@ -159,70 +173,20 @@ class CrdrOps:
 
     def _lock_cluster(self, c: ClusterRuntime, timeout: float) -> None:
         if not c.act_lock.acquire(timeout=timeout):
-            raise _errors()[2](f"cluster {c.spec.cluster} is busy (another operation or a slow converge step); "
+            raise Timeout(f"cluster {c.spec.cluster} is busy (another operation or a slow converge step); "
                                f"gave up after {timeout:.0f} s")
 
-    def _save_result(self, c: ClusterRuntime, kind: str, result: Any) -> None:
-        path = c.layout.dir / f"{kind}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(result.model_dump_json())
-        tmp.replace(path)
-
-    def _load_crdr_results(self, c: ClusterRuntime) -> None:
-        for kind, model in (("demote", DemoteResult), ("promote", PromoteResult)):
-            try:
-                setattr(c, f"last_{kind}", model.model_validate_json((c.layout.dir / f"{kind}.json").read_text()))
-            except (OSError, ValueError):
-                pass
-        try:
-            job = PreserveState.model_validate_json((c.layout.dir / "preserve-job.json").read_text())
-        except (OSError, ValueError):
-            return
-        if job.state == "running":  # the agent died during the copy
-            job = job.model_copy(update={"state": "failed", "finished": now_iso(),
-                                         "message": "interrupted by an agent restart; request the preserve again"})
-            self._save_result(c, "preserve-job", job)
-        c.preserve = job
-
-    def _controldata(self, data_dir: Path) -> ControlData | None:
-        if not (data_dir / "global" / "pg_control").exists():
-            return None
-        return controldata(self.settings.pg_bin_dir, data_dir)
-
     def _disk_lsn(self, data_dir: Path) -> tuple[ControlData | None, str | None]:
-        """(control data, most advanced position on disk: latest checkpoint or end of WAL)."""
-        cd = self._controldata(data_dir)
-        if cd is None:
-            return None, None
-        end = None
-        try:
-            end = end_of_wal(self.settings.pg_bin_dir, data_dir, cd)
-        except Exception as exc:  # best effort
-            log.info("end of WAL of %s unknown: %s", data_dir, exc)
-        return cd, max_lsn(cd.checkpoint_lsn, end, cd.min_recovery_lsn)
-
-    def _most_advanced_node(self, c: ClusterRuntime) -> tuple[str, ControlData, str | None] | None:
-        """(node, control data, end of WAL) of the node whose data directory is furthest ahead
-        (highest timeline, then position); None when no node has data."""
-        best: tuple[tuple[int, int], str, ControlData, str | None] | None = None
-        for i in (1, 2, 3):
-            name = node_name(c.spec.cluster, i)
-            cd, end = self._disk_lsn(c.layout.data_dir(name))
-            if cd is None:
-                continue
-            key = (cd.timeline, parse_lsn(end or cd.checkpoint_lsn))
-            if best is None or key > best[0]:
-                best = (key, name, cd, end)
-        return best[1:] if best else None
+        return disk_position(self.settings.pg_bin_dir, data_dir)
 
     # --- LSN, checkpoint ---------------------------------------------------------------------
 
     def _on_leader(self, cluster: str, what: str, read: Any) -> Any:
         """``read(conn, node)`` on the cluster's leader (writer or standby leader); 409 when none answers."""
-        c = self._cluster(cluster)
+        c = self.clusters.get(cluster)
         idx = self._leader_index(c)
         if idx is None:
-            raise _errors()[1](f"cluster {cluster} has no leader answering (phase "
+            raise Conflict(f"cluster {cluster} has no leader answering (phase "
                                f"{c.status.phase if c.status else 'unknown'}); {what}")
         with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
             return read(conn, node_name(cluster, idx))
@@ -235,10 +199,10 @@ class CrdrOps:
         return self._on_leader(cluster, "no sessions to read", read_sessions)
 
     def checkpoint(self, cluster: str) -> LsnInfo:
-        c = self._cluster(cluster)
+        c = self.clusters.get(cluster)
         idx = self._leader_index(c)
         if idx is None:
-            raise _errors()[1](f"cluster {cluster} has no leader answering; cannot CHECKPOINT")
+            raise Conflict(f"cluster {cluster} has no leader answering; cannot CHECKPOINT")
         with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
             conn.execute("CHECKPOINT")  # a restartpoint on a standby leader: harmless
             return lsn_info(conn, node_name(cluster, idx))
@@ -254,8 +218,7 @@ class CrdrOps:
         if request_id is None:
             yield
             return
-        Conflict = _errors()[1]
-        with self._lock:  # type: ignore[attr-defined]
+        with self.clusters.lock:
             cur = c.requests.get(request_id)
             if cur is not None and cur.state == "cancelled":
                 raise Conflict(f"request {request_id} was cancelled by the control plane; nothing was done")
@@ -266,18 +229,17 @@ class CrdrOps:
         try:
             yield
         except BaseException as exc:
-            state = "refused" if isinstance(exc, Conflict) else "failed"
-            with self._lock:  # type: ignore[attr-defined]
-                c.requests[request_id] = RequestState(request_id=request_id, state=state,  # type: ignore[arg-type]
-                                                      message=str(exc)[:300])
+            state: Literal["refused", "failed"] = "refused" if isinstance(exc, Conflict) else "failed"
+            with self.clusters.lock:
+                c.requests[request_id] = RequestState(request_id=request_id, state=state, message=str(exc)[:300])
             raise
-        with self._lock:  # type: ignore[attr-defined]
+        with self.clusters.lock:
             c.requests[request_id] = RequestState(request_id=request_id, state="done")
 
     def cancel_request(self, cluster: str, request_id: str) -> RequestState:
         """Cancel ``request_id`` unless it already ran (or runs): its state afterwards."""
-        c = self._cluster(cluster)
-        with self._lock:  # type: ignore[attr-defined]
+        c = self.clusters.get(cluster)
+        with self.clusters.lock:
             cur = c.requests.get(request_id)
             if cur is None or cur.state in ("queued", "cancelled"):
                 cur = c.requests[request_id] = RequestState(request_id=request_id, state="cancelled")
@@ -286,10 +248,10 @@ class CrdrOps:
     def _check_cancelled(self, c: ClusterRuntime, request_id: str | None) -> None:
         if request_id is None:
             return
-        with self._lock:  # type: ignore[attr-defined]
+        with self.clusters.lock:
             cur = c.requests.get(request_id)
         if cur is not None and cur.state == "cancelled":
-            raise _errors()[1](f"request {request_id} was cancelled by the control plane; nothing was done")
+            raise Conflict(f"request {request_id} was cancelled by the control plane; nothing was done")
 
     # --- demote --------------------------------------------------------------------------------
 
@@ -301,7 +263,7 @@ class CrdrOps:
     def _locked_request(self, cluster: str, req: Any, fn: Any) -> Any:
         """``fn(c, req, t0)`` under the cluster's act_lock, with ``req.request_id`` tracked (a
         cancelled id is refused before anything is done)."""
-        c = self._cluster(cluster)
+        c = self.clusters.get(cluster)
         self._check_cancelled(c, req.request_id)
         t0 = time.monotonic()
         self._lock_cluster(c, min(LOCK_WAIT_S, req.timeout))
@@ -312,7 +274,6 @@ class CrdrOps:
             c.act_lock.release()
 
     def _demote(self, c: ClusterRuntime, req: DemoteRequest, t0: float) -> DemoteResult:
-        _, Conflict, Timeout = _errors()
         cluster = c.spec.cluster
         deadline = t0 + req.timeout
         steps = {"locked": time.monotonic() - t0}
@@ -343,7 +304,7 @@ class CrdrOps:
         current, _ = dcs.read_config(self.region, cluster, self.settings.host)
         new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
         # Persist first: whatever happens next, this cluster only ever comes back as a standby.
-        self._persist_spec(c.layout, new_spec)
+        persist_spec(c.layout, new_spec)
         c.spec = new_spec
         patch = dcs.dcs_patch(new_spec, current or {}) or {}
         patch.setdefault("standby_cluster", dcs.standby_cluster_config(req.standby_of))
@@ -359,14 +320,14 @@ class CrdrOps:
                               "to become a standby; the cluster is left as it is (standby_of set)")
             time.sleep(POLL_DOWN_S)
         down_s = time.monotonic() - t0
-        cd = self._controldata(data_dir)
+        cd = controldata_or_none(self.settings.pg_bin_dir, data_dir)
         final = cd.checkpoint_lsn if cd else None
         if cd is None or cd.state != "shut down":
             # not a clean shutdown (killed?): the end of WAL is the honest final position
             _, final = self._disk_lsn(data_dir)
         result = DemoteResult(node=name, final_lsn=final or "0/0", writer_down_s=round(down_s, 4))
         c.last_demote = result
-        self._save_result(c, "demote", result)
+        save_result(c, "demote", result)
         log.info("%s: writer %s down after %.3f s, final LSN %s (%s); steps %s", cluster, name, down_s,
                  result.final_lsn, cd.state if cd else "no control data",
                  " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
@@ -375,7 +336,7 @@ class CrdrOps:
     def _repoint(self, c: ClusterRuntime, req: DemoteRequest, roles: dict[int, str], t0: float) -> DemoteResult:
         current, _ = dcs.read_config(self.region, c.spec.cluster, self.settings.host)
         new_spec = c.spec.model_copy(update={"standby_of": req.standby_of})
-        self._persist_spec(c.layout, new_spec)
+        persist_spec(c.layout, new_spec)
         c.spec = new_spec
         patch = dcs.dcs_patch(new_spec, current or {})
         if patch:
@@ -412,7 +373,6 @@ class CrdrOps:
         return self._roles(c)
 
     def _promote(self, c: ClusterRuntime, req: PromoteRequest, t0: float) -> PromoteResult:
-        _, Conflict, Timeout = _errors()
         cluster = c.spec.cluster
         deadline = t0 + req.timeout
         steps = {"locked": time.monotonic() - t0}
@@ -443,19 +403,19 @@ class CrdrOps:
         conn = connect_superuser(c.spec, port, self.settings.host)
         steps["connected"] = time.monotonic() - t0
         try:
-            before = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            before = one_value(conn, "SELECT pg_last_wal_replay_lsn()::text")
             current, _ = dcs.read_config(self.region, cluster, self.settings.host)
             steps["config read"] = time.monotonic() - t0
             old_spec = c.spec
             new_spec = c.spec.model_copy(update={"standby_of": None})
             # Persist first: an agent restarted after the PATCH must not demote it again.
-            self._persist_spec(c.layout, new_spec)
+            persist_spec(c.layout, new_spec)
             c.spec = new_spec
             patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
             try:
                 how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
             except Exception:
-                self._persist_spec(c.layout, old_spec)
+                persist_spec(c.layout, old_spec)
                 c.spec = old_spec
                 raise
             steps["patched"] = time.monotonic() - t0
@@ -464,7 +424,7 @@ class CrdrOps:
                 try:
                     if conn.closed:
                         conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    if not one_value(conn, "SELECT pg_is_in_recovery()"):
                         break
                 except psycopg.Error:
                     conn.close()
@@ -480,7 +440,7 @@ class CrdrOps:
         result = PromoteResult(node=name, promoted_s=round(promoted_s, 4), switch_lsn=switch,
                                timeline=info.timeline)
         c.last_promote = result
-        self._save_result(c, "promote", result)
+        save_result(c, "promote", result)
         log.info("%s: %s promoted in %.3f s, timeline %s forks at %s; steps %s", cluster, name, promoted_s,
                  info.timeline, switch, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
         return result
@@ -510,13 +470,13 @@ class CrdrOps:
     def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
         """Stop every process of the cluster now (SIGKILL), power it off and, when ``standby_of``
         is given, make sure it can only come back as a standby of that source."""
-        c = self._cluster(cluster)
+        c = self.clusters.get(cluster)
         update: dict[str, Any] = {"powered": False}
         if req.standby_of is not None:
             update["standby_of"] = req.standby_of
-        with self._lock:  # type: ignore[attr-defined]
+        with self.clusters.lock:
             new_spec = c.spec.model_copy(update=update)
-            self._persist_spec(c.layout, new_spec)
+            persist_spec(c.layout, new_spec)
             c.spec = new_spec
         # Kill at once, without waiting for a converge step in progress...
         killed = self._kill_nodes(c)
@@ -526,8 +486,8 @@ class CrdrOps:
             killed += [p for p in self._kill_nodes(c) if p not in killed]
             c.proxy_pid = None
             c.endpoint_verified = None
-            if self._etcd_healthy:  # type: ignore[attr-defined]
-                self._sync_dcs(c)  # no Patroni runs: straight into etcd
+            if self.etcd.healthy:
+                self.sync_dcs(c)  # no Patroni runs: straight into etcd
             else:
                 c.dcs_synced = False  # synced before anything starts again (decide)
             last = None
@@ -550,15 +510,14 @@ class CrdrOps:
     # job state is persisted (preserve-job.json): an agent restarted mid-copy reports it failed.
 
     def get_preserve(self, cluster: str) -> PreserveState | None:
-        return self._cluster(cluster).preserve
+        return self.clusters.get(cluster).preserve
 
     def preserve(self, cluster: str, req: PreserveRequest) -> PreserveState:
         """Start keeping the old writer's data directory aside and listing its commits after
         ``fork_lsn`` (or answer the job of the same ``request_id``, or the result kept by an
         earlier preserve of the same data). The cluster must be stopped (fenced)."""
-        _, Conflict, _ = _errors()
         parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
-        c = self._cluster(cluster)
+        c = self.clusters.get(cluster)
         self._lock_cluster(c, 60)
         try:
             job = c.preserve
@@ -574,7 +533,7 @@ class CrdrOps:
                 if proc.postmaster_pid(c.layout.data_dir(name)) or proc.is_running(c.nodes[i].pid):
                     raise Conflict(f"{name} of {cluster} is running; fence the cluster before preserving its data")
             request_id = req.request_id or uuid.uuid4().hex
-            best = self._most_advanced_node(c)
+            best = most_advanced(self.settings.pg_bin_dir, c.data_dirs())
             job = PreserveState(request_id=request_id, fork_lsn=req.fork_lsn, started=now_iso())
             if best is None:
                 # The disk of the old writer is gone: nothing to keep; the rebuild that follows
@@ -594,7 +553,7 @@ class CrdrOps:
                     job.message = f"copying the data directory of {name}"
                     c.preserve_active = True  # from here on nothing starts on this cluster
             c.preserve = job
-            self._save_result(c, "preserve-job", job)
+            save_result(c, "preserve-job", job)
         finally:
             c.act_lock.release()
         if job.state == "running":
@@ -618,7 +577,7 @@ class CrdrOps:
         assert c.preserve is not None
         c.preserve = c.preserve.model_copy(update=changes)
         try:
-            self._save_result(c, "preserve-job", c.preserve)
+            save_result(c, "preserve-job", c.preserve)
         except OSError as exc:  # the cluster is being deleted
             log.info("%s: preserve state not saved: %s", c.spec.cluster, exc)
 
@@ -665,7 +624,7 @@ class CrdrOps:
 
         def _die() -> None:
             time.sleep(delay)  # let the HTTP answer leave
-            killed = proc.kill_region_now(self.settings, self.region)
+            killed = kill_region_now(self.settings, self.region)
             log.warning("region outage drill: SIGKILLed %s; the agent dies now", killed)
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -18,7 +18,7 @@ from typing import Any
 from pgcrdr.agent.localhttp import LOCAL
 
 from pgcrdr.agent.etcd import NAMESPACE
-from pgcrdr.agent.models import ClusterSpec, StandbySource
+from pgcrdr.agentapi.models import ClusterSpec, StandbySource
 from pgcrdr.config import RegionConfig
 
 

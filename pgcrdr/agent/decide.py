@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgcrdr.agent.dcs import sync_mode
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     ClusterPhase,
     ClusterSpec,
     ClusterStatus,
@@ -80,6 +80,7 @@ class ClusterObs:
     endpoint_verified: str | None = None  # the leader a probe through the primary endpoint reached
     # CRDR
     held: bool = False  # resumed after an agent restart with nothing running: start nothing until a PUT
+    held_reason: str | None = None  # why it is held, when not for that (the writer lease was lost)
     dcs_synced: bool = True  # the DCS config (standby_cluster, slots) matches the spec
     dcs_error: str | None = None
 
@@ -273,13 +274,12 @@ def lsn_info_from_rest(n: NodeObs) -> LsnInfo | None:
                    replay_time=str(ts) if ts else None)
 
 
+_ROLES: dict[str | None, NodeRole] = {"primary": "primary", "master": "primary", "replica": "replica",
+                                     "standby_leader": "standby_leader"}
+
+
 def _role(n: NodeObs) -> NodeRole:
-    role = n.rest_role if n.patroni_running else None
-    if role in ("primary", "master"):
-        return "primary"
-    if role in ("replica", "standby_leader"):
-        return role  # type: ignore[return-value]
-    return "unknown"
+    return _ROLES.get(n.rest_role if n.patroni_running else None, "unknown")
 
 
 def node_failing(n: NodeObs) -> str | None:
@@ -331,6 +331,10 @@ def _recorded(n: NodeObs) -> bool:
     return bool(n.rest and n.rest_role == "replica" and (n.rest.get("sync_standby") or n.rest.get("quorum_standby")))
 
 
+_SYNC_STATES: dict[str | None, SyncState] = {"sync": "sync", "quorum": "quorum", "potential": "potential",
+                                             "async": "async"}
+
+
 def node_sync_state(n: NodeObs, leader: NodeObs | None, pg_states: Mapping[str, str]) -> SyncState | None:
     """A standby's sync state on its writer: "sync"/"quorum" once PostgreSQL waits for it AND
     Patroni recorded it in /sync (only then may a failover promote it); "potential" when
@@ -338,12 +342,10 @@ def node_sync_state(n: NodeObs, leader: NodeObs | None, pg_states: Mapping[str, 
     writer, for nodes not streaming from it and in standby clusters. Pure."""
     if leader is None or not _is_writer(leader) or n.index == leader.index:
         return None
-    pg = pg_states.get(n.name)
-    if pg in ("sync", "quorum"):
-        return pg if _recorded(n) else "potential"  # type: ignore[return-value]
-    if pg in ("potential", "async"):
-        return pg  # type: ignore[return-value]
-    return None
+    state = _SYNC_STATES.get(pg_states.get(n.name))
+    if state in ("sync", "quorum") and not _recorded(n):
+        return "potential"
+    return state
 
 
 DEGRADED = ("durability degraded: no synchronous standby, commits are acknowledged by the writer alone "
@@ -414,12 +416,14 @@ def summarize(
         messages.append(f"could not create users/databases: {obs.ensure_error}")
     if obs.dcs_error:
         messages.append(f"cannot bring the DCS config in line with the spec: {obs.dcs_error}")
-    if obs.held:
+    if obs.held and obs.held_reason:
+        messages.append(f"held: {obs.held_reason}")
+    elif obs.held:
         messages.append("held: the agent restarted while this cluster was down; nothing starts until "
                         "the control plane PUTs its spec again")
     if spec.powered and not obs.held:
         for n in obs.wanted:
-            if n.held(now):
+            if n.held_until is not None and n.held(now):
                 messages.append(f"{n.name} was killed by a drill; it restarts in {n.held_until - now:.0f} s")
         if leader is None and ever_ready and not any(n.held(now) for n in obs.wanted):
             messages.append("no writer at the moment: waiting for Patroni to elect a leader")

@@ -13,7 +13,7 @@ import yaml
 
 from pgcrdr.agent.dcs import crdr_dcs
 from pgcrdr.agent.etcd import NAMESPACE
-from pgcrdr.agent.models import ClusterSpec
+from pgcrdr.agentapi.models import ClusterSpec
 
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def candidate_blocks(port_range: tuple[int, int]) -> list[int]:
     return [b for b in range(first, last, BLOCK_SIZE) if b + BLOCK_SIZE <= last]
 
 
-def choose_block(port_range: tuple[int, int], taken: set[int], busy_ports: set[int] = frozenset()) -> int:
+def choose_block(port_range: tuple[int, int], taken: AbstractSet[int],
+                 busy_ports: AbstractSet[int] = frozenset()) -> int:
     """First block of ``port_range`` not in ``taken`` (block bases) and with no port in ``busy_ports``.
 
     Pure; raises ``LookupError`` when the range is exhausted.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
-from pgcrdr.agent.models import ClusterSpec, LsnInfo
+from pgcrdr.agentapi.models import ClusterSpec, LsnInfo
 from pgcrdr.agent.patroni import SUPERUSER
 
 
@@ -119,6 +120,14 @@ def connect_superuser(spec: ClusterSpec, port: int, host: str = "127.0.0.1",
     )
 
 
+def one_value(conn: psycopg.Connection, query: LiteralString, params: tuple[object, ...] | None = None) -> Any:
+    """The first column of the row ``query`` returns (one that returns no row raises)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {query}")
+    return row[0]
+
+
 def lsn_info(conn: psycopg.Connection, node: str) -> LsnInfo:
     row = conn.execute(_LSN_SQL).fetchone()
     if row is None:
@@ -137,7 +146,7 @@ def timeline_switch_point(conn: psycopg.Connection, timeline: int) -> str | None
     if timeline <= 1:
         return None
     try:
-        text = conn.execute("SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",)).fetchone()[0]
+        text = one_value(conn, "SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",))
     except psycopg.Error:
         return None
     lines = [ln.split() for ln in str(text).splitlines() if ln.strip() and not ln.startswith("#")]

@@ -25,17 +25,18 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pgcrdr.agent import backrest
-from pgcrdr.agent import processes as proc
-from pgcrdr.agent.backups import now_iso
+from pgcrdr import processes as proc
+from pgcrdr.agent.backups import Backups, now_iso
+from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime
+from pgcrdr.agent.errors import Conflict
 from pgcrdr.agent.layout import node_name
-from pgcrdr.agent.models import RebuildAttempt, RebuildRequest, RebuildState
+from pgcrdr.agentapi.models import RebuildAttempt, RebuildRequest, RebuildSource, RebuildState
 from pgcrdr.agent.patroni import REPLICATION_USER, REWIND_USER
-
-if TYPE_CHECKING:
-    from pgcrdr.agent.runtime import ClusterRuntime
+from pgcrdr.agent.wal import most_advanced
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
+from pgcrdr.config import RegionConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def strip_restore_command(auto_conf: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def order_by_estimate(sources: list[str], estimates: dict[str, int]) -> list[str]:
+def order_by_estimate(sources: list[RebuildSource], estimates: dict[str, int]) -> list[RebuildSource]:
     """Sources with an estimate, cheapest first (ties keep the given order: rewind, restore,
     basebackup); then those that cannot work as things are, in the given order (each says why
     when tried). Pure."""
@@ -72,37 +73,48 @@ def order_by_estimate(sources: list[str], estimates: dict[str, int]) -> list[str
     return known + [s for s in sources if s not in estimates]
 
 
-class RebuildOps:
-    def _rebuild_file(self, c: ClusterRuntime) -> Path:
-        return c.layout.dir / "rebuild.json"
+def _rebuild_file(c: ClusterRuntime) -> Path:
+    return c.layout.dir / "rebuild.json"
 
-    def _save_rebuild(self, c: ClusterRuntime) -> None:
-        if c.rebuild is None:
-            return
-        f = self._rebuild_file(c)
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(c.rebuild.model_dump_json())
-        tmp.replace(f)
 
-    def _load_rebuild(self, c: ClusterRuntime) -> None:
-        try:
-            st = RebuildState.model_validate_json(self._rebuild_file(c).read_text())
-        except (OSError, ValueError):
-            return
-        if st.state == "running":
-            st = st.model_copy(update={"state": "failed", "finished": now_iso(),
-                                       "message": "interrupted by an agent restart; request the rebuild again"})
-        c.rebuild = st
-        self._save_rebuild(c)
+def save_rebuild(c: ClusterRuntime) -> None:
+    if c.rebuild is None:
+        return
+    f = _rebuild_file(c)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(c.rebuild.model_dump_json())
+    tmp.replace(f)
 
-    def get_rebuild(self, cluster: str) -> RebuildState | None:
-        return self._cluster(cluster).rebuild  # type: ignore[attr-defined]
 
-    def rebuild(self, cluster: str, req: RebuildRequest) -> RebuildState:
-        from pgcrdr.agent.runtime import Conflict
+def load_rebuild(c: ClusterRuntime) -> None:
+    """The last rebuild of a cluster the agent resumes; one still running is reported failed."""
+    try:
+        st = RebuildState.model_validate_json(_rebuild_file(c).read_text())
+    except (OSError, ValueError):
+        return
+    if st.state == "running":
+        st = st.model_copy(update={"state": "failed", "finished": now_iso(),
+                                   "message": "interrupted by an agent restart; request the rebuild again"})
+    c.rebuild = st
+    save_rebuild(c)
 
-        backrest.parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
-        c: ClusterRuntime = self._cluster(cluster)  # type: ignore[attr-defined]
+
+class Rebuilds:
+    """Failback rebuilds of one region's clusters (found in ``clusters``), restoring from the
+    region's repository (``backups``)."""
+
+    def __init__(self, settings: Settings, region: RegionConfig, clusters: ClusterRegistry, backups: Backups):
+        self.settings = settings
+        self.region = region
+        self.clusters = clusters
+        self.backups = backups
+
+    def get(self, cluster: str) -> RebuildState | None:
+        return self.clusters.get(cluster).rebuild
+
+    def start(self, cluster: str, req: RebuildRequest) -> RebuildState:
+        parse_lsn(req.fork_lsn)  # ValueError -> 400 at the edge
+        c = self.clusters.get(cluster)
         with c.act_lock:
             if c.rebuild is not None and c.rebuild.request_id == req.request_id:
                 return c.rebuild
@@ -120,18 +132,18 @@ class RebuildOps:
                 name = node_name(cluster, i)
                 if proc.is_running(c.nodes[i].pid) or proc.postmaster_pid(c.layout.data_dir(name)):
                     raise Conflict(f"{name} of {cluster} is running; stop (fence) the cluster before rebuilding it")
-            best = self._most_advanced_node(c)  # type: ignore[attr-defined]
+            best = most_advanced(self.settings.pg_bin_dir, c.data_dirs())
             node = best[0] if best else node_name(cluster, 1)
             c.rebuild = RebuildState(request_id=req.request_id, node=node, started=now_iso())
             c.rebuild_active = True
-            self._save_rebuild(c)
+            save_rebuild(c)
         threading.Thread(target=self._rebuild_run, args=(c, req), name=f"rebuild-{cluster}", daemon=True).start()
         return c.rebuild
 
     def _set(self, c: ClusterRuntime, **changes: object) -> None:
         assert c.rebuild is not None
         c.rebuild = c.rebuild.model_copy(update=changes)
-        self._save_rebuild(c)
+        save_rebuild(c)
 
     def _rebuild_run(self, c: ClusterRuntime, req: RebuildRequest) -> None:
         assert c.rebuild is not None
@@ -199,8 +211,8 @@ class RebuildOps:
             log.info("%s: no estimate from the active service (%s): default order", c.spec.cluster, exc)
             return {}, {}
         assert row is not None
-        current, waldir, db = backrest.parse_lsn(row[0]), int(row[1]), int(row[2])
-        since_fork = max(0, current - backrest.parse_lsn(req.fork_lsn))
+        current, waldir, db = parse_lsn(row[0]), int(row[1]), int(row[2])
+        since_fork = max(0, current - parse_lsn(req.fork_lsn))
         out = {"basebackup": db + since_fork}
         unusable: dict[str, str] = {}
         if self._data_ok(c.layout.data_dir(node)):
@@ -208,7 +220,7 @@ class RebuildOps:
         else:
             unusable["rewind"] = "the old data directory is gone"
         try:
-            data = backrest.info(self.repo, c.spec.cluster, proc.node_user_ids(self.settings))  # type: ignore[attr-defined]
+            data = backrest.info(self.backups.repo, c.spec.cluster, proc.node_user_ids(self.settings))
             b = backrest.restorable_backup(backrest.parse_backups(data, c.spec.cluster), req.fork_timeline - 1,
                                            req.fork_lsn)
             _, newest = backrest.archive_range(data, c.spec.cluster)
@@ -219,11 +231,11 @@ class RebuildOps:
                 missing = max(0, fork_seg - 1 - have)
                 out["restore"] = since_fork + missing * backrest.WAL_SEGMENT
             else:
-                unusable["restore"] = (f"no backup in the {self.region.cloud_name} repository on timeline "  # type: ignore[attr-defined]
+                unusable["restore"] = (f"no backup in the {self.region.cloud_name} repository on timeline "
                                        f"{req.fork_timeline - 1} before the fork at {req.fork_lsn}"
                                        + (f" (repository: {problem})" if problem else ""))
         except Exception as exc:  # the restore attempt will say what is wrong
-            unusable["restore"] = f"the {self.region.cloud_name} repository cannot be read: {exc}"  # type: ignore[attr-defined]
+            unusable["restore"] = f"the {self.region.cloud_name} repository cannot be read: {exc}"
         return out, unusable
 
     # --- helpers ----------------------------------------------------------------------------
@@ -231,7 +243,7 @@ class RebuildOps:
     def _run_with_progress(self, c: ClusterRuntime, argv: list[str], env: dict[str, str], total: int | None,
                            parse: str) -> tuple[int, str]:
         """Run ``argv`` as the node user; follow its progress output into the rebuild state."""
-        ids = proc.node_user_ids(self.settings)  # type: ignore[attr-defined]
+        ids = proc.node_user_ids(self.settings)
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                              **backrest.as_node_user(ids, env, c.layout.dir))
         out: list[str] = []
@@ -280,7 +292,7 @@ class RebuildOps:
                     "connect_timeout=10")
         self._set(c, phase="basebackup")
         rc, out = self._run_with_progress(
-            c, [str(self.settings.pg_bin_dir / "pg_rewind"), "-D", str(data),  # type: ignore[attr-defined]
+            c, [str(self.settings.pg_bin_dir / "pg_rewind"), "-D", str(data),
                 f"--source-server={conninfo}", "--progress"],
             {"PGPASSWORD": c.spec.rewind_password}, None, "kb")
         if rc != 0:
@@ -297,28 +309,28 @@ class RebuildOps:
                 f" (diverged at {diverged.group(1)} on timeline {diverged.group(2)})" if diverged else "")
 
     def _try_restore(self, c: ClusterRuntime, node: str, req: RebuildRequest, a: RebuildAttempt) -> None:
-        repo = self.repo  # type: ignore[attr-defined]
-        ids = proc.node_user_ids(self.settings)  # type: ignore[attr-defined]
-        self._write_backrest_conf()  # type: ignore[attr-defined]
+        repo = self.backups.repo
+        ids = proc.node_user_ids(self.settings)
+        self.backups.write_conf()
         stanza = c.spec.cluster
         try:
             data_json = backrest.info(repo, stanza, ids)
         except Exception as exc:
-            a.reason = f"the {self.region.cloud_name} repository cannot be read: {exc}"  # type: ignore[attr-defined]
+            a.reason = f"the {self.region.cloud_name} repository cannot be read: {exc}"
             return
         problem = backrest.stanza_problem(data_json, stanza)
         backups = backrest.parse_backups(data_json, stanza)
         old_tl = req.fork_timeline - 1
         b = backrest.restorable_backup(backups, old_tl, req.fork_lsn)
         if b is None:
-            a.reason = (f"no backup in the {self.region.cloud_name} repository on timeline {old_tl} "  # type: ignore[attr-defined]
+            a.reason = (f"no backup in the {self.region.cloud_name} repository on timeline {old_tl} "
                         f"before the fork at {req.fork_lsn}" + (f" ({problem})" if problem else "")
                         + f"; {len(backups)} backups found")
             return
         data = c.layout.data_dir(node)
         if data.exists():
             self._clear_stale_pid(data)
-        proc.make_node_dir(self.settings, data, 0o700)  # type: ignore[attr-defined]
+        proc.make_node_dir(self.settings, data, 0o700)
         self._set(c, phase="basebackup", progress_current=0, progress_max=b.size)
         rc, out = self._run_with_progress(
             c, [*backrest.base_args(repo, stanza), f"--pg1-path={data}", f"--set={b.label}", "--type=standby",
@@ -328,7 +340,7 @@ class RebuildOps:
             return
         auto = data / "postgresql.auto.conf"
         if auto.exists():
-            proc.write_node_file(self.settings, auto, strip_restore_command(auto.read_text()), 0o600)  # type: ignore[attr-defined]
+            proc.write_node_file(self.settings, auto, strip_restore_command(auto.read_text()), 0o600)
         wal_dir = data / "pg_wal"
         for f in wal_dir.iterdir():
             if f.is_file():
@@ -358,7 +370,7 @@ class RebuildOps:
             seg += 1
             self._set(c, progress_current=seg - first)
         if seg <= need_until:
-            a.reason = (f"the {self.region.cloud_name} archive lacks WAL {backrest.wal_name(old_tl, seg)} "  # type: ignore[attr-defined]
+            a.reason = (f"the {self.region.cloud_name} archive lacks WAL {backrest.wal_name(old_tl, seg)} "
                         f"needed by backup {b.label}: {why_stopped}")
             return
         # The old writer's last WAL before the fork may never have reached its archive (it died
@@ -370,7 +382,7 @@ class RebuildOps:
             try:
                 self._fetch_wal_from_active(c, req, name, wal_dir / name)
             except Exception as exc:
-                a.reason = (f"WAL {name} is neither in the {self.region.cloud_name} archive ({why_stopped}) "  # type: ignore[attr-defined]
+                a.reason = (f"WAL {name} is neither in the {self.region.cloud_name} archive ({why_stopped}) "
                             f"nor on the active service ({str(exc).strip().splitlines()[0] if str(exc) else exc!r})")
                 return
             remote += 1
@@ -379,10 +391,10 @@ class RebuildOps:
         a.ok = True
         a.backup_label = b.label
         a.local_bytes = b.size + fetched * backrest.WAL_SEGMENT
-        a.stream_start_lsn = backrest.format_lsn(seg * backrest.WAL_SEGMENT)
+        a.stream_start_lsn = format_lsn(seg * backrest.WAL_SEGMENT)
         # so far; the WAL streamed from here on is counted once the standby has caught up
         a.cross_region_bytes = remote * backrest.WAL_SEGMENT
-        a.reason = (f"restored backup {b.label} ({b.type}, {b.stop_time}) from the {self.region.cloud_name} "  # type: ignore[attr-defined]
+        a.reason = (f"restored backup {b.label} ({b.type}, {b.stop_time}) from the {self.region.cloud_name} "
                     f"repository and {fetched} archived WAL segments"
                     + (f", {remote} more from the active service" if remote else "")
                     + f"; streaming from {a.stream_start_lsn}"
@@ -404,18 +416,18 @@ class RebuildOps:
             raise RuntimeError(f"{name} on the active service has {len(data)} bytes")
         tmp = dest.with_name(f".{dest.name}.tmp")
         tmp.write_bytes(data)
-        proc.chown_for_node(self.settings, tmp, 0o600)  # type: ignore[attr-defined]
+        proc.chown_for_node(self.settings, tmp, 0o600)
         tmp.replace(dest)
 
     def _try_basebackup(self, c: ClusterRuntime, node: str, req: RebuildRequest, a: RebuildAttempt) -> None:
         data = c.layout.data_dir(node)
         if data.exists():
             shutil.rmtree(data)
-        proc.make_node_dir(self.settings, data, 0o700)  # type: ignore[attr-defined]
+        proc.make_node_dir(self.settings, data, 0o700)
         src = req.source
         self._set(c, phase="basebackup")
         rc, out = self._run_with_progress(
-            c, [str(self.settings.pg_bin_dir / "pg_basebackup"), "-D", str(data), "-h", src.host,  # type: ignore[attr-defined]
+            c, [str(self.settings.pg_bin_dir / "pg_basebackup"), "-D", str(data), "-h", src.host,
                 "-p", str(src.port), "-U", REPLICATION_USER, "-X", "stream", "-c", "fast", "--progress"],
             {"PGPASSWORD": c.spec.replication_password, "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "10"},
             None, "kb")

@@ -3,6 +3,10 @@
 One worker thread per cluster ticks about once a second, so a slow step of one cluster (a
 replica being built, a node shutting down) never stalls another. The API only records intent
 (spec.json) and reads the status the last tick computed.
+
+``RegionRuntime`` owns the region's parts, each given what it needs: the cluster registry
+(``clusters``), etcd (``region_etcd``), backups, the CRDR primitives (``crdr``) and failback
+rebuilds (``rebuild``); the API's calls are delegated to them.
 """
 
 from __future__ import annotations
@@ -11,15 +15,14 @@ import dataclasses
 import logging
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Any
 
 from pgcrdr.agent import etcd as etcd_mod
 from pgcrdr.agent import ports as ports_mod
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
 from pgcrdr.agent.decide import (
     Action,
     ClusterObs,
@@ -34,24 +37,38 @@ from pgcrdr.agent.decide import (
     decide,
     summarize,
 )
-from pgcrdr.agent.layout import ClusterLayout, RegionLayout, node_index, node_name
-from pgcrdr.agent.backups import BackupOps
-from pgcrdr.agent.crdr import CrdrOps
-from pgcrdr.agent.models import (
+from pgcrdr.agent.backups import Backups
+from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime, persist_spec
+from pgcrdr.agent.crdr import Crdr, load_crdr_results
+from pgcrdr.agent.errors import Conflict, NotFound
+from pgcrdr.agent.layout import RegionLayout, node_index, node_name
+from pgcrdr.agent.rebuild import Rebuilds, load_rebuild
+from pgcrdr.agent.region_etcd import RegionEtcd
+from pgcrdr.agentapi.models import (
     BackupStatus,
+    BackupType,
     ClusterSpec,
     ClusterStatus,
+    DemoteRequest,
     DemoteResult,
+    FenceRequest,
+    FenceResult,
     KillResult,
+    LsnInfo,
+    PreserveRequest,
     PreserveState,
+    ProgressUnit,
     ProgressUpdate,
+    PromoteRequest,
     PromoteResult,
+    RebuildRequest,
+    RebuildPhase,
     RebuildState,
     RegionHealth,
     RequestState,
+    SessionsInfo,
 )
-from pgcrdr.agent.rebuild import RebuildOps
-from pgcrdr.agent.patroni import NodePaths, get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.patroni import get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
 from pgcrdr.agent.postgres import (
     basebackup_progress,
     endpoint_target,
@@ -60,92 +77,29 @@ from pgcrdr.agent.postgres import (
 )
 from pgcrdr.agent.proxy import ProxyNode, haproxy_argv, render_haproxy_config
 from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.writer_lease import WriterLease, lease_store
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+NO_LEASE = ("its region does not hold its writer lease: no writer runs here until the lease is held and the "
+            "control plane PUTs the spec again")
 STOP_TIMEOUT_S = 30.0
-ETCD_START_TIMEOUT_S = 20.0
 
 
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    """Refused as the cluster is now (409); nothing was changed."""
-
-
-class Timeout(Exception):
-    """A bounded wait gave up (504); the message says what it waited for."""
-
-
-@dataclass
-class NodeRuntime:
-    """What the agent remembers about a node between ticks (not persisted)."""
-
-    pid: int | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    expected_running: bool = False
-    failures: int = 0
-    last_start: float | None = None
-    held_until: float | None = None
-
-
-@dataclass
-class ClusterRuntime:
-    spec: ClusterSpec
-    layout: ClusterLayout
-    ports: ports_mod.ClusterPorts
-    act_lock: threading.Lock = field(default_factory=threading.Lock)
-    nodes: dict[int, NodeRuntime] = field(default_factory=lambda: {i: NodeRuntime() for i in (1, 2, 3)})
-    proxy_pid: int | None = None
-    ensured: tuple[int, str] | None = None
-    ensure_error: str | None = None
-    action_error: str | None = None
-    ever_ready: bool = False
-    # (leader, streaming replicas) for which both endpoints were seen routing correctly
-    endpoint_verified: tuple[str, tuple[str, ...]] | None = None
-    status: ClusterStatus | None = None
-    deleted: bool = False
-    thread: threading.Thread | None = None
-    last_reason: str = ""
-    # CRDR
-    held: bool = False  # resumed with nothing running: start nothing until the spec is PUT again
-    dcs_synced: bool = True
-    dcs_error: str | None = None
-    last_demote: DemoteResult | None = None
-    last_promote: PromoteResult | None = None
-    # request ids of demote/promote calls and what became of them (see CrdrOps._tracked)
-    requests: dict[str, RequestState] = field(default_factory=dict)
-    # backups (pgcrdr.agent.backups) and failback rebuilds (pgcrdr.agent.rebuild)
-    backup_status: BackupStatus | None = None
-    backup_thread: threading.Thread | None = None
-    stanza_ok: bool = False
-    backup_info_at: float = 0.0
-    backup_requested: str | None = None
-    backup_failed_at: float | None = None
-    backup_pid: int | None = None
-    rebuild: RebuildState | None = None
-    rebuild_active: bool = False
-    # preserve jobs (pgcrdr.agent.crdr): nothing starts on the cluster while its data is copied
-    preserve: PreserveState | None = None
-    preserve_active: bool = False
-
-
-class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
+class RegionRuntime:
     def __init__(self, settings: Settings, region: RegionConfig):
         self.settings = settings
         self.region = region
         self.layout = RegionLayout(settings.region_dir(region))
-        self._lock = threading.RLock()
-        self._clusters: dict[str, ClusterRuntime] = {}
         self._stop = threading.Event()
-        self._etcd_pid: int | None = None
-        self._etcd_healthy = False
-        self._supervisor: threading.Thread | None = None
         self._ports_lock = threading.Lock()
-        self._backrest_lock = threading.Lock()  # pgbackrest.conf is written by several threads
+        self.clusters = ClusterRegistry()
+        self.etcd = RegionEtcd(settings, region, self.layout, self._stop)
+        self.backups = Backups(settings, region, self.layout, self.clusters, self._stop)
+        self.crdr = Crdr(settings, region, self.clusters, self.etcd)
+        self.rebuilds = Rebuilds(settings, region, self.clusters, self.backups)
+        self.lease: WriterLease | None = None  # with a global etcd: the region's writer lease
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -157,7 +111,18 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
 
     def start(self) -> None:
         self.prepare_dirs()
-        self._ensure_etcd(wait=True)
+        self.etcd.start()
+        where = lease_store(self.settings)
+        if where is not None:
+            self.lease = WriterLease(where[0], where[1], self.region.cloud_name,
+                                     holder=self.settings.agent_url(self.region),
+                                     ttl_s=self.settings.writer_lease_ttl_s)
+            # Before any cluster is resumed: a writer still running from before an agent restart
+            # is kept only if the lease is held now.
+            if not self.lease.renew_once():
+                log.warning("region %s: no writer lease (%s): its writers stay stopped until it is held",
+                            self.region.cloud_name, self.lease.state().last_error)
+            self.lease.start()
         for spec_file in sorted(self.layout.clusters_dir.glob("*/spec.json")):
             try:
                 spec = ClusterSpec.model_validate_json(spec_file.read_text())
@@ -167,14 +132,12 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
             c = self._register(spec, resumed=True)
             log.info("resumed cluster %s (generation %s)%s", spec.cluster, spec.generation,
                      ": held until the control plane PUTs its spec again" if c.held else "")
-        self._supervisor = threading.Thread(target=self._supervise_etcd, name="etcd-supervisor", daemon=True)
-        self._supervisor.start()
+        self.etcd.supervise_in_background()
 
     def shutdown(self) -> None:
         """Stop the loops, then every child: Patroni (which stops PostgreSQL), proxies, etcd."""
         self._stop.set()
-        with self._lock:
-            clusters = list(self._clusters.values())
+        clusters = self.clusters.all()
         for c in clusters:
             if c.thread:
                 c.thread.join(timeout=STOP_TIMEOUT_S)
@@ -185,69 +148,25 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                 c.backup_thread.join(timeout=STOP_TIMEOUT_S)
         with ThreadPoolExecutor(max_workers=max(1, len(clusters))) as pool:
             list(pool.map(self._stop_cluster_processes, clusters))
-        self._stop_etcd()
+        self.etcd.stop()
+        if self.lease is not None:
+            self.lease.stop()  # given up once its writers are down
         log.info("region %s: every child stopped", self.region.cloud_name)
 
-    # --- etcd --------------------------------------------------------------------------------
-
-    def _ensure_etcd(self, wait: bool) -> None:
-        marker = str(self.layout.etcd_dir)
-        pid = self._etcd_pid or proc.read_pid(self.layout.etcd_pid)
-        if proc.pid_matches(pid, marker):
-            self._etcd_pid = pid
-        else:
-            popen = proc.spawn(
-                self.settings,
-                etcd_mod.etcd_argv(self.region, str(self.layout.etcd_dir), self.settings.host),
-                pid_file=self.layout.etcd_pid, log_file=self.layout.etcd_log, cwd=self.layout.etcd_dir,
-            )
-            self._etcd_pid = popen.pid
-        if wait:
-            deadline = time.monotonic() + ETCD_START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                if etcd_mod.etcd_healthy(self.region, self.settings.host):
-                    self._etcd_healthy = True
-                    return
-                if not proc.is_running(self._etcd_pid):
-                    break
-                time.sleep(0.2)
-            log.error("etcd of region %s not healthy after start: %s", self.region.cloud_name,
-                      last_error_line([self.layout.etcd_log]))
-
-    def _supervise_etcd(self) -> None:
-        while not self._stop.wait(TICK_S):
-            try:
-                if not proc.is_running(self._etcd_pid):
-                    log.warning("etcd of region %s exited; restarting", self.region.cloud_name)
-                    self._ensure_etcd(wait=False)
-                self._etcd_healthy = etcd_mod.etcd_healthy(self.region, self.settings.host)
-            except Exception:  # keep supervising whatever happens
-                log.exception("etcd supervision failed")
-
-    def _stop_etcd(self) -> None:
-        pid = self._etcd_pid
-        if pid and proc.is_running(pid):
-            proc.signal_pid(pid, signal.SIGTERM)
-            if proc.wait_gone([pid], 10):
-                proc.signal_pid(pid, signal.SIGKILL)
-                proc.wait_gone([pid], 5)
-        self.layout.etcd_pid.unlink(missing_ok=True)
-
     def health(self) -> RegionHealth:
-        healthy = etcd_mod.etcd_healthy(self.region, self.settings.host)
-        with self._lock:
-            n = len(self._clusters)
+        healthy = self.etcd.check_health()
         msg = None
         if not healthy:
-            msg = f"etcd is not healthy: {last_error_line([self.layout.etcd_log]) or 'no log'}"
-        return RegionHealth(region=self.region.cloud_name, etcd_healthy=healthy, clusters=n, message=msg)
+            msg = f"etcd is not healthy: {self.etcd.last_error() or 'no log'}"
+        return RegionHealth(region=self.region.cloud_name, etcd_healthy=healthy, clusters=len(self.clusters),
+                            message=msg)
 
     # --- API entry points ----------------------------------------------------------------------
 
     def put_spec(self, spec: ClusterSpec) -> ClusterStatus:
         layout = self.layout.cluster(spec.cluster)
-        with self._lock:
-            c = self._clusters.get(spec.cluster)
+        with self.clusters.lock:
+            c = self.clusters.find(spec.cluster)
             if c is not None and c.deleted:
                 raise Conflict(f"cluster {spec.cluster} is being deleted; retry once the DELETE has returned")
             if c is not None and c.rebuild_active and spec.powered:
@@ -262,30 +181,22 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                     # Patroni would reload with passwords its roles do not have yet and lose its
                     # own connections; refuse rather than half-apply.
                     raise Conflict(f"{', '.join(changed)} of an existing cluster cannot be changed")
-            self._persist_spec(layout, spec)
+            persist_spec(layout, spec)
             if c is None:
                 c = self._register(spec)
             else:
                 c.spec = spec
-                if c.held:
+                no_lease = self._lease_forbids(spec)
+                if c.held and not no_lease:
                     log.info("%s: spec PUT again (generation %s): no longer held", spec.cluster, spec.generation)
-                c.held = False
-            status = c.status.model_copy(update={"held": False}) if c.status is not None else None
+                c.held, c.held_reason = (True, NO_LEASE) if no_lease else (False, None)
+            status = c.status.model_copy(update={"held": c.held}) if c.status is not None else None
         if status is None:
             status = summarize(
                 ClusterObs(spec=spec, now=time.monotonic(), nodes=()),
                 region=self.region.cloud_name, ports=c.ports, ever_ready=False, host=self.settings.host,
             )
         return status
-
-    @staticmethod
-    def _persist_spec(layout: ClusterLayout, spec: ClusterSpec) -> None:
-        layout.dir.mkdir(parents=True, exist_ok=True)
-        layout.dir.chmod(0o755)
-        tmp = layout.spec_file.with_suffix(".tmp")
-        tmp.write_text(spec.model_dump_json())
-        tmp.chmod(0o600)
-        tmp.replace(layout.spec_file)
 
     def _register(self, spec: ClusterSpec, resumed: bool = False) -> ClusterRuntime:
         layout = self.layout.cluster(spec.cluster)
@@ -294,17 +205,18 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
             ports = ports_mod.allocate(self.layout.clusters_dir, spec.cluster, self.region.service_port_range)
         c = ClusterRuntime(spec=spec, layout=layout, ports=ports)
         self._adopt(c)
-        self._load_crdr_results(c)
-        self._load_rebuild(c)
+        load_crdr_results(c)
+        load_rebuild(c)
         # Resumed from disk with none of its Patroni processes alive (the agent and the region
         # were down): the control plane may have fenced it meanwhile, so start nothing yet.
         c.held = resumed and not any(n.pid for n in c.nodes.values())
-        with self._lock:
-            self._clusters[spec.cluster] = c
+        if self._lease_forbids(spec):
+            c.held, c.held_reason = True, NO_LEASE
+        self.clusters.add(c)
         c.thread = threading.Thread(target=self._loop, args=(c,), name=f"cluster-{spec.cluster}", daemon=True)
         c.thread.start()
-        self._write_backrest_conf()
-        self._start_backup_worker(c)
+        self.backups.write_conf()
+        self.backups.start_worker(c)
         return c
 
     def _adopt(self, c: ClusterRuntime) -> None:
@@ -319,8 +231,7 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
             c.proxy_pid = pid
 
     def get_status(self, cluster: str) -> ClusterStatus:
-        with self._lock:
-            c = self._clusters.get(cluster)
+        c = self.clusters.find(cluster)
         if c is None:
             raise NotFound(cluster)
         if c.status is None:
@@ -330,10 +241,8 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         return c.status
 
     def list_status(self) -> list[ClusterStatus]:
-        with self._lock:
-            names = sorted(self._clusters)
         out = []
-        for name in names:
+        for name in self.clusters.names():
             try:
                 out.append(self.get_status(name))
             except NotFound:
@@ -342,8 +251,7 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
 
     def delete(self, cluster: str) -> list[int]:
         """Stop everything of ``cluster`` (by PID, postmasters included) and remove its files."""
-        with self._lock:
-            c = self._clusters.get(cluster)
+        c = self.clusters.find(cluster)
         if c is None:
             raise NotFound(cluster)
         c.deleted = True
@@ -351,8 +259,7 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
             proc.signal_pid(c.backup_pid, signal.SIGTERM)
         with c.act_lock:  # waits for a running tick to finish
             killed = self._kill_cluster_processes(c)
-            with self._lock:
-                self._clusters.pop(cluster, None)
+            self.clusters.remove(cluster)
             try:
                 etcd_mod.delete_scope(self.region, cluster, self.settings.host)
             except Exception as exc:  # the keys only matter if the name is reused
@@ -364,13 +271,12 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                     shutil.rmtree(c.layout.socket_dir(name), ignore_errors=True)
             c.layout.proxy_pid.unlink(missing_ok=True)
             shutil.rmtree(c.layout.dir, ignore_errors=True)
-            self._delete_stanza(cluster)
+            self.backups.delete_stanza(cluster)
         log.info("deleted cluster %s (killed %s)", cluster, killed)
         return killed
 
     def kill_node(self, cluster: str, node: str, restart_after: float) -> KillResult:
-        with self._lock:
-            c = self._clusters.get(cluster)
+        c = self.clusters.find(cluster)
         if c is None:
             raise NotFound(cluster)
         idx = node_index(cluster, node)
@@ -393,6 +299,50 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         log.info("kill drill on %s: killed %s; no restart for %.0f s", node, killed, restart_after)
         return KillResult(node=node, killed_pids=killed)
 
+    # --- delegated to the parts ------------------------------------------------------------------
+
+    def lsn(self, cluster: str) -> LsnInfo:
+        return self.crdr.lsn(cluster)
+
+    def sessions(self, cluster: str) -> SessionsInfo:
+        return self.crdr.sessions(cluster)
+
+    def checkpoint(self, cluster: str) -> LsnInfo:
+        return self.crdr.checkpoint(cluster)
+
+    def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
+        return self.crdr.demote(cluster, req)
+
+    def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
+        return self.crdr.promote(cluster, req)
+
+    def cancel_request(self, cluster: str, request_id: str) -> RequestState:
+        return self.crdr.cancel_request(cluster, request_id)
+
+    def fence(self, cluster: str, req: FenceRequest) -> FenceResult:
+        return self.crdr.fence(cluster, req)
+
+    def preserve(self, cluster: str, req: PreserveRequest) -> PreserveState:
+        return self.crdr.preserve(cluster, req)
+
+    def get_preserve(self, cluster: str) -> PreserveState | None:
+        return self.crdr.get_preserve(cluster)
+
+    def region_outage(self) -> None:
+        self.crdr.region_outage()
+
+    def rebuild(self, cluster: str, req: RebuildRequest) -> RebuildState:
+        return self.rebuilds.start(cluster, req)
+
+    def get_rebuild(self, cluster: str) -> RebuildState | None:
+        return self.rebuilds.get(cluster)
+
+    def backup_status(self, cluster: str) -> BackupStatus:
+        return self.backups.status(cluster)
+
+    def request_backup(self, cluster: str, kind: BackupType = "full") -> BackupStatus:
+        return self.backups.request_backup(cluster, kind)
+
     # --- the loop ------------------------------------------------------------------------------
 
     def _loop(self, c: ClusterRuntime) -> None:
@@ -408,11 +358,34 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                 c.action_error = f"agent error: {exc}"
             self._stop.wait(max(0.1, TICK_S - (time.monotonic() - started)))
 
+    # --- the writer lease (pgcrdr.writer_lease) ----------------------------------------------
+
+    def _lease_forbids(self, spec: ClusterSpec) -> bool:
+        """A writer may not run here now: the deployment has writer leases and this region's is
+        not held."""
+        return (self.lease is not None and spec.powered and spec.standby_of is None
+                and not self.lease.allowed())
+
+    def _fence_without_lease(self, c: ClusterRuntime) -> None:
+        """The lease was not renewed in time: stop the writer at once (every process of the
+        cluster is killed: connections are refused; what was flushed stays on disk) and hold it
+        until the control plane PUTs its spec again, since another region may have been promoted."""
+        if c.held and c.held_reason:
+            return
+        killed = self._kill_cluster_processes(c)
+        c.held, c.held_reason = True, (f"its region's writer lease was not renewed in time "
+                                       f"({self.lease.state().last_error if self.lease else '?'}); the writer "
+                                       "was stopped so that it takes no writes while another region may be "
+                                       "promoted, and nothing starts until the control plane PUTs its spec again")
+        log.warning("%s: writer lease lost: writer stopped (killed pids %s)", c.spec.cluster, killed)
+
     def _tick(self, c: ClusterRuntime) -> None:
         spec = c.spec
+        if self._lease_forbids(spec):
+            self._fence_without_lease(c)
         self._write_tls(c)
-        if not c.held and self._etcd_healthy:
-            self._sync_dcs(c)
+        if not c.held and self.etcd.healthy:
+            self.crdr.sync_dcs(c)
         obs = self._observe(c)
         decision = decide(obs)
         if decision.reason != c.last_reason:
@@ -438,7 +411,7 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
     def _with_backup_and_rebuild(self, c: ClusterRuntime, status: ClusterStatus) -> ClusterStatus:
         """The status plus the cluster's backups and, while a rebuild runs, its progress on the
         node being rebuilt (phases prepare, basebackup, stream, finalize)."""
-        update: dict = {"backup": c.backup_status, "rebuild": c.rebuild}
+        update: dict[str, Any] = {"backup": c.backup_status, "rebuild": c.rebuild}
         run = c.backup_status.running if c.backup_status else None
         if run is not None and status.lsn is not None:
             # the writer being backed up shows it, with bytes, like Aiven's node progress
@@ -447,30 +420,23 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
                                else n for n in status.nodes]
         rb = c.rebuild
         if rb is not None and rb.state == "running":
-            phases = ["prepare", "basebackup", "stream", "finalize"]
+            phases: list[RebuildPhase] = ["prepare", "basebackup", "stream", "finalize"]
             at = phases.index(rb.phase)
-            progress = [ProgressUpdate(phase=p, completed=True) for p in phases[:at]]  # type: ignore[arg-type]
-            unit = "bytes_uncompressed" if rb.phase == "basebackup" else "prepare_percent"
+            progress = [ProgressUpdate(phase=p, completed=True) for p in phases[:at]]
+            unit: ProgressUnit = "bytes_uncompressed" if rb.phase == "basebackup" else "prepare_percent"
             progress.append(ProgressUpdate(phase=rb.phase, min=0, max=rb.progress_max, current=rb.progress_current,
                                            unit=unit))
             update["nodes"] = [n.model_copy(update={"progress": progress, "state": "starting"}) if n.name == rb.node
                                else n for n in status.nodes]
         return status.model_copy(update=update)
 
-    def _node_paths(self, c: ClusterRuntime, name: str) -> NodePaths:
-        lay = c.layout
-        return NodePaths(
-            data_dir=lay.data_dir(name), socket_dir=lay.socket_dir(name), pg_log_dir=lay.pg_log_dir(name),
-            pgpass=lay.pgpass(name), cert_file=lay.cert_file, key_file=lay.key_file, ca_file=lay.ca_file,
-        )
-
     def _patroni_yaml(self, c: ClusterRuntime, index: int) -> str:
         name = node_name(c.spec.cluster, index)
         cfg = render_patroni_config(
             c.spec, name, pg_port=c.ports.pg(index), rest_port=c.ports.rest(index),
-            etcd_port=self.region.etcd_client_port, paths=self._node_paths(c, name),
+            etcd_port=self.region.etcd_client_port, paths=c.node_paths(name),
             pg_bin_dir=self.settings.pg_bin_dir, host=self.settings.host,
-            archive_command=(self.archive_command_for(c.spec.cluster, c.layout.data_dir(name))
+            archive_command=(self.backups.archive_command_for(c.spec.cluster, c.layout.data_dir(name))
                              if c.spec.backup.enabled else None),
         )
         return render_patroni_yaml(cfg)
@@ -522,10 +488,10 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
         except OSError:
             proxy_changed = True
         obs = ClusterObs(
-            spec=c.spec, now=now, nodes=tuple(nodes), etcd_healthy=self._etcd_healthy,
+            spec=c.spec, now=now, nodes=tuple(nodes), etcd_healthy=self.etcd.healthy,
             proxy_running=proxy_running, proxy_config_changed=proxy_changed, ensured=c.ensured,
             ensure_error=c.ensure_error, action_error=c.action_error,
-            held=c.held, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
+            held=c.held, held_reason=c.held_reason, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
         )
         leader = obs.leader
         verified_leader = None
@@ -711,8 +677,8 @@ class RegionRuntime(CrdrOps, BackupOps, RebuildOps):
             name = node_name(c.spec.cluster, i)
             pid = c.nodes[i].pid or proc.read_pid(c.layout.patroni_pid(name))
             if proc.pid_matches(pid, str(c.layout.patroni_yml(name))):
-                proc.signal_pid(pid, signal.SIGKILL)  # type: ignore[arg-type]
-                killed.append(pid)  # type: ignore[arg-type]
+                proc.signal_pid(pid, signal.SIGKILL)
+                killed.append(pid)
             pm = proc.postmaster_pid(c.layout.data_dir(name))
             if pm:
                 proc.kill_postmaster_tree(pm)

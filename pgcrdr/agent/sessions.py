@@ -1,12 +1,12 @@
-"""Client sessions of a cluster's leader that are active or hold a transaction open, and the
-sentence that names them when they hold up something (a PgBouncer PAUSE past its deadline, a
-demote waiting for a fast shutdown)."""
+"""Client sessions of a cluster's leader that are active or hold a transaction open, read from
+``pg_stat_activity`` (``pgcrdr.agentapi.sessions`` words them)."""
 
 from __future__ import annotations
 
 import psycopg
 
-from pgcrdr.agent.models import SessionInfo, SessionsInfo
+from pgcrdr.agent.postgres import one_value
+from pgcrdr.agentapi.models import SessionInfo, SessionsInfo
 
 QUERY_CHARS = 200
 
@@ -25,7 +25,7 @@ SELECT pid, usename, datname, application_name, host(client_addr), state,
 
 
 def read_sessions(conn: psycopg.Connection, node: str) -> SessionsInfo:
-    in_recovery = bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+    in_recovery = bool(one_value(conn, "SELECT pg_is_in_recovery()"))
     sessions = [
         SessionInfo(pid=r[0], usename=r[1], datname=r[2], application_name=r[3] or None, client_addr=r[4],
                     state=r[5], xact_age_s=_age(r[6]), query_age_s=_age(r[7]), wait_event_type=r[8],
@@ -42,31 +42,3 @@ def _age(value: float | None) -> float | None:
 def sort_sessions(sessions: list[SessionInfo]) -> list[SessionInfo]:
     """Oldest transaction first; sessions without a transaction last, by pid. Pure."""
     return sorted(sessions, key=lambda s: (s.xact_age_s is None, -(s.xact_age_s or 0.0), s.pid))
-
-
-def describe_session(s: SessionInfo) -> str:
-    """``pid 1234 (user avnadmin, application psql, transaction open 12.3 s)``. Pure."""
-    parts = []
-    if s.usename:
-        parts.append(f"user {s.usename}")
-    if s.application_name:
-        parts.append(f"application {s.application_name}")
-    if s.xact_age_s is not None:
-        parts.append(f"transaction open {s.xact_age_s:.1f} s")
-    elif s.query_age_s is not None:
-        parts.append(f"query running {s.query_age_s:.1f} s")
-    return f"pid {s.pid}" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def describe_sessions(info: SessionsInfo, limit: int = 3) -> str:
-    """Which sessions held the writer up, oldest transaction first, at most ``limit`` named:
-    ``held by pid 1234 (user avnadmin, application psql, transaction open 12.3 s) and 2 more``.
-    Pure."""
-    if not info.sessions:
-        return "no session held a transaction open"
-    named = [describe_session(s) for s in info.sessions[:max(1, limit)]]
-    rest = len(info.sessions) - len(named)
-    if rest:
-        named.append(f"{rest} more")
-    text = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-    return "held by " + text

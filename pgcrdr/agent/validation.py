@@ -7,7 +7,7 @@ import re
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pgcrdr.agent.models import ClusterSpec, StandbySource
+from pgcrdr.agentapi.models import ClusterSpec, StandbySource
 from pgcrdr.agent.patroni import MANAGED_PARAMETERS, RESERVED_ROLES
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")

@@ -6,28 +6,18 @@ The parsing is pure (tests/unit/test_agent_crdr.py); the runners only call the b
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgcrdr.agent.models import DivergentCommit
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
+from pgcrdr.agentapi.models import DivergentCommit
+
+log = logging.getLogger(__name__)
 
 _ENV = {"LANG": "C", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
-_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-
-def parse_lsn(text: str) -> int:
-    """``"0/3000148"`` -> 50331976. Raises ValueError on anything else."""
-    m = _LSN.match(text.strip())
-    if not m:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
 
 WAL_SEGMENT = 16 * 1024 * 1024
 SEGMENTS_PER_XLOGID = 0x100000000 // WAL_SEGMENT
@@ -102,6 +92,13 @@ def controldata(pg_bin: Path, data_dir: Path) -> ControlData:
     return ControlData.from_fields(parse_controldata(r.stdout))
 
 
+def controldata_or_none(pg_bin: Path, data_dir: Path) -> ControlData | None:
+    """``controldata``, or None when there is no data directory (no pg_control)."""
+    if not (data_dir / "global" / "pg_control").exists():
+        return None
+    return controldata(pg_bin, data_dir)
+
+
 # "pg_waldump: error: error in WAL record at 0/15165D0: invalid record length at 0/1516768: wanted 24, got 0"
 _ANY_LSN = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
 _RECORD_LSN = re.compile(r"\blsn: ([0-9A-F]+/[0-9A-F]+)")
@@ -168,6 +165,34 @@ def end_of_wal(pg_bin: Path, data_dir: Path, cd: ControlData | None = None) -> s
         if later and (end is None or parse_lsn(later) > parse_lsn(end)):
             end = later
     return end
+
+
+def disk_position(pg_bin: Path, data_dir: Path) -> tuple[ControlData | None, str | None]:
+    """(control data, most advanced position on disk: latest checkpoint or end of WAL); (None,
+    None) without a data directory."""
+    cd = controldata_or_none(pg_bin, data_dir)
+    if cd is None:
+        return None, None
+    end = None
+    try:
+        end = end_of_wal(pg_bin, data_dir, cd)
+    except Exception as exc:  # best effort
+        log.info("end of WAL of %s unknown: %s", data_dir, exc)
+    return cd, max_lsn(cd.checkpoint_lsn, end, cd.min_recovery_lsn)
+
+
+def most_advanced(pg_bin: Path, data_dirs: dict[str, Path]) -> tuple[str, ControlData, str | None] | None:
+    """(node, control data, end of WAL) of the node whose data directory is furthest ahead
+    (highest timeline, then position); None when no node has data."""
+    best: tuple[tuple[int, int], str, ControlData, str | None] | None = None
+    for name, data_dir in data_dirs.items():
+        cd, end = disk_position(pg_bin, data_dir)
+        if cd is None:
+            continue
+        key = (cd.timeline, parse_lsn(end or cd.checkpoint_lsn))
+        if best is None or key > best[0]:
+            best = (key, name, cd, end)
+    return best[1:] if best else None
 
 
 def newer_timelines(wal_dir: Path, timeline: int) -> list[int]:

@@ -33,6 +33,7 @@ from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, StoreError, verify_password
 from pgcrdr.security.tokens import new_token
+from pgcrdr.writer_lease import lease_store
 
 log = logging.getLogger("pgcrdr.api")
 
@@ -124,8 +125,9 @@ def create_app(
         methods: set[str] = set()
         for route in app.router.routes:
             match, _ = route.matches({**request.scope, "method": "GET"})
-            if match != Match.NONE and getattr(route, "methods", None):
-                methods.update(route.methods)  # type: ignore[attr-defined]
+            route_methods = getattr(route, "methods", None)  # Mount and WebSocketRoute have none
+            if match != Match.NONE and route_methods:
+                methods.update(route_methods)
         return sorted(methods)
 
     @app.exception_handler(StoreError)
@@ -363,6 +365,24 @@ def create_app(
     def disaster_recovery(project: str, service: str, _: str = Auth) -> dict:
         svc = manager.service(project, service)
         return dr_status_json(svc, store)
+
+    @app.put("/v1/project/{project}/service/{service}/disaster-recovery",
+             responses=S.ok(S.DisasterRecoveryStatus, 400, 404, 409, 413),
+             openapi_extra=S.body_spec(S.DisasterRecoveryUpdateRequest))
+    async def update_disaster_recovery(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        """pgcrdr extension: the pair's automatic failover."""
+        body = S.check_body(S.DisasterRecoveryUpdateRequest, await json_body(request))
+
+        def work() -> dict:
+            if set(body) != {"automatic_failover"}:
+                raise Refused(400, "the body has one field, automatic_failover: {\"enabled\": true, "
+                                   "\"grace_seconds\": 30, \"max_data_loss_bytes\": 16777216}")
+            cfg = crdr.parse_automatic_failover(body["automatic_failover"])
+            manager.service(project, service)
+            crdr.set_automatic_failover(store, project, service, cfg, writer_leases=lease_store(settings) is not None)
+            return dr_status_json(manager.service(project, service), store)
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/project/{project}/service/{service}/backups", responses=S.ok(S.BackupsResponse, 404))
     def backups(project: str, service: str, _: str = Auth) -> dict:

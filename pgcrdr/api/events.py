@@ -71,7 +71,7 @@ def classify(method: str, path: str) -> tuple[str, str]:
     return f"{method.lower()}_request", f"{method} request"
 
 
-def describe_request(method: str, path: str, body: dict | None) -> tuple[str, str | None, str | None, str]:
+def describe_request(method: str, path: str, body: dict | None) -> tuple[str, str | None, str, str]:
     """(project, service name, event type, description) of a mutating request (pure). ``body`` is
     the request's JSON object when it was read; only names and requested roles are taken from it,
     never a value that could be a secret."""

@@ -41,9 +41,10 @@ TIME_PATTERN = TIME_RE.pattern
 CLOUD_ENUM_MARKER = "x-pgcrdr-clouds"
 
 
-def checked_elsewhere(schema: dict[str, Any]) -> Any:
-    """A field the control plane validates with its own message: any value at the edge, ``schema`` in the spec."""
-    return Annotated[Any, WithJsonSchema(schema)]
+def checked_elsewhere(schema: dict[str, Any]) -> WithJsonSchema:
+    """For a field the control plane validates with its own message, ``Annotated[Any,
+    checked_elsewhere(schema)]``: any value at the edge, ``schema`` in the spec."""
+    return WithJsonSchema(schema)
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +72,8 @@ class _Body(BaseModel):
 class UserAuthRequest(_Body):
     """POST /v1/userauth (avn user login)."""
 
-    email: checked_elsewhere({"type": "string", "description": "Login email"})
-    password: checked_elsewhere({"type": "string", "format": "password"})
+    email: Annotated[Any, checked_elsewhere({"type": "string", "description": "Login email"})]
+    password: Annotated[Any, checked_elsewhere({"type": "string", "format": "password"})]
     otp: str | None = Field(None, description="One-time password (not used by pgcrdr)")
     tenant: str | None = Field(None, description="Tenant (not used by pgcrdr)")
 
@@ -80,7 +81,8 @@ class UserAuthRequest(_Body):
 class ProjectCreateRequest(_Body):
     """POST /v1/project."""
 
-    project: checked_elsewhere({"type": "string", "pattern": PROJECT_NAME_PATTERN, "description": "Project name"})
+    project: Annotated[Any, checked_elsewhere({
+        "type": "string", "pattern": PROJECT_NAME_PATTERN, "description": "Project name"})]
 
 
 PG_VERSION_SCHEMA = {"enum": [*catalog.PG_VERSIONS, *(int(v) for v in catalog.PG_VERSIONS)],
@@ -142,16 +144,16 @@ SERVICE_INTEGRATIONS_SCHEMA: dict[str, Any] = _nullable({
 class ServiceCreateRequest(_Body):
     """POST /v1/project/{project}/service (Aiven's ServiceCreateRequestBody)."""
 
-    service_name: checked_elsewhere({"type": "string", "pattern": SERVICE_NAME_PATTERN})
-    service_type: checked_elsewhere({"type": "string", "enum": list(catalog.SERVICE_TYPES)})
-    plan: checked_elsewhere({"type": "string", "enum": list(catalog.PLANS)})
-    cloud: checked_elsewhere(_nullable({"type": "string", CLOUD_ENUM_MARKER: True,
-                                        "description": "A cloud of GET /v1/clouds; null or '': "
-                                                       "the project's default cloud"})) = None
-    user_config: checked_elsewhere(_nullable(USER_CONFIG_SCHEMA)) = None
-    maintenance: checked_elsewhere(_nullable(MAINTENANCE_SCHEMA)) = None
-    service_integrations: checked_elsewhere(SERVICE_INTEGRATIONS_SCHEMA) = None
-    termination_protection: checked_elsewhere({"type": "boolean"}) = False
+    service_name: Annotated[Any, checked_elsewhere({"type": "string", "pattern": SERVICE_NAME_PATTERN})]
+    service_type: Annotated[Any, checked_elsewhere({"type": "string", "enum": list(catalog.SERVICE_TYPES)})]
+    plan: Annotated[Any, checked_elsewhere({"type": "string", "enum": list(catalog.PLANS)})]
+    cloud: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "string", CLOUD_ENUM_MARKER: True,
+        "description": "A cloud of GET /v1/clouds; null or '': the project's default cloud"}))] = None
+    user_config: Annotated[Any, checked_elsewhere(_nullable(USER_CONFIG_SCHEMA))] = None
+    maintenance: Annotated[Any, checked_elsewhere(_nullable(MAINTENANCE_SCHEMA))] = None
+    service_integrations: Annotated[Any, checked_elsewhere(SERVICE_INTEGRATIONS_SCHEMA)] = None
+    termination_protection: Annotated[Any, checked_elsewhere({"type": "boolean"})] = False
     tags: dict[str, str] | None = None
     disk_space_mb: JsonInt | None = Field(None, description="Accepted and ignored: the plan's disk is used")
     project_vpc_id: str | None = Field(None, description="Accepted and ignored (no VPCs)")
@@ -172,19 +174,20 @@ class ServiceUpdateRequest(_Body):
                  "properties": {"disaster_recovery_role": {"const": "passive"}}},
     })
 
-    disaster_recovery_role: checked_elsewhere(_nullable({"type": "string", "enum": list(ROLES)})) = None
+    disaster_recovery_role: Annotated[Any, checked_elsewhere(_nullable({"type": "string", "enum": list(ROLES)}))] = None
     disaster_recovery_promote_to_master: StrictBool | None = Field(
         None, description="Older spelling: true is disaster_recovery_role active")
-    failback_source: checked_elsewhere(_nullable({
+    failback_source: Annotated[Any, checked_elsewhere(_nullable({
         "type": "string", "enum": list(crdr.FAILBACK_SOURCES),
-        "description": "pgcrdr extension: how a failed primary is restored (with role passive)"})) = None
-    plan: checked_elsewhere(_nullable({"type": "string", "enum": list(catalog.PLANS)})) = None
-    cloud: checked_elsewhere(_nullable({"type": "string", CLOUD_ENUM_MARKER: True,
-                                        "description": "A service cannot move; only its own cloud is accepted"})) = None
-    powered: checked_elsewhere(_nullable({"type": "boolean"})) = None
-    user_config: checked_elsewhere(_nullable(USER_CONFIG_SCHEMA)) = None
-    maintenance: checked_elsewhere(_nullable(MAINTENANCE_SCHEMA)) = None
-    termination_protection: checked_elsewhere(_nullable({"type": "boolean"})) = None
+        "description": "pgcrdr extension: how a failed primary is restored (with role passive)"}))] = None
+    plan: Annotated[Any, checked_elsewhere(_nullable({"type": "string", "enum": list(catalog.PLANS)}))] = None
+    cloud: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "string", CLOUD_ENUM_MARKER: True,
+        "description": "A service cannot move; only its own cloud is accepted"}))] = None
+    powered: Annotated[Any, checked_elsewhere(_nullable({"type": "boolean"}))] = None
+    user_config: Annotated[Any, checked_elsewhere(_nullable(USER_CONFIG_SCHEMA))] = None
+    maintenance: Annotated[Any, checked_elsewhere(_nullable(MAINTENANCE_SCHEMA))] = None
+    termination_protection: Annotated[Any, checked_elsewhere(_nullable({"type": "boolean"}))] = None
     tech_emails: list[TechEmail] | None = None
     disk_space_mb: JsonInt | None = Field(None, description="Accepted and ignored")
     project_vpc_id: str | None = Field(None, description="Accepted and ignored")
@@ -194,14 +197,17 @@ class ServiceUpdateRequest(_Body):
     schema_registry_authz: StrictBool | None = None
 
 
+PATH_PROJECT_SCHEMA = {"type": "string", "description": "The path's project"}
+
+
 class IntegrationCreateRequest(_Body):
     """POST /v1/project/{project}/integration (only disaster_recovery)."""
 
-    integration_type: checked_elsewhere({"type": "string", "enum": ["disaster_recovery"]})
-    source_service: checked_elsewhere({"type": "string", "description": "The active service"})
-    dest_service: checked_elsewhere({"type": "string", "description": "The passive (recovery) service"})
-    source_project: checked_elsewhere(_nullable({"type": "string", "description": "The path's project"})) = None
-    dest_project: checked_elsewhere(_nullable({"type": "string", "description": "The path's project"})) = None
+    integration_type: Annotated[Any, checked_elsewhere({"type": "string", "enum": ["disaster_recovery"]})]
+    source_service: Annotated[Any, checked_elsewhere({"type": "string", "description": "The active service"})]
+    dest_service: Annotated[Any, checked_elsewhere({"type": "string", "description": "The passive (recovery) service"})]
+    source_project: Annotated[Any, checked_elsewhere(_nullable(PATH_PROJECT_SCHEMA))] = None
+    dest_project: Annotated[Any, checked_elsewhere(_nullable(PATH_PROJECT_SCHEMA))] = None
     source_endpoint_id: str | None = None
     dest_endpoint_id: str | None = None
     user_config: dict[str, Any] | None = None
@@ -210,25 +216,26 @@ class IntegrationCreateRequest(_Body):
 class IntegrationUpdateRequest(_Body):
     """PUT /v1/project/{project}/integration/{id} (Terraform sends {"user_config": {}})."""
 
-    user_config: checked_elsewhere(_nullable({"type": "object", "maxProperties": 0,
-                                              "description": "disaster_recovery has no user config"})) = None
+    user_config: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "object", "maxProperties": 0, "description": "disaster_recovery has no user config"}))] = None
 
 
 class DatabaseCreateRequest(_Body):
-    database: checked_elsewhere({"type": "string", "pattern": DB_NAME_PATTERN, "not": {"enum": sorted(RESERVED_DBS)}})
+    database: Annotated[Any, checked_elsewhere({
+        "type": "string", "pattern": DB_NAME_PATTERN, "not": {"enum": sorted(RESERVED_DBS)}})]
     lc_collate: str | None = None
     lc_ctype: str | None = None
 
 
 class ServiceUserCreateRequest(_Body):
-    username: checked_elsewhere({"type": "string", "pattern": USER_NAME_PATTERN,
-                                 "not": {"enum": sorted(RESERVED_ROLES)}})
+    username: Annotated[Any, checked_elsewhere({
+        "type": "string", "pattern": USER_NAME_PATTERN, "not": {"enum": sorted(RESERVED_ROLES)}})]
     authentication: str | None = None
     access_control: dict[str, Any] | None = None
 
 
 class TagsUpdateRequest(_Body):
-    tags: checked_elsewhere({"type": "object", "additionalProperties": {"type": "string"}}) = None
+    tags: Annotated[Any, checked_elsewhere({"type": "object", "additionalProperties": {"type": "string"}})] = None
 
 
 # Access tokens (tokens.py checks these bodies itself, with its own messages).
@@ -252,25 +259,44 @@ class AccessTokenCreateRequest(_Body):
         "then": {"required": ["max_age_seconds"], "properties": {"max_age_seconds": {"type": "integer"}}},
     })
 
-    description: checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)
-    max_age_seconds: checked_elsewhere(_nullable({
+    description: Annotated[Any, checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)]
+    max_age_seconds: Annotated[Any, checked_elsewhere(_nullable({
         "type": "integer", "minimum": 1, "maximum": TOKEN_MAX_AGE_LIMIT_S,
         "description": "The token expires this long after its creation (or its last use, with "
-                       "extend_when_used); null: never"})) = None
-    extend_when_used: checked_elsewhere(_nullable({
-        "type": "boolean", "description": "Each use moves the expiry to max_age_seconds later (null: false)"})) = False
+                       "extend_when_used); null: never"}))] = None
+    extend_when_used: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "boolean", "description": "Each use moves the expiry to max_age_seconds later (null: false)"}))] = False
 
 
 class AccessTokenUpdateRequest(_Body):
     """PUT /v1/access_token/{token_prefix} (avn user access-token update)."""
 
-    description: checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)
+    description: Annotated[Any, checked_elsewhere(TOKEN_DESCRIPTION_SCHEMA)]
+
+
+AUTOMATIC_FAILOVER_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["enabled"],
+    "description": "pgcrdr extension: fail the pair over without a request when its active region has not "
+                   "answered for grace_seconds and its last known lag is at most max_data_loss_bytes "
+                   "(needs writer leases: a deployment with a global etcd)",
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "grace_seconds": {"type": "number", "minimum": 1, "maximum": 86400},
+        "max_data_loss_bytes": {"type": "integer", "minimum": 0, "maximum": 2 ** 40},
+    },
+}
+
+
+class DisasterRecoveryUpdateRequest(_Body):
+    """PUT .../disaster-recovery (pgcrdr extension): the pair's automatic failover."""
+
+    automatic_failover: Annotated[Any, checked_elsewhere(AUTOMATIC_FAILOVER_SCHEMA)]
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [
     UserAuthRequest, ProjectCreateRequest, ServiceCreateRequest, ServiceUpdateRequest, IntegrationCreateRequest,
     IntegrationUpdateRequest, DatabaseCreateRequest, ServiceUserCreateRequest, TagsUpdateRequest,
-    ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest,
+    ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest, DisasterRecoveryUpdateRequest,
 ]
 
 
@@ -527,6 +553,7 @@ class DisasterRecoveryStatus(_Out):
     replication: dict[str, Any]
     operation: dict[str, Any] | None
     history: list[dict[str, Any]]
+    automatic_failover: dict[str, Any] | None = None
 
 
 class Event(_Out):

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from pgcrdr.agent.models import ClusterStatus, NodeStatus
+from pgcrdr.agentapi.models import ClusterStatus, NodeStatus
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.lag import pair_lag
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import (
+    AutomaticFailover,
+    IntegrationRecord,
+    OperationRecord,
+    ProjectRecord,
+    ServiceRecord,
+)
 from pgcrdr.controlplane.store import Store
 
 DEFAULT_DB = "defaultdb"
@@ -265,4 +271,14 @@ def dr_status_json(svc: ServiceRecord, store: Store) -> dict:
         },
         "operation": operation_json(running) if running else None,
         "history": [operation_json(o) for o in ops if o.state != "running"],
+        "automatic_failover": _automatic_failover(svc, store),
     }
+
+
+def _automatic_failover(svc: ServiceRecord, store: Store) -> dict | None:
+    """The pair's automatic failover (kept on its primary); None outside a pair."""
+    if not svc.dr_peer:
+        return None
+    primary = svc if svc.dr_kind == "primary" else store.get_service(svc.project, svc.dr_peer)
+    cfg = primary.automatic_failover if primary is not None else None
+    return (cfg or AutomaticFailover()).model_dump()

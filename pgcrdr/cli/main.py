@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.config import DEFAULT_HOME, Settings
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.config import DEFAULT_HOME, RegionConfig, Settings
 from pgcrdr.controlplane.store import StoreError, StoreSettingsError
 from pgcrdr.platform import (
     STORE_MEMBER_PID,
@@ -174,7 +175,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     """API URL, token, and the health of the control plane and every region."""
     settings = _settings(home, port_offset)
     token = token_file(settings).read_text().strip() if token_file(settings).exists() else None
-    regions = []
+    regions: list[dict[str, Any]] = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
     for r in settings.regions:
         client = AgentClient(settings.agent_url(r), agent_token, timeout=2.0, verify=settings.agent_verify)
@@ -203,9 +204,9 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
                + (f"; replica {data['replica']}, leader {data['leader'] or 'none yet'}" if data["replica"] else ""))
     click.echo(f"API token:     {token or '(none yet: run pgcrdr up)'}")
     table = Table("region", "agent", "etcd", "clusters", "message")
-    for r in regions:
-        table.add_row(r["cloud_name"], "up" if r["up"] else "down", "healthy" if r["etcd_healthy"] else "-",
-                      str(r["clusters"] if r["clusters"] is not None else "-"), r["message"] or "")
+    for row in regions:
+        table.add_row(row["cloud_name"], "up" if row["up"] else "down", "healthy" if row["etcd_healthy"] else "-",
+                      str(row["clusters"] if row["clusters"] is not None else "-"), row["message"] or "")
     Console().print(table)
     if not data["api_up"]:
         sys.exit(1)
@@ -231,7 +232,7 @@ def region() -> None:
     """Region outage drills: take a whole region down and bring it back."""
 
 
-def _region(settings: Settings, name: str):  # type: ignore[no-untyped-def]
+def _region(settings: Settings, name: str) -> RegionConfig:
     r = settings.region(name)
     if r is None:
         raise click.ClickException(
@@ -349,7 +350,7 @@ def drill_agent_fault(home: str | None, port_offset: int | None, region_name: st
     """Make REGION's agent look frozen, slow or failing to the control plane for a while (the
     agent itself runs on). Read by the control plane's agent client from
     <home>/control/agent-faults.json."""
-    from pgcrdr.agent import faults
+    from pgcrdr.agentapi import faults
 
     settings = _settings(home, port_offset)
     _region(settings, region_name)

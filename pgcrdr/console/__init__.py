@@ -139,12 +139,12 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
         offers = offered_actions(p_json, r_json, running)
         p_view = _summary(p_json, "primary" if recovery is not None else None, running, history, now)
         r_view = _summary(r_json, "recovery", running, history, now) if r_json is not None else None
-        me, peer = (p_view, r_view) if svc.name == primary.name else (r_view, p_view)
+        me_view, peer_view = (p_view, r_view) if svc.name == primary.name else (r_view, p_view)
         view: dict[str, Any] = {
             "service_name": svc.name,
             "primary": p_view,
             "recovery": r_view,
-            "service_uri_note": service_uri_note(me, peer),
+            "service_uri_note": service_uri_note(me_view, peer_view),
             "operation": operation_now(running),
             "problem": last_problem(history),
             "history": list(reversed(history)),

@@ -10,9 +10,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from pgcrdr.agent.models import StandbySource
+from pgcrdr.agentapi.models import StandbySource
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_service
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.records import (
+    AutomaticFailover,
+    IntegrationRecord,
+    OperationKind,
+    OperationRecord,
+    ServiceRecord,
+    StepRecord,
+)
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change
@@ -55,10 +62,10 @@ def standby_source_for(store: Store, svc: ServiceRecord) -> StandbySource | None
                          primary_slot_name=slot_for(svc))
 
 
-def new_operation(project: str, pair: str, kind: str, service: str, role: str, source: str, target: str
+def new_operation(project: str, pair: str, kind: OperationKind, service: str, role: str, source: str, target: str
                   ) -> OperationRecord:
     return OperationRecord(
-        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,  # type: ignore[arg-type]
+        operation_id=uuid.uuid4().hex[:12], project=project, pair=pair, kind=kind, service=service,
         requested_role=role, source=source, target=target, create_time=now_rfc3339(),
         steps=[StepRecord(name=n) for n in STEPS[kind]],
     )
@@ -216,10 +223,11 @@ def _start_role_change(tx: Tx, svc: ServiceRecord, peer: ServiceRecord, role: st
     return op
 
 
-def request_role(store: Store, project: str, name: str, role: str,
-                 failback_source: str | None = None) -> tuple[OperationRecord | None, str]:
-    """PUT service {"disaster_recovery_role": role}. Returns the operation started (or None) and why."""
-    return update_and_request_role(store, project, name, None, role, failback_source)
+def request_role(store: Store, project: str, name: str, role: str, failback_source: str | None = None,
+                 automatic: str | None = None) -> tuple[OperationRecord | None, str]:
+    """PUT service {"disaster_recovery_role": role} (or pgcrdr itself, ``automatic`` saying why).
+    Returns the operation started (or None) and why."""
+    return update_and_request_role(store, project, name, None, role, failback_source, automatic)
 
 
 def superseded_by(running: OperationRecord, role: str) -> bool:
@@ -235,11 +243,12 @@ def superseded_by(running: OperationRecord, role: str) -> bool:
 
 def update_and_request_role(
     store: Store, project: str, name: str, change: Callable[[ServiceRecord], ServiceRecord | None] | None,
-    role: str, failback_source: str | None = None,
+    role: str, failback_source: str | None = None, automatic: str | None = None,
 ) -> tuple[OperationRecord | None, str]:
     """PUT service with other fields and ``disaster_recovery_role``: ``change`` (the other fields,
     see ``ServiceManager.service_change``) and the role change in one transaction, so a refusal of
-    either writes nothing. The role is planned on the record as ``change`` leaves it."""
+    either writes nothing. The role is planned on the record as ``change`` leaves it.
+    ``automatic``: no one asked; why pgcrdr did (kept in the operation's details)."""
     def request(tx: Tx) -> tuple[OperationRecord | None, str]:
         svc = tx.service(project, name)
         if svc is None or svc.deleting:
@@ -269,6 +278,55 @@ def update_and_request_role(
         if decision.kind == "failback_restore" and failback_source not in (None, "auto"):
             op.data["sources"] = [failback_source]
             tx.put_operation(op)
+        if automatic is not None:
+            op.data["automatic"] = automatic
+            op.message = automatic
+            tx.put_operation(op)
         return op, decision.why
 
     return store.transaction(request)
+
+
+def parse_automatic_failover(value: object) -> AutomaticFailover:
+    """The body's ``automatic_failover`` (pure), refused with a message naming the field."""
+    if not isinstance(value, dict):
+        raise Refused(400, "automatic_failover must be an object: {\"enabled\": true, \"grace_seconds\": 30, "
+                           "\"max_data_loss_bytes\": 16777216}")
+    unknown = sorted(set(value) - set(AutomaticFailover.model_fields))
+    if unknown:
+        raise Refused(400, f"automatic_failover has no field {clip(unknown[0])}; its fields: enabled, grace_seconds, "
+                           "max_data_loss_bytes")
+    if not isinstance(value.get("enabled"), bool):
+        raise Refused(400, "automatic_failover.enabled must be true or false")
+    grace = value.get("grace_seconds", AutomaticFailover().grace_seconds)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 1 <= grace <= 86400:
+        raise Refused(400, "automatic_failover.grace_seconds must be a number of seconds from 1 to 86400")
+    bound = value.get("max_data_loss_bytes", AutomaticFailover().max_data_loss_bytes)
+    if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= 2 ** 40:
+        raise Refused(400, "automatic_failover.max_data_loss_bytes must be a whole number of bytes from 0 to 2^40")
+    return AutomaticFailover(enabled=value["enabled"], grace_seconds=float(grace), max_data_loss_bytes=bound)
+
+
+def set_automatic_failover(store: Store, project: str, name: str, cfg: AutomaticFailover,
+                           writer_leases: bool) -> None:
+    """Keep ``cfg`` on the pair of ``name`` (on its primary). Enabling it needs writer leases:
+    without them a cut-off writer keeps taking writes, and promoting the recovery by itself would
+    make two writers."""
+    if cfg.enabled and not writer_leases:
+        raise Refused(409, "automatic failover needs writer leases, so that a cut-off writer stops itself before "
+                           "the recovery is promoted: run pgcrdr with a global etcd (a topology with [control] "
+                           "store); here, fail over by request (disaster_recovery_role failed)")
+
+    def change(tx: Tx) -> None:
+        svc = tx.service(project, name)
+        if svc is None or svc.deleting:
+            raise not_found_service(name)
+        if not svc.dr_peer:
+            raise Refused(409, f"{name} is not part of a disaster recovery pair; create its recovery copy first "
+                               "(--disaster-recovery-copy-for)")
+        primary = svc if svc.dr_kind == "primary" else tx.service(project, svc.dr_peer)
+        if primary is None:
+            raise not_found_service(svc.dr_peer)
+        tx.put_service(primary.model_copy(update={"automatic_failover": cfg, "update_time": now_rfc3339()}))
+
+    store.transaction(change)

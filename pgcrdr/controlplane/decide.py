@@ -9,9 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pgcrdr.agent.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
+from pgcrdr.agentapi.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
 from pgcrdr.controlplane.catalog import PLANS
-from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceState
+from pgcrdr.controlplane.lag import lsn_int
+from pgcrdr.controlplane.records import AutomaticFailover, ProjectRecord, ServiceRecord, ServiceState
 
 
 def backup_policy(plan: str, environ: Mapping[str, str] | None = None) -> BackupPolicy:
@@ -140,3 +141,36 @@ def pair_without_writer(a: ServiceRecord, b: ServiceRecord, now: float, fresh_s:
     if other.status is not None and not other.status.standby and writer_running(other.status):
         return f"{active.name} is recorded active but runs as a standby cluster, while {other.name} takes writes"
     return f"{active.name} is recorded active but its region runs it as a standby cluster"
+
+
+# A passive side counts as answering when it was observed this recently.
+PASSIVE_FRESH_S = 10.0
+
+
+def automatic_failover_due(cfg: AutomaticFailover | None, active: ServiceRecord, passive: ServiceRecord,
+                           now: float) -> tuple[bool, str] | None:
+    """Whether the pair fails over by itself now (pure). None: not applicable (disabled, the
+    active region answers, or the pair is not in its steady roles); ``(False, why)``: due but
+    withheld (the recovery region does not answer, or too much would be given up);
+    ``(True, why)``: start, ``why`` goes in the history."""
+    if cfg is None or not cfg.enabled or active.dr_role != "active" or passive.dr_role != "passive":
+        return None
+    if active.deleting or passive.deleting or active.state == "POWEROFF":
+        return None
+    silent = now - active.status_time if active.status_time is not None else None
+    if silent is not None and silent < cfg.grace_seconds:
+        return None
+    since = f"for {silent:.0f} s" if silent is not None else "since the control plane started"
+    if passive.status_time is None or now - passive.status_time > PASSIVE_FRESH_S or passive.status is None:
+        return False, f"{active.cloud} has not answered {since}, but {passive.cloud} does not answer either"
+    written = lsn_int(active.status.lsn.current_lsn) if active.status and active.status.lsn else None
+    plsn = passive.status.lsn
+    received = lsn_int(plsn.receive_lsn or plsn.replay_lsn) if plsn is not None else None
+    if written is None or received is None:
+        return False, f"{active.cloud} has not answered {since}; the lag is unknown, so nothing is given up blindly"
+    lag = max(0, written - received)
+    if lag > cfg.max_data_loss_bytes:
+        return False, (f"{active.cloud} has not answered {since}, but its last known lag ({lag} bytes) is above "
+                       f"the bound ({cfg.max_data_loss_bytes} bytes): fail over by request to give them up")
+    return True, (f"automatic: {active.cloud} has not answered {since} (grace {cfg.grace_seconds:g} s); last known "
+                  f"lag {lag} bytes (bound {cfg.max_data_loss_bytes})")

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from pgcrdr.agent.wal import parse_lsn
+from pgcrdr.agentapi.lsn import parse_lsn
 from pgcrdr.controlplane.records import ServiceRecord
 
 

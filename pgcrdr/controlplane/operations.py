@@ -19,22 +19,23 @@ from typing import Any, Protocol
 
 import psycopg
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.models import (
     DemoteRequest,
     Endpoint,
     FenceRequest,
     LsnInfo,
     PreserveRequest,
     PromoteRequest,
+    REBUILD_SOURCES,
     RebuildRequest,
     StandbySource,
 )
-from pgcrdr.agent.sessions import describe_sessions
+from pgcrdr.agentapi.sessions import describe_sessions
 from pgcrdr.controlplane.crdr import slot_for, standby_source_for
 from pgcrdr.controlplane.decide import cluster_spec
 from pgcrdr.controlplane.lag import lsn_int, pair_lag
-from pgcrdr.controlplane.records import OperationRecord, ServiceRecord, StepRecord
+from pgcrdr.controlplane.records import OperationRecord, OperationState, ServiceRecord, StepRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.steps import (
     STEP_PHASE,
@@ -94,10 +95,15 @@ class OperationRunner:
 
     def __init__(self, store: Store, agents: dict[str, AgentClient], endpoints: Endpoints | None,
                  endpoint_name: Callable[[ServiceRecord], str], pause_deadline_s: float = 5.0,
-                 retry_bound_s: float = 30.0, leading: Callable[[], bool] = lambda: True):
+                 retry_bound_s: float = 30.0, lease_holder: Callable[[str], dict[str, Any] | None] | None = None,
+                 writer_lease_ttl_s: float = 10.0, leading: Callable[[], bool] = lambda: True):
         """``leading``: whether this replica leads now; when it stops leading, no step starts."""
         self.store = store
         self.leading = leading
+        # Who holds a region's writer lease (pgcrdr.writer_lease); None: the deployment has no
+        # writer leases (the embedded default, whose store is SQLite).
+        self.lease_holder = lease_holder
+        self.writer_lease_ttl_s = writer_lease_ttl_s
         self.agents = agents
         self.endpoints = endpoints
         self.endpoint_name = endpoint_name
@@ -259,8 +265,8 @@ class OperationRunner:
         return self._finish(op, "failed", f"{op.kind} failed at {step.name}: {err}; nothing was changed"
                             if phase is Phase.BEFORE else f"{op.kind} failed at {step.name}: {err}")
 
-    def _finish(self, op: OperationRecord, state: str, message: str | None) -> str:
-        op.state = state  # type: ignore[assignment]
+    def _finish(self, op: OperationRecord, state: OperationState, message: str | None) -> str:
+        op.state = state
         op.finish_time = now_rfc3339()
         op.message = message or op.message
         self.store.put_operation(op)
@@ -544,8 +550,7 @@ class OperationRunner:
         timeline = failover.data.get("timeline") if failover else None
         if timeline is None and active.status and active.status.lsn:
             timeline = active.status.lsn.timeline
-        sources = op.data.get("sources") or (["rewind", "restore", "basebackup"] if fork and timeline
-                                             else ["basebackup"])
+        sources = op.data.get("sources") or (list(REBUILD_SOURCES) if fork and timeline else ["basebackup"])
         source = self._source_for(active, failed)
         tries = int(op.data.get("rebuild_try", 1))
         req_id = f"{op.operation_id}-{tries}"
@@ -561,7 +566,7 @@ class OperationRunner:
                 raise Wait(f"an earlier rebuild of {failed.name} ({st.request_id}) is still running")
             st = agent.rebuild(failed.cluster, RebuildRequest(
                 source=source, fork_lsn=fork or "0/0", fork_timeline=int(timeline or 2),
-                sources=sources, request_id=req_id))  # type: ignore[arg-type]
+                sources=sources, request_id=req_id))
         if st.state == "running":
             tried = ", ".join(f"{a.source} {'skipped' if a.skipped else 'failed'}" for a in st.attempts)
             pct = (f" {100 * st.progress_current // st.progress_max}%"
@@ -762,13 +767,41 @@ class OperationRunner:
         except AgentError as exc:
             live_lsn, problem = None, str(exc)
             op.data["primary_unreachable"] = exc.status is None
+        if live_lsn is None and op.data.get("primary_unreachable") and self.lease_holder is not None:
+            self._await_writer_lease(op, pri)
         op.data_loss = data_loss_report(live_lsn, problem, pri, received, time.time())
+        if "lease_wait_s" in op.data:
+            op.data_loss["writer_lease_wait_s"] = op.data["lease_wait_s"]
         b = op.data_loss
         if b["bytes"] is not None:
             return f"primary at {live_lsn}, recovery received {received}: {b['bytes']} bytes not replicated"
         return (f"primary unreachable: data given up unknown (at least {b['lower_bound_bytes']} bytes; last seen "
                 f"{b['primary_last_seen_lsn']}, {b['primary_last_seen_age_s']} s before); recovery received "
                 f"{received}")
+
+    def _await_writer_lease(self, op: OperationRecord, pri: ServiceRecord) -> None:
+        """An unreachable primary may still be a writer taking writes inside its region: the
+        recovery is promoted only once that region's writer lease is gone (its agent stops its
+        writers before the lease expires). Waits at most twice the TTL; a lease still held then
+        means the region's agent is alive and reaches the global store: nothing is changed."""
+        assert self.lease_holder is not None
+        started = float(op.data.setdefault("t_lease_wait", time.time()))
+        waited = time.time() - started
+        try:
+            holder = self.lease_holder(pri.cloud)
+        except Exception as exc:  # noqa: BLE001 - the global store not answering: no safe decision yet
+            holder, why = {}, f"the global store does not answer ({str(exc)[:200]})"
+        else:
+            why = f"held by {holder.get('holder', '?')}" if holder is not None else ""
+        if holder is None:
+            op.data["lease_wait_s"] = round(waited, 2)
+            return
+        if waited > 2 * self.writer_lease_ttl_s:
+            raise Fail(f"{pri.cloud}'s writer lease is still {why or 'held'} after {waited:.0f} s: its agent is "
+                       f"alive and may still run {pri.name}'s writer; nothing was changed. Restore the control "
+                       "plane's connection to that region (a failover then fences it) or stop its writer")
+        raise Wait(f"{pri.name}'s region is unreachable: waiting for its writer lease to expire "
+                   f"({why}; {waited:.1f} s of at most {self.writer_lease_ttl_s:g} s)")
 
     def step_fence(self, op: OperationRecord) -> str:
         pri, rec = self._svc(op, op.source), self._svc(op, op.target)
@@ -816,7 +849,8 @@ class OperationRunner:
         def pos(i: LsnInfo | None) -> int | None:
             return None if i is None else lsn_int(i.receive_lsn or i.replay_lsn or i.current_lsn)
 
-        a, b = pos(seen[act.name]), pos(seen[pas.name])
+        act_seen, pas_seen = seen[act.name], seen[pas.name]
+        a, b = pos(act_seen), pos(pas_seen)
         if writable:
             chosen = act if writable[0] == act.name else pas
             why = f"{chosen.name} takes writes"
@@ -824,8 +858,8 @@ class OperationRunner:
             raise Wait(f"{act.name} has no leader answering: its position is unknown, so no side is chosen yet")
         else:
             chosen = pas if b is not None and b > a else act
-            why = f"{chosen.name} is the most advanced ({seen[act.name] and seen[act.name].receive_lsn} vs " \
-                  f"{seen[pas.name] and seen[pas.name].receive_lsn})"
+            why = f"{chosen.name} is the most advanced ({act_seen and act_seen.receive_lsn} vs " \
+                  f"{pas_seen and pas_seen.receive_lsn})"
         op.source = act.name
         op.target = chosen.name
         return f"{why}; it is the writer"

@@ -16,17 +16,24 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.faults import faults_path
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.faults import faults_path
+from pgcrdr.agentapi.models import ClusterStatus
 from pgcrdr.config import Settings
-from pgcrdr.controlplane.crdr import new_operation, standby_source_for
-from pgcrdr.controlplane.decide import Observation, cluster_spec, pair_without_writer, service_view
+from pgcrdr.controlplane.crdr import new_operation, request_role, standby_source_for
+from pgcrdr.controlplane.decide import (
+    Observation,
+    automatic_failover_due,
+    cluster_spec,
+    pair_without_writer,
+    service_view,
+)
 from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.services import now_rfc3339
 from pgcrdr.controlplane.store import Store, StoreFenced, Tx
+from pgcrdr.writer_lease import lease_reader
 
 log = logging.getLogger("pgcrdr.reconciler")
 
@@ -82,7 +89,7 @@ class Reconciler:
         self.settings = settings
         self.interval = interval
         # Drills and tests may make a region's agent look frozen, slow or failing from here
-        # (``pgcrdr drill agent-fault``; pgcrdr.agent.faults).
+        # (``pgcrdr drill agent-fault``; pgcrdr.agentapi.faults).
         faults = faults_path(settings.home)
         self.agents = {r.cloud_name: AgentClient(settings.agent_url(r), agent_token, faults_file=faults,
                                                  region=r.cloud_name, verify=settings.agent_verify)
@@ -90,7 +97,8 @@ class Reconciler:
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
                                       pause_deadline_s=settings.pause_deadline_s,
-                                      retry_bound_s=settings.retry_bound_s, leading=leading)
+                                      retry_bound_s=settings.retry_bound_s, lease_holder=lease_reader(settings),
+                                      writer_lease_ttl_s=settings.writer_lease_ttl_s, leading=leading)
         self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -98,6 +106,7 @@ class Reconciler:
         # One observer thread per region: a region that does not answer delays only its own services.
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(settings.regions)), thread_name_prefix="observe")
         self._first_tick = True
+        self._withheld: dict[tuple[str, str], str] = {}  # pair -> why its automatic failover waits
         self._observing: dict[str, Future[None]] = {}  # cloud -> its observation in flight
         self._no_writer_since: dict[tuple[str, str], float] = {}  # pair -> monotonic time first seen
         self._last_busy: dict[tuple[str, str], float] = {}  # pair -> last time an operation ran on it
@@ -184,6 +193,7 @@ class Reconciler:
             self.resume_orphaned_pauses()
             self.ensure_endpoints(owned_by_operations(self.store.running_operations()))
         self.check_writers()
+        self.check_automatic_failover()
         self.lag.sample(self.store.list_services(), time.time())
 
     def follow(self) -> None:
@@ -236,6 +246,44 @@ class Reconciler:
                 self.reconcile(svc, in_operation=(svc.project, svc.name) in busy, listed=listed)
             except Exception:  # one service's problem must not hide the others'
                 log.exception("reconciling %s/%s failed", svc.project, svc.name)
+
+    # --- automatic failover (opt-in, with writer leases) -------------------------------------
+    def check_automatic_failover(self, now: float | None = None) -> None:
+        """Fail over a pair whose active region has not answered for its grace period, when the
+        pair opted in and the last known lag is within its bound. Only with writer leases (the
+        API refuses to enable it otherwise): the failover still waits for the cut-off region's
+        lease to expire, so its writer has stopped before the recovery is promoted."""
+        if self.runner.lease_holder is None:
+            return
+        now = time.time() if now is None else now
+        services = {(s.project, s.name): s for s in self.store.list_services()}
+        running = {(o.project, o.pair) for o in self.store.running_operations()}
+        for pri in services.values():
+            if pri.dr_kind != "primary" or not pri.dr_peer or (pri.project, pri.name) in running:
+                continue
+            peer = services.get((pri.project, pri.dr_peer))
+            if peer is None:
+                continue
+            active, passive = (pri, peer) if pri.dr_role == "active" else (peer, pri)
+            due = automatic_failover_due(pri.automatic_failover, active, passive, now)
+            key = (pri.project, pri.name)
+            if due is None:
+                self._withheld.pop(key, None)
+                continue
+            go, why = due
+            if not go:
+                if self._withheld.get(key) != why:
+                    log.warning("%s/%s: automatic failover withheld: %s", pri.project, pri.name, why)
+                    self._withheld[key] = why
+                continue
+            try:
+                op, _ = request_role(self.store, pri.project, active.name, "failed", automatic=why)
+            except Exception:  # noqa: BLE001 - e.g. a user's request came first: next tick looks again
+                log.exception("automatic failover of %s/%s not started", pri.project, pri.name)
+                continue
+            if op is not None:
+                log.warning("%s/%s: %s: failover %s started", pri.project, pri.name, why, op.operation_id)
+                self.runner.advance_all()
 
     # --- a recorded writer must take writes -------------------------------------------------
     def check_writers(self, now: float | None = None) -> None:
@@ -374,6 +422,7 @@ class Reconciler:
             self.store.delete_service(svc.project, svc.name)
             log.info("service %s/%s terminated", svc.project, svc.name)
             return f"{svc.name}: terminated"
+        status: ClusterStatus | None
         try:
             push = svc.applied_generation < svc.generation and not in_operation
             if push:

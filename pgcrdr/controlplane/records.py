@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.models import ClusterStatus
 
 ServiceState = Literal["REBUILDING", "RUNNING", "REBALANCING", "POWEROFF"]
 DrRole = Literal["active", "passive", "failed"]
@@ -25,6 +25,17 @@ class ProjectRecord(BaseModel):
     ca_cert_pem: str
     ca_key_pem: str
     default_cloud: str
+
+
+class AutomaticFailover(BaseModel):
+    """pgcrdr extension, kept on a pair's primary service: fail the pair over without a request
+    when the active region has not answered for ``grace_seconds`` and the data it would give up
+    (the last known lag) is at most ``max_data_loss_bytes``. Only with writer leases: the cut-off
+    writer has stopped itself before the recovery is promoted."""
+
+    enabled: bool = False
+    grace_seconds: float = 30.0
+    max_data_loss_bytes: int = 16 * 1024 * 1024
 
 
 class ServiceRecord(BaseModel):
@@ -69,6 +80,7 @@ class ServiceRecord(BaseModel):
     message: str | None = None
     status: ClusterStatus | None = None
     status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
+    automatic_failover: AutomaticFailover | None = None  # on a pair's primary (pgcrdr extension)
 
     @property
     def primary_user(self) -> ServiceUser:
@@ -98,6 +110,7 @@ class StepRecord(BaseModel):
 
 OperationKind = Literal["setup", "switchover", "switchback", "failover", "failback_restore", "failback_promote",
                         "repair"]
+OperationState = Literal["running", "done", "failed", "undone"]
 
 
 class OperationRecord(BaseModel):
@@ -109,7 +122,7 @@ class OperationRecord(BaseModel):
     requested_role: str
     source: str  # writer before
     target: str  # writer after
-    state: Literal["running", "done", "failed", "undone"] = "running"
+    state: OperationState = "running"
     steps: list[StepRecord] = Field(default_factory=list)
     data: dict = Field(default_factory=dict)  # step outputs needed by later steps (LSNs, timings)
     create_time: str

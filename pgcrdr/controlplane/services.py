@@ -153,7 +153,7 @@ class ServiceManager:
             raise not_found_project(name)
         return p
 
-    def create_project(self, name: str) -> ProjectRecord:
+    def create_project(self, name: object) -> ProjectRecord:
         if not isinstance(name, str) or not PROJECT_NAME_RE.fullmatch(name):
             raise Refused(400, f"Invalid project name {clip_repr(name)}: use 1-63 letters, digits, '-' or '_'")
         ca = make_ca(f"pgcrdr project CA {name}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pgcrdr.agent.client import AgentError
+from pgcrdr.agentapi.client import AgentError
 
 
 class Wait(Exception):

@@ -26,14 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgcrdr.controlplane.errors import Refused, clip_repr
-from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
+from pgcrdr.controlplane.records import OperationKind, OperationRecord, ServiceRecord
 
 ROLES = ("active", "passive", "failed")
 
 
 @dataclass(frozen=True)
 class RoleChange:
-    kind: str  # setup, switchover, switchback, failover, failback_restore, failback_promote
+    kind: OperationKind
     source: str  # writer before
     target: str  # writer after
     why: str
@@ -168,5 +168,5 @@ def _planned_switch(to: ServiceRecord, frm: ServiceRecord, last_kind: str | None
                            "(set it to passive)")
     if svc.dr_kind == "recovery":
         return RoleChange("switchover", source=peer.name, target=name, why=f"planned switch to {name}")
-    kind = "failback_promote" if last_kind == "failback_restore" else "switchback"
+    kind: OperationKind = "failback_promote" if last_kind == "failback_restore" else "switchback"
     return RoleChange(kind, source=peer.name, target=name, why=f"planned switch back to {name}")

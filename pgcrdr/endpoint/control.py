@@ -119,7 +119,7 @@ class PgBouncerAdmin:
         return _rows(conn.pgconn.exec_(sql.encode()), sql)
 
 
-def _rows(res: pq.PGresult | None, sql: str) -> list[dict[str, str | None]]:
+def _rows(res: pq.abc.PGresult | None, sql: str) -> list[dict[str, str | None]]:
     if res is None:
         raise EndpointError(f"PgBouncer gave no answer to {sql}")
     if res.status == pq.ExecStatus.FATAL_ERROR:

@@ -17,10 +17,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from pgcrdr.agent import processes as proc
-from pgcrdr.agent.models import Endpoint
+from pgcrdr import processes as proc
+from pgcrdr.agentapi.models import Endpoint
 from pgcrdr.config import Settings
 from pgcrdr.endpoint.control import PgBouncerAdmin, haproxy_command, resolve_ip
 from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus, PauseTimeout
@@ -176,7 +177,7 @@ class EndpointManager:
         self._popens.setdefault(lay.name, []).append(popen)
         return popen.pid
 
-    def _wait_started(self, what: str, pid: int, log_file: Path, ready) -> None:  # noqa: ANN001
+    def _wait_started(self, what: str, pid: int, log_file: Path, ready: Callable[[], bool]) -> None:
         """Wait until ``ready()`` holds; a process that never gets there is stopped."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

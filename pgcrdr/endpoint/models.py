@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from pgcrdr.agent.models import DbUser, Endpoint, TLSMaterial
+from pgcrdr.agentapi.models import DbUser, Endpoint, TLSMaterial
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 

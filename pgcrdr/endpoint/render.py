@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgcrdr.agent.models import DbUser, Endpoint
+from pgcrdr.agentapi.models import DbUser, Endpoint
 
 ADMIN_USER = "pgcrdr_pgbouncer_admin"
 HAPROXY_BACKEND = "target"

@@ -190,9 +190,10 @@ class PgService(_Base, Resource):
             return current
         except WaitTimeout as exc:
             ctx.diagnostics.add_error(f"Service {name} was updated but has not settled", str(exc))
-            svc = client.find_service(project, name)
-            if svc is None:
+            settled = client.find_service(project, name)
+            if settled is None:
                 return None
+            svc = settled
         return mapping.service_state(svc, prior=planned)
 
     def delete(self, ctx: DeleteContext, current: dict) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus
+from pgcrdr.agentapi.models import ClusterStatus
 from pgcrdr.agent.processes import stop_region_processes
 from pgcrdr.config import Settings
 from pgcrdr.security.tls import issue_server_cert, make_ca

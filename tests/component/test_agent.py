@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgcrdr.agent.layout import RegionLayout
-from pgcrdr.agent.processes import is_running, postmaster_pid, processes_under, read_pid
+from pgcrdr.processes import is_running, postmaster_pid, processes_under, read_pid
 from tests.component.conftest import Agent, make_spec, wait_for
 
 pytestmark = pytest.mark.component

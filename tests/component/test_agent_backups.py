@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from pgcrdr.agent import backrest
-from pgcrdr.agent.models import BackupStatus
-from pgcrdr.agent.processes import node_user_ids
+from pgcrdr.agentapi.models import BackupStatus
+from pgcrdr.processes import node_user_ids
 from tests.component.conftest import Agent, make_spec, wait_for
 from tests.component.test_agent import dsn, wait_ready
 

@@ -24,12 +24,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgcrdr.agent.client import AgentClient
+from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.agent.layout import RegionLayout
-from pgcrdr.agent.models import ClusterStatus, LsnInfo, PreserveRequest, PreserveResult
-from pgcrdr.agent.sessions import describe_sessions
-from pgcrdr.agent.processes import postmaster_pid, processes_under
-from pgcrdr.agent.wal import parse_lsn
+from pgcrdr.agentapi.models import ClusterStatus, LsnInfo, PreserveRequest, PreserveResult
+from pgcrdr.agentapi.sessions import describe_sessions
+from pgcrdr.processes import postmaster_pid, processes_under
+from pgcrdr.agentapi.lsn import parse_lsn
 from tests.component.conftest import Agent, make_spec, region_agents, wait_for
 
 pytestmark = pytest.mark.component

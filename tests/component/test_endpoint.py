@@ -27,8 +27,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgcrdr.agent import processes as proc
-from pgcrdr.agent.models import DbUser, Endpoint, TLSMaterial
+from pgcrdr import processes as proc
+from pgcrdr.agentapi.models import DbUser, Endpoint, TLSMaterial
 from pgcrdr.config import Settings
 from pgcrdr.endpoint import EndpointError, EndpointManager, EndpointSpec, PauseTimeout, stop_all_endpoints
 from pgcrdr.security.tls import issue_server_cert, make_ca

@@ -88,7 +88,7 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
     the deployment's CA and token; the machine's loopback does not reach it at all."""
     import signal
 
-    from pgcrdr.agent.client import AgentClient, AgentError
+    from pgcrdr.agentapi.client import AgentClient, AgentError
     from pgcrdr.config import Settings
     from pgcrdr.security.deployment import ensure_deployment_secrets
     from pgcrdr.topology import load_topology
@@ -113,7 +113,7 @@ def test_an_agent_runs_on_its_own_host_and_answers_only_there(lab: Lab):
     url = settings.agent_url(region)
     token = (secrets / "agent-token").read_text().strip()
     assert url == f"https://{lab.host('r0').address}:{region.agent_port}"
-    probe = ("import sys; from pgcrdr.agent.client import AgentClient; "
+    probe = ("import sys; from pgcrdr.agentapi.client import AgentClient; "
              f"c = AgentClient({url!r}, {token!r}, timeout=2, verify={settings.agent_verify!r}); h = c.health(); "
              "sys.exit(0 if h.etcd_healthy and h.region == 'lab-a' else 1)")
     try:

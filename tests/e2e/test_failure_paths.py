@@ -19,7 +19,7 @@ import time
 import psycopg
 import pytest
 
-from pgcrdr.agent import processes as proc
+from pgcrdr import processes as proc
 from pgcrdr.controlplane.services import cluster_id
 from tests.helpers import VENV_BIN, RunningPlatform, Writer, WriterProbe, start_platform, stop_platform, wait_for
 

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from pgcrdr.agent.client import AgentClient
+from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
 from pgcrdr.lab import cap_bandwidth, heal, in_host, partition
 from tests import helpers

@@ -3,7 +3,7 @@ created through the API, then marked RUNNING and in sync as a region would repor
 
 from __future__ import annotations
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 
 PROJECT = "pgcrdr"
 P = f"/v1/project/{PROJECT}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pgcrdr.agent.client import AgentError
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.client import AgentError
+from pgcrdr.agentapi.models import (
     ClusterSpec,
     ClusterStatus,
     DemoteRequest,

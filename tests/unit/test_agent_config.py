@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pgcrdr.agent.layout import RegionLayout, node_index
-from pgcrdr.agent.models import ClusterSpec, DbUser, TLSMaterial
+from pgcrdr.agentapi.models import ClusterSpec, DbUser, TLSMaterial
 from pgcrdr.agent.patroni import NodePaths, pg_hba, render_patroni_config, render_patroni_yaml
 from pgcrdr.agent.ports import BLOCK_SIZE, ClusterPorts, allocate, choose_block, load_ports
 from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config

@@ -9,17 +9,16 @@ import pytest
 
 from pgcrdr.agent.dcs import apply_patch, crdr_dcs, dcs_patch, standby_cluster_config, sync_mode
 from pgcrdr.agent.decide import ClusterObs, EnsureRoles, NodeObs, StartNode, StopNode, decide, summarize
-from pgcrdr.agent.models import ClusterSpec, StandbySource, TLSMaterial
+from pgcrdr.agentapi.models import ClusterSpec, StandbySource, TLSMaterial
 from pgcrdr.agent.patroni import NodePaths, render_patroni_config
 from pgcrdr.agent.ports import ClusterPorts
 from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config
 from pgcrdr.agent.validation import source_problems
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 from pgcrdr.agent.wal import (
     ControlData,
-    format_lsn,
     max_lsn,
     parse_controldata,
-    parse_lsn,
     parse_waldump_commits,
     parse_waldump_end,
 )

@@ -16,7 +16,7 @@ from pgcrdr.agent.decide import (
     restart_backoff,
     summarize,
 )
-from pgcrdr.agent.models import ClusterSpec, TLSMaterial
+from pgcrdr.agentapi.models import ClusterSpec, TLSMaterial
 from pgcrdr.agent.ports import ClusterPorts
 
 PORTS = ClusterPorts(base=26010)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pgcrdr.agent import faults
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.faults import FaultFile, FaultRule, matching_rule
+from pgcrdr.agentapi import faults
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agentapi.faults import FaultFile, FaultRule, matching_rule
 from pgcrdr.cli.main import main as cli
 from tests.unit.local_server import Server, local_server
 

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgcrdr.agent.client import AgentClient, AgentError
-from pgcrdr.agent.crdr import CrdrOps
-from pgcrdr.agent.models import PreserveRequest, PreserveResult, PreserveState, SessionInfo, SessionsInfo
-from pgcrdr.agent.sessions import describe_sessions, sort_sessions
+from pgcrdr.agentapi.client import AgentClient, AgentError
+from pgcrdr.agent.crdr import load_crdr_results
+from pgcrdr.agentapi.models import PreserveRequest, PreserveResult, PreserveState, SessionInfo, SessionsInfo
+from pgcrdr.agent.sessions import sort_sessions
+from pgcrdr.agentapi.sessions import describe_sessions
 from tests.unit.local_server import Server, local_server
 
 
@@ -63,7 +64,7 @@ def test_a_preserve_running_when_the_agent_died_comes_back_failed(tmp_path: Path
                             message="copying the data directory of pg-1")
     (tmp_path / "preserve-job.json").write_text(running.model_dump_json())
     c = cluster_at(tmp_path)
-    CrdrOps()._load_crdr_results(c)  # type: ignore[arg-type]
+    load_crdr_results(c)  # type: ignore[arg-type]
     assert c.preserve.state == "failed" and c.preserve.finished and "interrupted" in c.preserve.message
     assert c.preserve.request_id == "r1"
     again = PreserveState.model_validate_json((tmp_path / "preserve-job.json").read_text())
@@ -75,10 +76,10 @@ def test_a_finished_preserve_is_loaded_as_it_was(tmp_path: Path) -> None:
                          result=PreserveResult(path="/x/data", bytes=10, end_lsn="0/3000100"))
     (tmp_path / "preserve-job.json").write_text(done.model_dump_json())
     c = cluster_at(tmp_path)
-    CrdrOps()._load_crdr_results(c)  # type: ignore[arg-type]
+    load_crdr_results(c)  # type: ignore[arg-type]
     assert c.preserve == done
     empty = cluster_at(tmp_path / "none")
-    CrdrOps()._load_crdr_results(empty)  # type: ignore[arg-type]
+    load_crdr_results(empty)  # type: ignore[arg-type]
     assert empty.preserve is None
 
 

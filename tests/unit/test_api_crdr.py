@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 
 P = "/v1/project/pgcrdr"
 

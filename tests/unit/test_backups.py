@@ -10,7 +10,7 @@ import pytest
 
 from pgcrdr.agent import backrest
 from pgcrdr.agent.backups import next_backup
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     BackupInfo,
     BackupPolicy,
     BackupStatus,
@@ -21,6 +21,7 @@ from pgcrdr.agent.models import (
 )
 from pgcrdr.agent.patroni import NodePaths, render_patroni_config
 from pgcrdr.agent.rebuild import kb_progress, strip_restore_command
+from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 from pgcrdr.controlplane.decide import Observation, backup_policy, service_view
 from tests.unit import test_api_crdr as crdr_api
 
@@ -60,7 +61,7 @@ def test_wal_names_and_segments():
     assert backrest.wal_name(3, 0x100 + 5) == "000000030000000100000005"
     assert backrest.wal_segno("000000030000000100000005") == (3, 0x105)
     assert backrest.segno_of("0/2000028") == 2 and backrest.segno_of("1/5000000") == 0x105
-    assert backrest.format_lsn(backrest.parse_lsn("1/5000A28")) == "1/5000A28"
+    assert format_lsn(parse_lsn("1/5000A28")) == "1/5000A28"
 
 
 def test_info_parsing_and_the_backup_a_failback_may_restore():
@@ -116,7 +117,7 @@ def test_progress_and_recovery_settings_parsing():
 
 
 def test_every_node_archives_to_its_region_and_keeps_recent_wal():
-    from pgcrdr.agent.models import TLSMaterial
+    from pgcrdr.agentapi.models import TLSMaterial
 
     spec = ClusterSpec(cluster="c1", node_count=1, superuser_password="a", replication_password="b",
                        rewind_password="c", tls=TLSMaterial(ca_cert_pem="", cert_pem="", key_pem=""))
@@ -245,8 +246,8 @@ def test_pgbackrest_conf_is_written_while_the_region_lock_is_held(tmp_path):
     rt = RegionRuntime(settings, settings.regions[0])
     rt.prepare_dirs()
     done = threading.Event()
-    with rt._lock:  # another thread (put_spec) holds the region lock...
-        t = threading.Thread(target=lambda: (rt._write_backrest_conf(), done.set()), daemon=True)
+    with rt.clusters.lock:  # another thread (put_spec) holds the region lock...
+        t = threading.Thread(target=lambda: (rt.backups.write_conf(), done.set()), daemon=True)
         t.start()
         assert done.wait(10), "writing pgbackrest.conf waited for the region lock"
-    assert rt.repo.conf.exists()
+    assert rt.backups.repo.conf.exists()

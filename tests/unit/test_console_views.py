@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint, LsnInfo, NodeStatus
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint, LsnInfo, NodeStatus
 from pgcrdr.api.app import create_app
 from pgcrdr.console.views import (
     cycle_phase,

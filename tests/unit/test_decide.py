@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 from pgcrdr.controlplane.decide import Observation, service_view
 from pgcrdr.controlplane.records import ServiceRecord, ServiceUser
 
@@ -36,7 +36,7 @@ def test_stays_running_when_degraded_after_ready():
 
 def test_degraded_durability_is_the_service_status_message():
     from pgcrdr.agent.decide import DEGRADED
-    from pgcrdr.agent.models import NodeStatus
+    from pgcrdr.agentapi.models import NodeStatus
     from pgcrdr.api.serialize import node_state_json
 
     v = service_view(svc(plan="business-4", ever_ready=True, state="RUNNING"),

@@ -102,7 +102,7 @@ HEALTH = {"region": "dc-europe", "etcd_healthy": True, "clusters": 0, "message":
 def test_the_control_plane_verifies_the_agent_against_the_deployments_ca(tmp_path: Path):
     """An agent serving its region's certificate is trusted; a server on the same address with a
     certificate of another CA (or none) is refused before any request is sent."""
-    from pgcrdr.agent.client import AgentClient, AgentError
+    from pgcrdr.agentapi.client import AgentClient, AgentError
     from tests.unit.local_server import local_server
 
     local = parse_topology(TOPOLOGY.replace("10.10.1.10", "127.0.0.1"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pgcrdr.agent.models import DbUser, Endpoint, TLSMaterial
+from pgcrdr.agentapi.models import DbUser, Endpoint, TLSMaterial
 from pgcrdr.endpoint import EndpointSpec, allocate_ports
 from pgcrdr.endpoint.render import (
     ADMIN_USER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcrdr.agent.models import BackupInfo, BackupStatus, ClusterStatus, Endpoint, LsnInfo, WalArchiveStatus
+from pgcrdr.agentapi.models import BackupInfo, BackupStatus, ClusterStatus, Endpoint, LsnInfo, WalArchiveStatus
 
 P = "/v1/project/pgcrdr"
 BODY = {"service_type": "pg", "plan": "startup-4", "user_config": {}}

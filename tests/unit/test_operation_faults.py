@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.steps import Phase, StepRefused, Transient, decide_on_error
 from tests.unit.fake_region import FAULT_KINDS, FakeAgent, FakeCluster, FakeEndpoints, Fault, World
@@ -228,7 +228,7 @@ def test_data_given_up_is_unknown_when_the_primary_cannot_be_asked(api):
     """Item 6: a stale last-seen LSN is not the loss; it gives a lower bound and its age."""
     rig = Rig(api)
     a = rig.store.get_service("pgcrdr", "pg-a")
-    from pgcrdr.agent.models import LsnInfo
+    from pgcrdr.agentapi.models import LsnInfo
 
     st = a.status.model_copy(update={"lsn": LsnInfo(node="x", in_recovery=False, current_lsn="0/3000200")})
     rig.store.update_service("pgcrdr", "pg-a", lambda cur: cur.model_copy(
@@ -450,3 +450,47 @@ def test_a_restart_while_pause_waits_frees_pooled_clients_and_undoes_the_move(ap
     assert "pid 4242" in done["message"]
     assert rig.endpoints.pauses == 0  # not paused a second time
     rig.assert_one_writer(done)
+
+
+def _with_lease(rig: Rig, holder, ttl: float = 0.3) -> None:  # noqa: ANN001
+    rig.runner.lease_holder = holder
+    rig.runner.writer_lease_ttl_s = ttl
+
+
+def test_failover_of_an_unreachable_primary_waits_for_its_writer_lease_to_expire(api):
+    """With writer leases, the recovery is promoted only once the unreachable primary's region no
+    longer holds its lease (its agent has stopped its writers); the wait is in the report."""
+    rig = Rig(api)
+    rig.agents[EU].down = True
+    released_at = time.monotonic() + 0.2
+    asked: list[str] = []
+
+    def holder(cloud: str):
+        asked.append(cloud)
+        if time.monotonic() < released_at:
+            return {"holder": "agent-eu"}
+        rig.world.clusters[rig.a].writer = False  # its agent stopped the writer before the lease went
+        return None
+
+    _with_lease(rig, holder)
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    assert op["state"] == "done", op["message"]
+    assert rig.assert_one_writer(op) == rig.b and set(asked) == {EU}
+    assert op["data_loss"]["writer_lease_wait_s"] >= 0.15
+
+
+@pytest.mark.parametrize("holder", [lambda cloud: {"holder": "agent-eu"}, lambda cloud: 1 / 0],
+                         ids=["held", "store-silent"])
+def test_failover_changes_nothing_while_the_primary_region_keeps_its_writer_lease(api, holder):
+    """The region's agent still renews its lease (alive, reaching the global store) or the lease
+    cannot be read: promoting could make two writers; past twice the TTL nothing was changed."""
+    rig = Rig(api)
+    rig.agents[EU].down = True
+    rig.world.clusters[rig.a].writer = True  # cut off from us, still writing inside its region
+    _with_lease(rig, holder, ttl=0.1)
+    rig.request("pg-a", "failed")
+    op = rig.drive()
+    assert op["state"] == "failed" and "writer lease" in op["message"] and "nothing was changed" in op["message"]
+    a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
+    assert (a.dr_role, b.dr_role) == ("active", "passive") and not rig.world.clusters[rig.b].writer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgcrdr.agent.models import ClusterStatus, Endpoint
+from pgcrdr.agentapi.models import ClusterStatus, Endpoint
 from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord, ServiceUser
 from pgcrdr.controlplane.transitions import NoChange, RoleChange, plan_role_change

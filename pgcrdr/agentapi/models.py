@@ -1,7 +1,7 @@
 """The contract between the control plane and a region agent.
 
 The control plane only ever talks to a region through these messages over HTTP (see
-``pgcrdr.agent.client``), so an agent can run on another host. The agent is declarative: the
+``pgcrdr.agentapi.client``), so an agent can run on another host. The agent is declarative: the
 control plane PUTs the cluster it wants, the agent converges towards it in the background and
 reports what it observes.
 """
@@ -19,6 +19,12 @@ NodeRunState = Literal["starting", "running", "stopped", "failed"]
 # or "async" otherwise (pg_stat_replication's sync_state on the writer).
 SyncState = Literal["sync", "quorum", "potential", "async"]
 ClusterPhase = Literal["creating", "running", "stopping", "stopped", "failed", "deleting"]
+ProgressPhase = Literal["prepare", "basebackup", "basebackup_prepare", "stream", "finalize"]
+ProgressUnit = Literal["bytes_uncompressed", "bytes_compressed", "prepare_percent", "wal_lsn", "binlogs"]
+BackupType = Literal["full", "diff", "incr"]
+RebuildSource = Literal["rewind", "restore", "basebackup"]
+RebuildPhase = Literal["prepare", "basebackup", "stream", "finalize"]
+REBUILD_SOURCES: tuple[RebuildSource, ...] = ("rewind", "restore", "basebackup")  # the default order
 
 
 class TLSMaterial(BaseModel):
@@ -86,13 +92,11 @@ class ClusterSpec(BaseModel):
 
 
 class ProgressUpdate(BaseModel):
-    phase: Literal["prepare", "basebackup", "basebackup_prepare", "stream", "finalize"]
+    phase: ProgressPhase
     min: int = 0
     max: int | None = None
     current: int | None = None
-    unit: Literal["bytes_uncompressed", "bytes_compressed", "prepare_percent", "wal_lsn", "binlogs"] = (
-        "bytes_uncompressed"
-    )
+    unit: ProgressUnit = "bytes_uncompressed"
     completed: bool = False
 
 
@@ -143,7 +147,7 @@ class BackupInfo(BaseModel):
     """One backup in a region's pgBackRest repository (``pgbackrest info``)."""
 
     label: str
-    type: Literal["full", "diff", "incr"]
+    type: BackupType
     start_time: str  # RFC 3339
     stop_time: str
     size: int  # database size restored from it (bytes)
@@ -159,7 +163,7 @@ class BackupInfo(BaseModel):
 
 
 class BackupRun(BaseModel):
-    type: Literal["full", "diff", "incr"]
+    type: BackupType
     started: str
     size: int | None = None  # bytes to copy, when pgBackRest reports it
     done: int | None = None
@@ -197,13 +201,12 @@ class RebuildRequest(BaseModel):
     source: StandbySource
     fork_lsn: str  # where the active side's timeline forked from this cluster's history
     fork_timeline: int  # the active side's timeline that starts at fork_lsn
-    sources: list[Literal["rewind", "restore", "basebackup"]] = Field(
-        default_factory=lambda: ["rewind", "restore", "basebackup"])
+    sources: list[RebuildSource] = Field(default_factory=lambda: list(REBUILD_SOURCES))
     request_id: str = Field(min_length=1, max_length=64)
 
 
 class RebuildAttempt(BaseModel):
-    source: Literal["rewind", "restore", "basebackup"]
+    source: RebuildSource
     ok: bool = False
     skipped: bool = False
     reason: str | None = None  # why it was skipped or failed, or what it did
@@ -218,11 +221,11 @@ class RebuildState(BaseModel):
     request_id: str
     node: str  # the node rebuilt first (the others are cloned from it inside the region)
     state: Literal["running", "done", "failed"] = "running"
-    phase: Literal["prepare", "basebackup", "stream", "finalize"] = "prepare"
+    phase: RebuildPhase = "prepare"
     progress_current: int | None = None
     progress_max: int | None = None
     attempts: list[RebuildAttempt] = Field(default_factory=list)
-    chosen: Literal["rewind", "restore", "basebackup"] | None = None
+    chosen: RebuildSource | None = None
     # estimated bytes each source would move across regions, and the order that follows from them
     estimates: dict[str, int] = Field(default_factory=dict)
     unusable: dict[str, str] = Field(default_factory=dict)  # sources ruled out before trying, and why

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from pgcrdr.agent.models import (
+from pgcrdr.agentapi.models import (
     ClusterSpec,
     ClusterStatus,
     DemoteRequest,
@@ -59,8 +59,8 @@ from pgcrdr.agent.models import (
     RequestState,
     SessionsInfo,
 )
-from pgcrdr.agent.faults import FaultFile, FaultRule
-from pgcrdr.agent.models import BackupStatus
+from pgcrdr.agentapi.faults import FaultFile, FaultRule
+from pgcrdr.agentapi.models import BackupStatus
 
 PRESERVE_POLL_S = 1.0
 # Establishing a connection to an agent: a region across a WAN answers a SYN in well under a
@@ -78,7 +78,7 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    """``faults_file`` and ``region``: consult that fault file (``pgcrdr.agent.faults``) for
+    """``faults_file`` and ``region``: consult that fault file (``pgcrdr.agentapi.faults``) for
     rules of ``region`` before each request; both are needed, else no fault applies."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 10.0, faults_file: Path | None = None,
@@ -186,7 +186,7 @@ class AgentClient:
 
     def sessions(self, cluster: str, timeout: float | None = None) -> SessionsInfo:
         """Client sessions of the cluster's leader that are active or hold a transaction open,
-        oldest transaction first (``pgcrdr.agent.sessions.describe_sessions`` names them)."""
+        oldest transaction first (``pgcrdr.agentapi.sessions.describe_sessions`` names them)."""
         kw = {"timeout": timeout} if timeout is not None else {}
         return SessionsInfo.model_validate(self._request("GET", f"/clusters/{cluster}/sessions", **kw).json())
 
