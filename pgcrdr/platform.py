@@ -273,8 +273,7 @@ class Platform:
 
     def leader_name(self) -> str:
         """The replica that leads, as this replica last saw it ("" while nobody does)."""
-        if self.election is None:
-            return self.settings.control_host
+        assert self.election is not None
         leader = self.election.leader()
         return leader.name if leader else ""
 
@@ -294,7 +293,7 @@ class Platform:
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
                          reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True,
-                         lag=self.reconciler.lag, leader=self.leader_name)
+                         lag=self.reconciler.lag, leader=self.leader_name if self.election else None)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",

@@ -429,19 +429,26 @@ def _lab_root(root: str | None, lab_id: str) -> Path:
 @click.option("--cloud", "clouds", multiple=True, help="Cloud name of each region host, in order (repeatable).")
 @click.option("--deploy", is_flag=True, help="Also run pgcrdr on it: the control plane inside the control host, "
                                              "an agent inside each region host (TLS, its own home each).")
+@click.option("--replicas", is_flag=True, help="A control-plane replica on each region host, over a global etcd "
+                                               "on the region hosts and a witness host w (default: one control "
+                                               "plane on the control host, on SQLite).")
 @lab_root_opt
-def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool,
+def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool, replicas: bool,
                root: str | None) -> None:
     """Create the lab's hosts and print its topology file (with --deploy: run pgcrdr on them)."""
     from pgcrdr.lab import LabDeployment, LabError, lab_down, lab_up, plan_lab, topology_text
 
     try:
-        the_lab = lab_up(plan_lab(lab_id, regions, subnet))
+        the_lab = lab_up(plan_lab(lab_id, regions, subnet, witness=replicas))
         names = list(clouds) or [f"lab-region-{i}" for i in range(regions)]
+        region_hosts = tuple(h.name for h in the_lab.region_hosts)
+        on_hosts: tuple[str, ...] = region_hosts if replicas else ("ctl",)
+        store_hosts: tuple[str, ...] = (*region_hosts, "w") if replicas else ()
         if not deploy:
-            click.echo(topology_text(the_lab, names))
+            click.echo(topology_text(the_lab, names, replicas=on_hosts, store_hosts=store_hosts))
             return
-        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names)
+        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names, replicas=on_hosts,
+                                   store_hosts=store_hosts)
         try:
             deployment.start()
         except Exception as exc:  # noqa: BLE001 - said in one line; the lab is removed
@@ -450,10 +457,12 @@ def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], 
     except LabError as exc:
         _lab_error(exc)
         return
-    ctl = deployment.settings("ctl")
+    ctl = deployment.replica_settings(deployment.replicas[0])
     click.echo(f"lab {lab_id} is up; pgcrdr runs on it (homes under {deployment.root})")
     click.echo(f"  topology:  {deployment.topology_path}")
-    click.echo(f"  API URL:   {ctl.api_url}   (reachable from inside the control host only)")
+    for host in deployment.replicas:
+        click.echo(f"  API URL:   {deployment.replica_settings(host).api_url}   (replica on {host}; reachable from "
+                   "inside the lab's hosts only)")
     click.echo(f"  API token: in {ctl.control_dir / 'api-token'}")
     click.echo(f"  Try:       ip netns exec {the_lab.host('ctl').netns} avn --url {ctl.api_url} "
                f"--auth-token \"$(cat {ctl.control_dir / 'api-token'})\" project list")
