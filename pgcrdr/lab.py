@@ -355,6 +355,7 @@ class LabDeployment:
         try:
             for host in self.store_hosts:
                 self.start_store_member(host)
+            self.wait_store(timeout)
             for host, _ in self.region_hosts():
                 self.start_agent(host)
             for host in self.replicas:
@@ -370,6 +371,27 @@ class LabDeployment:
         self._spawn(host, self.home(host, "store"), STORE_MEMBER_PID,
                     [sys.executable, "-m", "pgcrdr", "store-member", "--topology", str(self.topology_path),
                      "--name", host, "--home", str(self.home(host, "store"))])
+
+    def wait_store(self, timeout: float) -> None:
+        """Until every member of the global etcd says it is healthy (it has a leader): the parts
+        that use it refuse to start without an answer."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        with in_host(self.lab, "ctl"):
+            for member in self._topology().store_members:
+                while True:
+                    try:
+                        r = httpx.get(member.client_url + "/health", timeout=1, trust_env=False)
+                        if r.status_code == 200 and r.json().get("health") == "true":
+                            break
+                        last = r.text[:200]
+                    except (httpx.HTTPError, ValueError) as exc:
+                        last = str(exc)
+                    if time.monotonic() > deadline:
+                        raise LabError(f"store member {member.name} not healthy after {timeout:.0f}s: {last}; "
+                                       f"see {self.home(member.name, 'store')}/run/store-member.log")
+                    time.sleep(0.2)
 
     def start_replica(self, host: str) -> None:
         """Start the control-plane replica of ``host`` (again, after a drill killed it), with its

@@ -135,6 +135,11 @@ class LeaderElection:
 
     def _campaign(self) -> str:
         try:
+            current = read_leader(self.gateway, self.key)
+            if current is not None:  # no lease is granted (three writes) while someone leads
+                with self._lock:
+                    self._leader = current
+                return f"{self.me.name}: follows {current.name}"
             lease = self.gateway.lease_grant(self.ttl_s)
         except (EtcdUnreachable, EtcdError) as exc:
             return f"{self.me.name}: cannot campaign, the store does not answer: {exc}"
