@@ -374,9 +374,6 @@ def create_app(
         body = S.check_body(S.DisasterRecoveryUpdateRequest, await json_body(request))
 
         def work() -> dict:
-            if set(body) != {"automatic_failover"}:
-                raise Refused(400, "the body has one field, automatic_failover: {\"enabled\": true, "
-                                   "\"grace_seconds\": 30, \"max_data_loss_bytes\": 16777216}")
             cfg = crdr.parse_automatic_failover(body["automatic_failover"])
             manager.service(project, service)
             crdr.set_automatic_failover(store, project, service, cfg, writer_leases=lease_store(settings) is not None)

@@ -290,6 +290,7 @@ AUTOMATIC_FAILOVER_SCHEMA: dict[str, Any] = {
 class DisasterRecoveryUpdateRequest(_Body):
     """PUT .../disaster-recovery (pgcrdr extension): the pair's automatic failover."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)
     automatic_failover: Annotated[Any, checked_elsewhere(AUTOMATIC_FAILOVER_SCHEMA)]
 
 

@@ -35,6 +35,7 @@ from pgcrdr.controlplane.records import ServiceRecord
 from pgcrdr.controlplane.store import Store
 from pgcrdr.console.views import (
     KIND_LABELS,
+    automatic_failover_text,
     last_problem,
     node_rows,
     offered_actions,
@@ -152,6 +153,7 @@ def mount_console(app: FastAPI, *, store: Store, settings: Settings, auth: Any,
             "actions": offers_json(offers),
             "clouds": [catalog.cloud_json(r) for r in settings.regions if r.cloud_name != primary.cloud],
             "now": now,
+            "automatic_failover": automatic_failover_text(status["automatic_failover"]),
         }
         if recovery is not None and r_json is not None:
             cur = pair_lag(primary, recovery, time.time())

@@ -399,3 +399,13 @@ def operation_duration_s(steps: list[dict], data: dict) -> float | None:
     if began is None or not ends or last_failed:
         return None
     return round(max(ends) - began, 4)
+
+
+def automatic_failover_text(cfg: dict | None) -> str | None:
+    """The pair's automatic failover, in a line (None outside a pair)."""
+    if cfg is None:
+        return None
+    if not cfg.get("enabled"):
+        return "Automatic failover: off (fail over by request)"
+    return (f"Automatic failover: on, after {cfg['grace_seconds']:g} s without an answer from the active region, "
+            f"if at most {cfg['max_data_loss_bytes']} bytes would be given up")

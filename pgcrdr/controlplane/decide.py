@@ -155,6 +155,8 @@ def automatic_failover_due(cfg: AutomaticFailover | None, active: ServiceRecord,
     ``(True, why)``: start, ``why`` goes in the history."""
     if cfg is None or not cfg.enabled or active.dr_role != "active" or passive.dr_role != "passive":
         return None
+    if active.dr_kind != "primary":
+        return None  # as in Aiven's CRDR, only the primary fails over: after a failover, fail back first
     if active.deleting or passive.deleting or active.state == "POWEROFF":
         return None
     silent = now - active.status_time if active.status_time is not None else None

@@ -38,6 +38,7 @@ from pgcrdr.writer_lease import lease_reader
 log = logging.getLogger("pgcrdr.reconciler")
 
 OBSERVE_TIMEOUT_S = 5.0  # one region's GET /clusters
+OBSERVE_WAIT_S = 2.0  # how long a tick waits for the regions' observations before going on
 NO_WRITER_GRACE_S = 3.0  # a pair seen without a writer this long (no operation running) is repaired
 AFTER_OPERATION_S = 10.0  # ... and not within this long of an operation having run on it
 
@@ -218,7 +219,10 @@ class Reconciler:
             running = self._observing.get(cloud)
             if running is None or running.done():
                 self._observing[cloud] = self._pool.submit(self._observe_region, cloud, services, busy)
-        bound = OBSERVE_TIMEOUT_S + 5.0
+        # The regions that answer are usually observed within a fraction of a second; one that
+        # does not must not slow the loop for the others (their observations go stale, and an
+        # automatic failover needs the recovery side's to be fresh): it goes on in the background.
+        bound = OBSERVE_WAIT_S
         window = self._next_window_s()
         if window is not None:
             bound = min(bound, window)

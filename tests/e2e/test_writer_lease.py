@@ -129,11 +129,12 @@ def test_a_cut_off_writer_fences_itself_before_the_recovery_is_promoted(lab: Lab
 
 
 def test_automatic_failover_moves_the_writer_without_a_request(lab: LabPlatform):
-    """The pair opted in (pgcrdr extension on its disaster-recovery resource); the active region
-    (now the recovery service's, after the first test's failback restore) is cut off: writes
-    through the Service URI resume in the other region without any request."""
+    """The primary, promoted back (the seed's failback step 2), holds the writer again; the pair
+    opted in (pgcrdr extension on its disaster-recovery resource); the primary's region is cut
+    off: writes through the Service URI resume in the other region without any request."""
     p = lab
-    assert helpers.dr_status(p, PROJECT, REC)["disaster_recovery_role"] == "active"
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+    wait_done(p, PRI, "failback_promote")
     with p.api() as c:
         r = c.put(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery",
                   json={"automatic_failover": {"enabled": True, "grace_seconds": 2, "max_data_loss_bytes": 2 ** 26}})
@@ -142,24 +143,30 @@ def test_automatic_failover_moves_the_writer_without_a_request(lab: LabPlatform)
     writer = Writer(svc["service_uri"])
     writer.start()
     wait_for("writes through the Service URI", lambda: len(writer.log.ok) > 10, timeout=60)
-    partition(p.lab, "r1")
+    partition(p.lab, "r0")
     t_partition = time.monotonic()
     try:
-        wait_for("writes through the Service URI to resume in region A by themselves",
+        wait_for("writes through the Service URI to resume in region B by themselves",
                  lambda: _first_after(writer.log.ok_times, t_partition + 0.5), timeout=60, interval=0.05)
         resumed_s = _first_after(writer.log.ok_times, t_partition + 0.5) - t_partition
-        failover = wait_done(p, REC, "failover", timeout=60)
+    except AssertionError as exc:
+        logged = (p.deployment.settings("ctl").run_dir / "pgcrdr.log").read_text().splitlines()
+        said = [ln for ln in logged if "automatic" in ln or "failover" in ln or "Traceback" in ln][-15:]
+        raise AssertionError(f"{exc}; control plane said: {said}; DR status: "
+                             f"{json.dumps(helpers.dr_status(p, PROJECT, PRI))[:1500]}") from None
     finally:
-        heal(p.lab, "r1")
+        heal(p.lab, "r0")
     log = writer.stop()
-    assert failover["details"]["automatic"].startswith("automatic: lab-east has not answered"), failover
+    failover = helpers.wait_operation(p, PROJECT, PRI, "failover", timeout=60)
+    assert failover["state"] == "done", failover
+    assert failover["details"]["automatic"].startswith("automatic: lab-west has not answered"), failover
     assert failover["data_loss"]["writer_lease_wait_s"] is not None
     probe = WriterProbe(lambda: node_dsns(p), connect=p.connect_node)
     probe.start()
     time.sleep(5)
     probe.stop()
-    old = {name for name in node_dsns(p) if name.startswith(cluster_id(PROJECT, REC))}
+    old = {name for name in node_dsns(p) if name.startswith(cluster_id(PROJECT, PRI))}
     assert not (probe.writers_seen & old) and probe.two_writers == []
-    print(f"automatic failover (grace 2 s, lease TTL {TTL_S} s): writes through the Service URI in region A "
+    print(f"automatic failover (grace 2 s, lease TTL {TTL_S} s): writes through the Service URI in region B "
           f"{resumed_s:.2f} s after the partition, no request; {len(log.ok)} acknowledged writes in all; "
           f"{failover['details']['automatic']}")

@@ -43,6 +43,10 @@ def test_the_decision(api):
     assert withheld is not None and not withheld[0] and "above the bound" in withheld[1]
     silent_too = automatic_failover_due(CFG, a, b.model_copy(update={"status_time": NOW - 60}), NOW)
     assert silent_too is not None and not silent_too[0] and "does not answer either" in silent_too[1]
+    # as in Aiven's CRDR only the primary fails over: with the recovery active, fail back first
+    flipped = automatic_failover_due(CFG, b.model_copy(update={"dr_role": "active", "status_time": NOW - 40}),
+                                     a.model_copy(update={"dr_role": "passive", "status_time": NOW}), NOW)
+    assert flipped is None
     unknown = automatic_failover_due(CFG, a.model_copy(update={"status": None}), b, NOW)
     assert unknown is not None and not unknown[0] and "unknown" in unknown[1]
 
@@ -55,7 +59,7 @@ def test_the_api_sets_it_on_the_pair_and_refuses_it_without_writer_leases(api, m
     assert_error(api.put(url, json={"automatic_failover": {"enabled": "yes"}}), 400)
     assert_error(api.put(url, json={"automatic_failover": {"enabled": True, "grace_seconds": 0}}), 400)
     assert_error(api.put(url, json={"automatic_failover": {"enabled": True, "nope": 1}}), 400, "nope")
-    assert_error(api.put(url, json={"something": 1}), 400, "automatic_failover")
+    assert_error(api.put(url, json={"something": 1}), 400, "something")
     assert api.put(url, json={"automatic_failover": {"enabled": False}}).status_code == 200  # off: always fine
     monkeypatch.setattr("pgcrdr.api.app.lease_store", lambda settings: (["http://127.0.0.1:1"], "/p/"))
     r = api.put(url, json={"automatic_failover": {"enabled": True, "grace_seconds": 20, "max_data_loss_bytes": 0}})

@@ -335,3 +335,12 @@ def test_history_has_durations_and_an_undone_operation_says_why(console):
                                        "the writer: pooled writes were held 5 s")
     assert v["service_uri_note"] is None  # pg-pri is the writer
     assert v["primary"]["nodes"] == [{"name": "pg-pri-1", "role": "primary", "state": "running", "progress": []}]
+
+
+def test_automatic_failover_in_a_line():
+    from pgcrdr.console.views import automatic_failover_text
+
+    assert automatic_failover_text(None) is None
+    assert "off" in automatic_failover_text({"enabled": False, "grace_seconds": 30.0, "max_data_loss_bytes": 0})
+    on = automatic_failover_text({"enabled": True, "grace_seconds": 30.0, "max_data_loss_bytes": 1024})
+    assert "on, after 30 s" in on and "1024 bytes" in on

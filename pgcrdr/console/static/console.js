@@ -629,6 +629,7 @@ function initDisasterRecovery() {
       $("direction-text").textContent = r.to ? `${r.from} → ${r.to}` : "no replication";
       $("lag-text").textContent = !r.to ? "" : `lag ${fmtBytes(r.lag_bytes)}` +
         (r.lag_seconds !== null && r.lag_seconds !== undefined ? ` · ${fmtSeconds(r.lag_seconds)} behind` : "");
+      $("auto-text").textContent = v.automatic_failover || "";
       drawLagChart($("lag-chart"), v.lag_history, v.now);
     }
     // The last operation failed (or was undone): say so, with the server's reason.
