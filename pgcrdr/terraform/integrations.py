@@ -21,7 +21,7 @@ from tf.iface import (
     UpdateContext,
 )
 from tf.schema import Attribute, Schema
-from tf.types import String, Unknown
+from tf.types import Bool, Number, String, Unknown
 
 from pgcrdr.terraform import mapping
 from pgcrdr.terraform.client import ApiClient, ApiError, WaitTimeout, summary, wait_until
@@ -53,6 +53,13 @@ class ServiceIntegration(_Base, Resource):
             Attribute("destination_service_name", String(), optional=True, computed=True,
                       description="The service that should be passive"),
             Attribute("source_service_project", String(), optional=True, computed=True, requires_replace=True),
+            # pgcrdr extension (disaster_recovery): the pair fails over by itself (needs writer leases)
+            Attribute("automatic_failover_enabled", Bool(), optional=True, computed=True,
+                      description="pgcrdr: fail the pair over without a request when its active region is silent"),
+            Attribute("automatic_failover_grace_seconds", Number(), optional=True, computed=True,
+                      description="pgcrdr: seconds without an answer from the active region before failing over"),
+            Attribute("automatic_failover_max_data_loss_bytes", Number(), optional=True, computed=True,
+                      description="pgcrdr: fail over by itself only if at most this many bytes are given up"),
             Attribute("destination_service_project", String(), optional=True, computed=True,
                       requires_replace=True),
         ])
@@ -71,10 +78,11 @@ class ServiceIntegration(_Base, Resource):
         project = planned["project"]
         try:
             integ = make_active(client, project, planned)
+            apply_automatic_failover(client, project, planned)
+            return with_automatic_failover(client, mapping.integration_state(integ, project))
         except (ApiError, WaitTimeout, ValueError) as exc:
             ctx.diagnostics.add_error(_summary(planned, exc), getattr(exc, "where", ""))
             return None
-        return mapping.integration_state(integ, project)
 
     def read(self, ctx: ReadContext, current: dict) -> dict | None:
         client = self._client(ctx.diagnostics)
@@ -86,11 +94,11 @@ class ServiceIntegration(_Base, Resource):
             if integ is None:
                 integ = _adopt(client, project, current.get("source_service_name"),
                                current.get("destination_service_name"))
+            return None if integ is None else with_automatic_failover(client, mapping.integration_state(integ, project))
         except ApiError as exc:
             ctx.diagnostics.add_error(f"Reading integration {current['integration_id']} failed: {exc.message}",
                                       exc.where)
             return current
-        return None if integ is None else mapping.integration_state(integ, project)
 
     def update(self, ctx: UpdateContext, current: dict, planned: dict) -> dict | None:
         client = self._client(ctx.diagnostics)
@@ -103,10 +111,11 @@ class ServiceIntegration(_Base, Resource):
             if old != new:  # another pair altogether: this object goes, the new pair is made
                 client.delete_integration(project, current["integration_id"])
             integ = make_active(client, project, planned)
+            apply_automatic_failover(client, project, planned)
+            return with_automatic_failover(client, mapping.integration_state(integ, project))
         except (ApiError, WaitTimeout, ValueError) as exc:
             ctx.diagnostics.add_error(_summary(planned, exc), getattr(exc, "where", ""))
             return current
-        return mapping.integration_state(integ, project)
 
     def delete(self, ctx: DeleteContext, current: dict) -> None:
         client = self._client(ctx.diagnostics)
@@ -128,7 +137,36 @@ class ServiceIntegration(_Base, Resource):
         if integ is None:
             ctx.diagnostics.add_error(f"Cannot import {id}: service integration {integration_id} does not exist")
             return None
-        return mapping.integration_state(integ, project)
+        client = self._client(ctx.diagnostics)
+        state = mapping.integration_state(integ, project)
+        return state if client is None else with_automatic_failover(client, state)
+
+
+AF_FIELDS = {"automatic_failover_enabled": "enabled", "automatic_failover_grace_seconds": "grace_seconds",
+             "automatic_failover_max_data_loss_bytes": "max_data_loss_bytes"}
+
+
+def apply_automatic_failover(client: ApiClient, project: str, planned: dict) -> None:
+    """Set the pair's automatic failover when the configuration says anything about it (the fields
+    it leaves out keep their current values)."""
+    given = {api: planned.get(attr) for attr, api in AF_FIELDS.items()
+             if planned.get(attr) is not None and planned.get(attr) is not Unknown}
+    if not given or planned.get("integration_type") != "disaster_recovery":
+        return
+    src = planned["source_service_name"]
+    current = client.disaster_recovery(project, src).get("automatic_failover") or {}
+    body = {**{k: current[k] for k in ("enabled", "grace_seconds", "max_data_loss_bytes") if k in current}, **given}
+    if "max_data_loss_bytes" in body:
+        body["max_data_loss_bytes"] = int(body["max_data_loss_bytes"])
+    client.request("PUT", f"/v1/project/{project}/service/{src}/disaster-recovery", {"automatic_failover": body})
+
+
+def with_automatic_failover(client: ApiClient, state: dict) -> dict:
+    """``state`` with the pair's automatic failover as the API shows it."""
+    if state.get("integration_type") != "disaster_recovery":
+        return {**state, **{attr: None for attr in AF_FIELDS}}
+    cfg = client.disaster_recovery(state["project"], state["source_service_name"]).get("automatic_failover") or {}
+    return {**state, **{attr: cfg.get(api) for attr, api in AF_FIELDS.items()}}
 
 
 def _summary(planned: dict, exc: Exception) -> str:

@@ -210,6 +210,31 @@ def test_refused_changes_fail_with_the_servers_message_and_change_nothing(tf: Te
     tf.remove("extra.tf")
 
 
+def test_automatic_failover_is_set_through_the_integration(tf: Terraform, platform: RunningPlatform):
+    """pgcrdr's extension attributes on the disaster_recovery integration: a grace period is kept;
+    enabling it is refused with the server's reason here (the embedded default has no writer
+    leases) and changes nothing."""
+    tf.use_example("failback")
+    base = tf.read("failback.tf")
+    anchor = 'destination_service_name = aiven_postgresql.recovery.service_name # Back to passive role\n'
+    assert anchor in base
+    tf.write(base.replace(anchor, anchor + "  automatic_failover_enabled = false\n"
+                                           "  automatic_failover_grace_seconds = 45\n"), "failback.tf")
+    tf.apply("automatic failover: grace")
+    with platform.api() as c:
+        cfg = c.get(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery").json()["automatic_failover"]
+    assert cfg["enabled"] is False and cfg["grace_seconds"] == 45
+    shown = tf.run("state", "show", "aiven_service_integration.disaster_recovery_restored", step="state show").stdout
+    assert "automatic_failover_grace_seconds" in shown and "45" in shown
+    tf.plan_is_empty("automatic failover: plan")
+    tf.write(base.replace(anchor, anchor + "  automatic_failover_enabled = true\n"), "failback.tf")
+    proc = tf.run("apply", "-auto-approve", step="automatic failover: refused", check=False)
+    assert proc.returncode == 1 and "needs writer leases" in proc.stderr, proc.stderr
+    with platform.api() as c:
+        assert c.get(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery").json()["automatic_failover"] == cfg
+    tf.write(base, "failback.tf")
+
+
 def test_destroy(tf: Terraform, platform: RunningPlatform):
     tf.run("destroy", "-auto-approve", step="destroy")
     with platform.api() as c:
