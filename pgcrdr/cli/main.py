@@ -171,9 +171,25 @@ def down(home: str | None, port_offset: int | None) -> None:
 @home_opt
 @offset_opt
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
-    """API URL, token, and the health of the control plane and every region."""
-    settings = _settings(home, port_offset)
+@click.option("--topology", default=None, type=click.Path(dir_okay=False),
+              help="A deployment's topology file: the control plane of --control-host, with --secrets.")
+@click.option("--control-host", default=None, help="With --topology: this host's name (default: the first).")
+@click.option("--secrets", default=None, type=click.Path(file_okay=False),
+              help="With --topology: the control plane's secrets (default: <home>/secrets).")
+def status(home: str | None, port_offset: int | None, as_json: bool, topology: str | None,
+           control_host: str | None, secrets: str | None) -> None:
+    """API URL, token, the replica that answered and the one that leads, and the health of every
+    region."""
+    if topology is None:
+        settings = _settings(home, port_offset)
+    else:
+        from pgcrdr.topology import TopologyError, load_topology
+
+        try:
+            settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host,
+                                              secrets=secrets)
+        except (TopologyError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
     token = token_file(settings).read_text().strip() if token_file(settings).exists() else None
     regions: list[dict[str, Any]] = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
