@@ -168,3 +168,28 @@ def test_every_replica_serves_the_service_uri_so_one_uri_names_them_all(tmp_path
     assert (info["host"], info["port"], info["target_session_attrs"]) == ("10.249.9.11,10.249.9.12", "25100,25100",
                                                                           "read-write")
     assert urlsplit(multi_host_uri("u", "p", ("fd00::1", "10.0.0.1"), 5)).netloc.endswith("@[fd00::1]:5,10.0.0.1:5")
+
+
+def test_node_certificates_name_every_replicas_address(tmp_path):
+    """Each replica's endpoint passes TLS through to the nodes: a client verifying the server
+    (sslmode=verify-full) through any replica finds that replica's address in the certificate."""
+    from cryptography import x509
+
+    from pgcrdr.config import Settings
+    from pgcrdr.controlplane.services import ServiceManager
+    from pgcrdr.controlplane.store import SQLiteStore
+    from pgcrdr.lab import plan_lab, topology_text
+
+    lab = plan_lab("ab12", regions=2, subnet=9, witness=True)
+    topo = parse_topology(topology_text(lab, ["a", "b"], replicas=("r0", "r1"), store_hosts=("r0", "r1", "w")))
+    settings = Settings.from_topology(topo, home=tmp_path, control_host="pgl-ab12-r1")
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    try:
+        manager = ServiceManager(store, settings)
+        manager.create_project("p")
+        cert = x509.load_pem_x509_certificate(manager._server_cert(store.get_project("p"), "pg", "b").cert_pem.encode())
+    finally:
+        store.close()
+    ips = {str(ip) for ip in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+           .get_values_for_type(x509.IPAddress)}
+    assert ips == {"10.249.9.11", "10.249.9.12"}  # both replicas; region b's host is r1's address too
