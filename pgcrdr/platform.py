@@ -28,7 +28,7 @@ from pgcrdr.controlplane.errors import Refused
 from pgcrdr.controlplane.leader import election_for
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
-from pgcrdr.controlplane.store import hash_password, open_store
+from pgcrdr.controlplane.store import Tx, hash_password, open_store
 from pgcrdr.security.deployment import load_control_secrets
 from pgcrdr.security.files import write_secret
 from pgcrdr.security.tokens import new_token
@@ -72,10 +72,20 @@ def initialize(settings: Settings) -> Credentials:
             write_secret(agent_token_file(settings), new_token(32))
         password = None
         if store.get_meta("admin_email") is None:
-            password = os.environ.get("PGCRDR_ADMIN_PASSWORD") or new_token(12)
-            store.set_meta("admin_email", DEFAULT_ADMIN_EMAIL)
-            store.set_meta("admin_password_hash", hash_password(password))
-            write_secret(settings.control_dir / "admin-password", password)
+            candidate = os.environ.get("PGCRDR_ADMIN_PASSWORD") or new_token(12)
+            hashed = hash_password(candidate)
+
+            def create_admin(tx: Tx) -> bool:
+                # one transaction: of replicas starting at once on an empty store, one sets the login
+                if tx.meta("admin_email") is not None:
+                    return False
+                tx.put_meta("admin_email", DEFAULT_ADMIN_EMAIL)
+                tx.put_meta("admin_password_hash", hashed)
+                return True
+
+            if store.transaction(create_admin):
+                password = candidate
+                write_secret(settings.control_dir / "admin-password", password)
         if not token_file(settings).exists():
             token = new_token(32)
             store.add_token(token, "initial token", now_rfc3339())

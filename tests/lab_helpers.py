@@ -74,7 +74,10 @@ def lab_platform(cloud_names: list[str], lab_id: str, subnet: int, replicas: tup
             yield LabPlatform(
                 home=ctl.home, port_offset=0, api_url=ctl.api_url, token=deployment.api_token(),
                 admin_email="admin@pgcrdr.local",
-                admin_password=(ctl.control_dir / "admin-password").read_text().strip(),
+                # the replica that set the login up first keeps its password
+                admin_password=next(f.read_text().strip() for f in (deployment.replica_settings(h).control_dir
+                                                                     / "admin-password" for h in replicas)
+                                    if f.exists()),
                 env={**env, "PGCRDR_HOME": str(ctl.home)}, config_dir=config_dir,
                 deployment=deployment)
     finally:

@@ -16,16 +16,20 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.api.replica import LEADER_HEADER
+from pgcrdr.controlplane.services import cluster_id
+from pgcrdr.lab import heal, in_host, partition
 from pgcrdr.platform import STORE_MEMBER_PID, pid_path, read_pid
 from tests import helpers
-from tests.helpers import Writer, WriterProbe, wait_for
-from tests.lab_helpers import LabPlatform, lab_platform
+from tests.helpers import Writer, WriterProbe, first_after, wait_for
+from tests.lab_helpers import LabPlatform, ids_in_data_dir, lab_platform
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a lab of network namespaces needs root")  # CI is root
 
@@ -187,3 +191,85 @@ def test_the_witness_lost_changes_nothing_for_the_pair(lab: LabPlatform):
     assert writer.log.failed == [] and writer.log.unknown == [], writer.log.last_error
     assert helpers.role_of(p, PROJECT, REC) == {"state": "RUNNING", "disaster_recovery_role": "active"}
     assert "witness" in p.avn("service", "tags", "list", PRI, "--project", PROJECT).stdout
+
+
+def test_region_a_with_the_leader_and_the_writer_cut_off(lab: LabPlatform):
+    """Region A holds the control-plane leader and the active writer, and the pair opted in to
+    automatic failover; A is cut off, its processes running. Another replica leads; a client
+    inside A sees its writer refuse writes within the writer lease's TTL; writes through the
+    multi-host URI resume in region B without any request. On heal there is exactly one writer,
+    and the commits A took before it fenced itself are listed in the failover's report and kept."""
+    p = lab
+    assert p.deployment is not None
+    p.deployment.start_store_member("w")  # the witness is back: the store keeps its quorum without A
+    p.deployment.wait_store(60)
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+    helpers.wait_done(p, PROJECT, PRI, "switchback", timeout=120)
+    wait_leader(p, "r0", timeout=30)
+    with p.api() as c:
+        r = c.put(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery",
+                  json={"automatic_failover": {"enabled": True, "grace_seconds": 2, "max_data_loss_bytes": 2 ** 26}})
+        assert r.status_code == 200, r.text
+    svc = p.service(PROJECT, PRI)
+    s = p.deployment.agent_settings("r0")
+    region = s.region(PRI_CLOUD)
+    assert region is not None
+    agent = AgentClient(s.agent_url(region), p.agent_token(), timeout=10, verify=p.settings().agent_verify)
+    own = agent.get_cluster(cluster_id(PROJECT, PRI)).primary  # A's own endpoint, on A's host
+    agent.close()
+    pw = svc["service_uri_params"]["password"]
+    with in_host(p.lab, "r0"):  # a client inside region A
+        inside = Writer(f"host={own.host} port={own.port} user=avnadmin password={pw} dbname=defaultdb "
+                        "sslmode=require", interval=0.05)
+        inside.start()
+    # as a real client must: a connection to a host that was cut off is given up after 2 s of
+    # unacknowledged data (else the kernel retries for minutes), then libpq tries the next host
+    multi = Writer(state["multi"], tcp_user_timeout=2000)
+    multi.start()
+    try:
+        wait_for("writes inside A and through the multi-host URI",
+                 lambda: len(inside.log.ok) > 10 and len(multi.log.ok) > 10, timeout=60)
+        partition(p.lab, "r0")
+        t0 = time.monotonic()
+        led = wait_leader(p, "r1", timeout=30) - t0
+        before = len(inside.log.failed) + len(inside.log.unknown)
+        wait_for("the writer inside A to refuse writes",
+                 lambda: len(inside.log.failed) + len(inside.log.unknown) > before, timeout=60, interval=0.05)
+        fenced = time.monotonic() - t0
+        last_inside = max(inside.log.ok_times)
+        wait_for("writes through the multi-host URI in region B, without a request",
+                 lambda: first_after(multi.log.ok_times, t0 + 0.5), timeout=90, interval=0.05)
+        resumed = first_after(multi.log.ok_times, t0 + 0.5) - t0
+    except AssertionError as exc:
+        logged = (p.deployment.home("r1", "control") / "run" / "pgcrdr.log").read_text().splitlines()
+        said = [ln[:250] for ln in logged if any(w in ln for w in ("automatic", "failover", "lease", "lead", "WARN"))]
+        raise AssertionError(f"{exc}; the replica on r1 said: {said[-25:]}; DR: "
+                             f"{json.dumps(helpers.dr_status(at(p, 'r1'), PROJECT, PRI))[:3000]}") from None
+    finally:
+        heal(p.lab, "r0")
+    failover = helpers.wait_done(p, PROJECT, PRI, "failover", timeout=120)
+    assert failover["details"]["automatic"].startswith("automatic:"), failover
+    assert last_inside < t0 + resumed, "A took a write after B took writes"
+    t_heal = time.monotonic()
+    probe = WriterProbe(lambda: p.node_dsns(PROJECT, [(PRI, PRI_CLOUD), (REC, REC_CLOUD)]), connect=p.connect_node)
+    probe.start()
+    time.sleep(5)
+    probe.stop()
+    inside_log, multi_log = inside.stop(), multi.stop()
+    old = {n for n in p.node_dsns(PROJECT, [(PRI, PRI_CLOUD)])}
+    assert not (probe.writers_seen & old) and probe.two_writers == [], (probe.writers_seen, probe.two_writers)
+    taken = {w for w, t in zip(inside_log.ok, inside_log.ok_times, strict=True) if t > t0}
+    # the commits A took before fencing itself: listed by the failback restore, kept aside
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
+    restore = helpers.wait_done(p, PROJECT, PRI, "failback_restore", timeout=300)
+    failover = next(o for o in reversed(helpers.dr_status(p, PROJECT, PRI)["history"]) if o["kind"] == "failover")
+    assert failover["data_loss"].get("divergent_commits", -1) >= len(taken), failover["data_loss"]
+    kept = ids_in_data_dir(Path(restore["details"]["preserved"]["path"]), s.pg_bin_dir, s.os_user)
+    assert taken <= kept
+    after = {w for w, t in zip(multi_log.ok, multi_log.ok_times, strict=True) if t > t0}
+    assert not (after & kept), "A took a write through the Service URI after the partition"
+    print(f"\nregion A (leader and writer) cut off: r1 led {led:.2f} s later; the writer inside A refused writes "
+          f"{fenced:.2f} s after the partition; writes through the multi-host URI in B {resumed:.2f} s after it, "
+          f"without a request (lease waited {failover['data_loss'].get('writer_lease_wait_s')} s); A took "
+          f"{len(taken)} commits meanwhile, all kept; one writer after the heal "
+          f"({time.monotonic() - t_heal:.0f} s watched)")
