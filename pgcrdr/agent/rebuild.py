@@ -90,7 +90,8 @@ def order_by_estimate(sources: list[RebuildSource], estimates: dict[str, int]) -
 
 def postmaster_status(data_dir: Path) -> str | None:
     """The server's state as its postmaster.pid says (its 8th line, what ``pg_ctl -w`` reads):
-    "starting", "standby" (in recovery, open to reads), "ready" (writable), "stopping"."""
+    "starting", "standby" (in recovery without hot standby), "ready" (accepting connections:
+    promoted, or a hot standby), "stopping"."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
     except OSError:
@@ -301,7 +302,9 @@ class Rebuilds:
         opts = (f"-c listen_addresses='' -c port={c.ports.pg(1)}"
                 f" -c unix_socket_directories='{c.layout.socket_dir(node)}'"
                 f" -c hba_file='{data / 'pg_hba.conf'}' -c ident_file='{data / 'pg_ident.conf'}'"
-                " -c ssl=off -c logging_collector=off -c archive_mode=off")
+                # hot_standby off: its postmaster.pid says "ready" only once it has promoted (with
+                # hot standby it says so as soon as it is consistent)
+                " -c ssl=off -c logging_collector=off -c archive_mode=off -c hot_standby=off")
         r = backrest.run([pg_ctl, "-D", str(data), "-l", str(log_file), "-o", opts, "-W", "start"],
                          user_ids=ids, timeout=60, cwd=c.layout.node_dir(node))
         if r.returncode != 0:
@@ -311,6 +314,7 @@ class Rebuilds:
         try:
             while True:
                 # Not pg_control: the backup's copy says "in production" before recovery starts.
+                # postmaster.pid: "standby" while it replays, "ready" once promoted (hot_standby off).
                 if proc.postmaster_pid(data) is not None and postmaster_status(data) == "ready":
                     break
                 if proc.postmaster_pid(data) is None:

@@ -53,6 +53,7 @@ def wait_running(p: RunningPlatform, name: str, phases: set[str]) -> dict:
         svc = p.service(PROJECT, name)
         for n in svc["node_states"]:
             phases.update(u["phase"] for u in n["progress_updates"] if not u["completed"])
+        assert "could not be restored" not in (svc.get("status_message") or ""), svc["status_message"]
         return svc if svc["state"] == "RUNNING" else None
 
     return wait_for(f"{name} RUNNING", running, timeout=240, interval=0.5)
