@@ -218,7 +218,8 @@ class ServiceManager:
             cloud = fork_src.cloud if fork_src is not None else proj.default_cloud
         else:
             cloud = self._check_cloud(cloud)
-        user_config.setdefault("pg_version", DEFAULT_PG_VERSION)
+        user_config.setdefault("pg_version", fork_src.user_config.get("pg_version", DEFAULT_PG_VERSION)
+                               if fork_src is not None else DEFAULT_PG_VERSION)
         maintenance = _check_maintenance(body.get("maintenance")) or {}
         dr_source = self._dr_source_of(project, body.get("service_integrations"))
         if fork_src is not None and dr_source is not None:
@@ -301,7 +302,7 @@ class ServiceManager:
                      f"supported yet. Create the fork with --cloud {src.cloud} (or without --cloud), then give it "
                      "a disaster recovery copy in another cloud if needed")
         version = src.user_config.get("pg_version", DEFAULT_PG_VERSION)
-        if svc.user_config.get("pg_version", version) != version:
+        if svc.user_config["pg_version"] != version:
             raise Refused(400, f"A fork runs the PostgreSQL version of {src.name} ({version}); leave pg_version out")
         if svc.user_config.get("admin_username", src.primary_user.username) != src.primary_user.username:
             raise Refused(400, f"A fork has the roles of {src.name} (admin user {src.primary_user.username}); "
@@ -309,8 +310,7 @@ class ServiceManager:
         target = fork_target_time(src, requested_time, dt.datetime.now(dt.timezone.utc))
         fork = ForkSource(project=src.project, service=src.name, cluster=src.cluster, target_time=format_time(target))
         return svc.model_copy(update={
-            "fork": fork, "user_config": {**svc.user_config, "pg_version": version},
-            "users": [u.model_copy() for u in src.users], "databases": list(src.databases),
+            "fork": fork, "users": [u.model_copy() for u in src.users], "databases": list(src.databases),
             "superuser_password": src.superuser_password, "replication_password": src.replication_password,
             "rewind_password": src.rewind_password,
         })

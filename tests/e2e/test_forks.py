@@ -24,8 +24,8 @@ SRC = "pg-fork-src"
 CLOUD, OTHER_CLOUD = "local-europe-west1", "local-us-east1"
 
 
-def fork_cmd(name: str, *config: str, cloud: str = CLOUD) -> list[str]:
-    args = ["service", "create", name, "--service-type", "pg", "--plan", "startup-4", "--cloud", cloud,
+def fork_cmd(name: str, *config: str, cloud: str = CLOUD, plan: str = "startup-4") -> list[str]:
+    args = ["service", "create", name, "--service-type", "pg", "--plan", plan, "--cloud", cloud,
             "--project", PROJECT]
     for c in config:
         args += ["-c", c]
@@ -89,7 +89,8 @@ def test_forks(platform: RunningPlatform):
     writer = Writer(src_uri)
     writer.start()
     wait_for("writes on the source", lambda: len(writer.log.ok) > 20, timeout=60)
-    p.avn(*fork_cmd("pg-fork-at", fork_of, f"recovery_target_time={target}"))
+    # two nodes: the second is cloned from the restored one once it leads
+    p.avn(*fork_cmd("pg-fork-at", fork_of, f"recovery_target_time={target}", plan="business-4"))
     before_fork = set(writer.log.ok)
     p.avn(*fork_cmd("pg-fork-now", fork_of))
     n = len(writer.log.ok)
@@ -102,6 +103,7 @@ def test_forks(platform: RunningPlatform):
     assert {"basebackup", "stream"} <= phases, phases
     assert at["user_config"]["service_to_fork_from"] == SRC
     assert rows(at["service_uri"]) == list(range(1, 11))
+    assert sorted(n["role"] for n in at["node_states"]) == ["master", "standby"], at["node_states"]
 
     in_fork = acked(now["service_uri"])
     assert before_fork <= in_fork, f"{len(before_fork - in_fork)} writes acknowledged before the fork are missing"
