@@ -308,6 +308,18 @@ def wait_operation(p: RunningPlatform, project: str, name: str, kind: str, timeo
     return wait_for(f"the {kind} operation to finish", finished, timeout=timeout)
 
 
+def wait_done(p: RunningPlatform, project: str, name: str, kind: str, timeout: float = 240) -> dict:
+    """``wait_operation``, and the operation must have succeeded."""
+    op = wait_operation(p, project, name, kind, timeout=timeout)
+    assert op["state"] == "done", json.dumps(op, indent=1)
+    return op
+
+
+def first_after(times: list[float], t: float) -> float | None:
+    """The first of ``times`` after ``t`` (e.g. the first acknowledged write after a request)."""
+    return next((x for x in sorted(times) if x > t), None)
+
+
 def role_of(p: RunningPlatform, project: str, name: str) -> dict:
     svc = p.service(project, name)
     return {"state": svc["state"], "disaster_recovery_role": svc["disaster_recovery_role"]}

@@ -30,6 +30,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pgcrdr.security.files import write_secret
+
 log = logging.getLogger(__name__)
 
 FAULTS_FILE = "agent-faults.json"
@@ -125,21 +127,8 @@ def read_rules(path: Path) -> list[FaultRule]:
 
 
 def write_rules(path: Path, rules: list[FaultRule]) -> None:
-    """Replace the file atomically: a new file (mode 0600) written and fsynced, renamed over the
-    old one, and the directory fsynced. A reader sees the old rules or the new ones."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, FaultSet(rules=rules).model_dump_json(indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Replace the file atomically (``write_secret``): a reader sees the old rules or the new ones."""
+    write_secret(path, FaultSet(rules=rules).model_dump_json(indent=1))
 
 
 def inject(home: Path | str, rule: FaultRule, now: float | None = None) -> Path:

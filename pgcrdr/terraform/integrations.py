@@ -142,14 +142,10 @@ class ServiceIntegration(_Base, Resource):
         return state if client is None else with_automatic_failover(client, state)
 
 
-AF_FIELDS = {"automatic_failover_enabled": "enabled", "automatic_failover_grace_seconds": "grace_seconds",
-             "automatic_failover_max_data_loss_bytes": "max_data_loss_bytes"}
-
-
 def apply_automatic_failover(client: ApiClient, project: str, planned: dict) -> None:
     """Set the pair's automatic failover when the configuration says anything about it (the fields
     it leaves out keep their current values)."""
-    given = {api: planned.get(attr) for attr, api in AF_FIELDS.items()
+    given = {api: planned.get(attr) for attr, api in mapping.AF_FIELDS.items()
              if planned.get(attr) is not None and planned.get(attr) is not Unknown}
     if not given or planned.get("integration_type") != "disaster_recovery":
         return
@@ -164,9 +160,9 @@ def apply_automatic_failover(client: ApiClient, project: str, planned: dict) -> 
 def with_automatic_failover(client: ApiClient, state: dict) -> dict:
     """``state`` with the pair's automatic failover as the API shows it."""
     if state.get("integration_type") != "disaster_recovery":
-        return {**state, **{attr: None for attr in AF_FIELDS}}
+        return state
     cfg = client.disaster_recovery(state["project"], state["source_service_name"]).get("automatic_failover") or {}
-    return {**state, **{attr: cfg.get(api) for attr, api in AF_FIELDS.items()}}
+    return {**state, **{attr: cfg.get(api) for attr, api in mapping.AF_FIELDS.items()}}
 
 
 def _summary(planned: dict, exc: Exception) -> str:

@@ -192,8 +192,16 @@ def config_changed(prior: dict, proposed: dict, keys: tuple[str, ...]) -> bool:
 
 # --- the disaster_recovery integration --------------------------------------------------------
 
+# pgcrdr's attributes of a disaster_recovery integration -> the pair's automatic_failover fields
+AF_FIELDS = {"automatic_failover_enabled": "enabled", "automatic_failover_grace_seconds": "grace_seconds",
+             "automatic_failover_max_data_loss_bytes": "max_data_loss_bytes"}
+
+
 def integration_state(integ: dict, project: str) -> dict:
+    """The state of an integration (pgcrdr's automatic failover attributes unknown: see
+    ``integrations.with_automatic_failover``)."""
     return {
+        **dict.fromkeys(AF_FIELDS),
         "id": integration_state_id(project, integ["service_integration_id"]),
         "integration_id": integ["service_integration_id"],
         "project": project,

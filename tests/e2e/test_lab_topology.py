@@ -23,7 +23,7 @@ from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
 from pgcrdr.lab import cap_bandwidth, heal, in_host, partition
 from tests import helpers
-from tests.helpers import Writer, WriterProbe, wait_for
+from tests.helpers import Writer, WriterProbe, first_after, wait_done, wait_for
 from tests.lab_helpers import LabPlatform, ids_in_data_dir, lab_platform
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a lab of network namespaces needs root")  # CI is root
@@ -44,11 +44,6 @@ def role(p: LabPlatform, name: str) -> dict:
     svc = json.loads(p.avn("service", "get", name, "--project", PROJECT, "--json").stdout)
     return {"state": svc["state"], "disaster_recovery_role": svc["disaster_recovery_role"]}
 
-
-def wait_done(p: LabPlatform, name: str, kind: str, timeout: float = 240) -> dict:
-    op = helpers.wait_operation(p, PROJECT, name, kind, timeout=timeout)
-    assert op["state"] == "done", json.dumps(op, indent=1)
-    return op
 
 
 def all_ids(uri: str) -> set[str]:
@@ -131,11 +126,11 @@ def test_planned_moves_across_hosts_lose_nothing(lab: LabPlatform):
     p = lab
     load = start_load(p)
     p.avn("service", "update", REC, "--disaster-recovery-role", "active", "--project", PROJECT)
-    over = wait_done(p, REC, "switchover")
+    over = wait_done(p, PROJECT, REC, "switchover")
     n = len(load[0].log.ok)
     wait_for("writes after the switchover", lambda: len(load[0].log.ok) > n + 20, timeout=60)
     p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
-    back = wait_done(p, PRI, "switchback")
+    back = wait_done(p, PROJECT, PRI, "switchback")
     n = len(load[1].log.ok)
     wait_for("writes after the switchback", lambda: len(load[1].log.ok) > n + 20, timeout=60)
     pooled_errors = len(load[1].log.failed) + len(load[1].log.unknown)
@@ -146,9 +141,6 @@ def test_planned_moves_across_hosts_lose_nothing(lab: LabPlatform):
     print(f"lab: switchover pause {over['write_pause_s']} s, switchback pause {back['write_pause_s']} s")
     assert pooled_errors == 0
 
-
-def _first_after(times: list[float], t: float) -> float | None:
-    return next((x for x in sorted(times) if x > t), None)
 
 
 class _FailureClock(threading.Thread):
@@ -197,9 +189,9 @@ def test_partition_of_the_primary_region_while_it_runs(lab: LabPlatform):
     t_request = time.monotonic()
     p.avn("service", "update", PRI, "--disaster-recovery-role", "failed", "--project", PROJECT)
     wait_for("a write through the Service URI to reach region B",
-             lambda: _first_after(service_uri.log.ok_times, t_request), timeout=60, interval=0.05)
-    resumed_s = _first_after(service_uri.log.ok_times, t_request) - t_request
-    failover = wait_done(p, PRI, "failover", timeout=120)
+             lambda: first_after(service_uri.log.ok_times, t_request), timeout=60, interval=0.05)
+    resumed_s = first_after(service_uri.log.ok_times, t_request) - t_request
+    failover = wait_done(p, PROJECT, PRI, "failover", timeout=120)
     assert failover["data_loss"]["known"] is False and failover["data_loss"]["primary_reachable"] is False
     n = len(inside.log.ok)
     # Until the next issue gives the writer a lease, a cut-off writer keeps taking writes from
@@ -246,12 +238,12 @@ def test_failback_across_a_capped_link_keeps_what_a_took(lab: LabPlatform):
     try:
         load = start_load(p)
         p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
-        restore = wait_done(p, PRI, "failback_restore", timeout=300)
+        restore = wait_done(p, PROJECT, PRI, "failback_restore", timeout=300)
         assert role(p, PRI) == {"state": "RUNNING", "disaster_recovery_role": "passive"}
         rec = restore["details"]["restore"]
         assert rec["cross_region_bytes"] is not None and rec["cross_region_bytes"] > 0, rec
         p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
-        wait_done(p, PRI, "failback_promote")
+        wait_done(p, PROJECT, PRI, "failback_promote")
         n = len(load[0].log.ok)
         wait_for("writes after the failback", lambda: len(load[0].log.ok) > n + 20, timeout=60)
         stop_load(*load)

@@ -21,7 +21,7 @@ from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
 from pgcrdr.lab import heal, in_host, partition
 from tests import helpers
-from tests.helpers import Writer, WriterProbe, wait_for
+from tests.helpers import Writer, WriterProbe, first_after, wait_done, wait_for
 from tests.lab_helpers import LabPlatform, ids_in_data_dir, lab_platform
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a lab of network namespaces needs root")  # CI is root
@@ -39,18 +39,10 @@ def lab():
         yield p
 
 
-def wait_done(p: LabPlatform, name: str, kind: str, timeout: float = 240) -> dict:
-    op = helpers.wait_operation(p, PROJECT, name, kind, timeout=timeout)
-    assert op["state"] == "done", json.dumps(op, indent=1)
-    return op
-
 
 def node_dsns(p: LabPlatform) -> dict[str, str]:
     return p.node_dsns(PROJECT, [(PRI, PRI_CLOUD), (REC, REC_CLOUD)])
 
-
-def _first_after(times: list[float], t: float) -> float | None:
-    return next((x for x in sorted(times) if x > t), None)
 
 
 def test_a_cut_off_writer_fences_itself_before_the_recovery_is_promoted(lab: LabPlatform):
@@ -91,9 +83,9 @@ def test_a_cut_off_writer_fences_itself_before_the_recovery_is_promoted(lab: Lab
     t_fenced = time.monotonic()
     last_ok_inside = max(inside.log.ok_times)
     wait_for("a write through the Service URI in region B",
-             lambda: _first_after(service_uri.log.ok_times, t_request), timeout=60, interval=0.05)
-    t_resumed = _first_after(service_uri.log.ok_times, t_request)
-    failover = wait_done(p, PRI, "failover", timeout=120)
+             lambda: first_after(service_uri.log.ok_times, t_request), timeout=60, interval=0.05)
+    t_resumed = first_after(service_uri.log.ok_times, t_request)
+    failover = wait_done(p, PROJECT, PRI, "failover", timeout=120)
     wait_s = failover["data_loss"].get("writer_lease_wait_s")
     assert wait_s is not None and wait_s > 0, failover["data_loss"]
     assert last_ok_inside < t_resumed, "A took a write after B was writable: two writers"
@@ -118,7 +110,7 @@ def test_a_cut_off_writer_fences_itself_before_the_recovery_is_promoted(lab: Lab
 
     # failback restore: A's commits after the fork are listed in the failover's report and kept
     p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
-    restore = wait_done(p, PRI, "failback_restore", timeout=300)
+    restore = wait_done(p, PROJECT, PRI, "failback_restore", timeout=300)
     failover = next(o for o in helpers.dr_status(p, PROJECT, PRI)["history"] if o["kind"] == "failover")
     assert failover["data_loss"].get("divergent_commits", -1) >= len(inside_during), failover["data_loss"]
     settings = p.deployment.settings("r0")
@@ -134,7 +126,7 @@ def test_automatic_failover_moves_the_writer_without_a_request(lab: LabPlatform)
     off: writes through the Service URI resume in the other region without any request."""
     p = lab
     p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
-    wait_done(p, PRI, "failback_promote")
+    wait_done(p, PROJECT, PRI, "failback_promote")
     with p.api() as c:
         r = c.put(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery",
                   json={"automatic_failover": {"enabled": True, "grace_seconds": 2, "max_data_loss_bytes": 2 ** 26}})
@@ -147,8 +139,8 @@ def test_automatic_failover_moves_the_writer_without_a_request(lab: LabPlatform)
     t_partition = time.monotonic()
     try:
         wait_for("writes through the Service URI to resume in region B by themselves",
-                 lambda: _first_after(writer.log.ok_times, t_partition + 0.5), timeout=60, interval=0.05)
-        resumed_s = _first_after(writer.log.ok_times, t_partition + 0.5) - t_partition
+                 lambda: first_after(writer.log.ok_times, t_partition + 0.5), timeout=60, interval=0.05)
+        resumed_s = first_after(writer.log.ok_times, t_partition + 0.5) - t_partition
     except AssertionError as exc:
         logged = (p.deployment.settings("ctl").run_dir / "pgcrdr.log").read_text().splitlines()
         said = [ln for ln in logged if "automatic" in ln or "failover" in ln or "Traceback" in ln][-15:]
