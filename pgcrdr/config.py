@@ -135,6 +135,13 @@ class Settings:
     secrets_dir: Path | None = None
     # The global etcd a topology file names for the control plane's state (``[control] store``).
     store_endpoints: tuple[str, ...] = ()
+    # This control plane's host in the topology (its replica's name in the leader election).
+    control_host: str = "local"
+    # Every control host's address (a topology): each replica serves the Service URIs on its own.
+    control_addresses: tuple[str, ...] = ()
+    # The lease of the control-plane leader's key, whole seconds (PGCRDR_LEADER_TTL): a dead
+    # leader is replaced within about this long; it is renewed every third of it.
+    leader_ttl_s: int = 5
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None, port_offset: int | None = None,
@@ -151,6 +158,7 @@ class Settings:
             regions=_regions_from_env(base + offset),
             pause_deadline_s=_seconds("PGCRDR_PAUSE_DEADLINE", 5.0, 0.5, 120.0),
             retry_bound_s=_seconds("PGCRDR_RETRY_BOUND", 30.0, 1.0, 3600.0),
+            leader_ttl_s=round(_seconds("PGCRDR_LEADER_TTL", 5.0, 2.0, 60.0)),
             writer_lease_ttl_s=_seconds("PGCRDR_WRITER_LEASE_TTL", 10.0, 2.0, 300.0),
         )
 
@@ -221,11 +229,12 @@ class Settings:
             if found is None:
                 raise ValueError(f"{topology.source}: no region {region!r} (regions: "
                                  f"{', '.join(r.cloud_name for r in topology.regions)})")
-            host = found.host
+            host, replica = found.host, env.control_host
         else:
             ctl = next((h for h in topology.control_hosts if control_host in (None, h.name)), None)
             if ctl is None:
                 raise ValueError(f"{topology.source}: no control host {control_host!r}")
-            host = ctl.address
+            host, replica = ctl.address, ctl.name
         return replace(env, host=host, port_base=topology.api_port, regions=regions, secrets_dir=secrets_dir,
-                       store_endpoints=topology.store_endpoints)
+                       store_endpoints=topology.store_endpoints, control_host=replica,
+                       control_addresses=tuple(h.address for h in topology.control_hosts))

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pgcrdr.config import Settings
+    from pgcrdr.topology import Topology
 
-STORE_CLIENT_PORT = 24379  # the lab's global etcd on the control host (+1: its peer port)
 LAB_PREFIX = "pgl"  # namespace names: pgl-<id>-<host>; interface names stay within 15 characters
 ID_RE = re.compile(r"^[a-z0-9]{1,6}$")
 
@@ -55,6 +55,10 @@ class Lab:
     bridge_ns: str
     hosts: tuple[LabHost, ...]
 
+    @property
+    def region_hosts(self) -> list[LabHost]:
+        return [h for h in self.hosts if h.name.startswith("r")]
+
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
             if h.name == name:
@@ -62,9 +66,10 @@ class Lab:
         raise LabError(f"the lab {self.lab_id} has no host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
 
 
-def plan_lab(lab_id: str, regions: int = 2, subnet: int = 7) -> Lab:
+def plan_lab(lab_id: str, regions: int = 2, subnet: int = 7, witness: bool = False) -> Lab:
     """The lab's namespaces and addresses: 10.249.<subnet>.10 for the control host, .11, .12, ...
-    for the regions' hosts."""
+    for the regions' hosts, then the witness host ``w`` (``witness``: it runs a member of the
+    global etcd only, so that losing one region leaves the store a quorum)."""
     if not ID_RE.match(lab_id):
         raise LabError(f"lab id {lab_id[:20]!r} must be 1 to 6 lower-case letters or digits")
     if not 1 <= regions <= 8:
@@ -72,7 +77,7 @@ def plan_lab(lab_id: str, regions: int = 2, subnet: int = 7) -> Lab:
     if not 1 <= subnet <= 254:
         raise LabError("--subnet must be 1 to 254 (the lab uses 10.249.SUBNET.0/24)")
     net = f"10.249.{subnet}"
-    names = ["ctl"] + [f"r{i}" for i in range(regions)]
+    names = ["ctl"] + [f"r{i}" for i in range(regions)] + (["w"] if witness else [])
     hosts = tuple(LabHost(name=n, netns=f"{LAB_PREFIX}-{lab_id}-{n}", address=f"{net}.{10 + i}",
                           bridge_port=f"p{lab_id}{n}")
                   for i, n in enumerate(names))
@@ -168,17 +173,19 @@ def exec_argv(lab: Lab, host: str, argv: list[str]) -> list[str]:
 
 
 def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int = 25000,
-                  store: list[str] | None = None) -> str:
-    """The topology file of a deployment on this lab: the control host and one region per host
-    (``store``: the global etcd's client URLs)."""
-    regions = [h for h in lab.hosts if h.name != "ctl"]
+                  replicas: tuple[str, ...] = ("ctl",), store_hosts: tuple[str, ...] = ()) -> str:
+    """The topology file of a deployment on this lab: a control-plane replica on each host of
+    ``replicas`` (default: the control host), one region per region host, and a member of the
+    global etcd on each host of ``store_hosts`` (none: one replica keeps its state in SQLite)."""
+    regions = lab.region_hosts
     names = cloud_names or [f"lab-region-{i}" for i in range(len(regions))]
     if len(names) != len(regions):
         raise LabError(f"{len(names)} cloud names for {len(regions)} region hosts")
-    ctl = lab.host("ctl")
-    out = [f"# lab {lab.lab_id}: {lab.subnet}", "[control]", f"api_port = {api_port}",
-           *([f"store = [{', '.join(repr(u).replace(chr(39), chr(34)) for u in store)}]"] if store else []), "",
-           "[[control.hosts]]", f'name = "{ctl.netns}"', f'address = "{ctl.address}"', ""]
+    out = [f"# lab {lab.lab_id}: {lab.subnet}", "[control]", f"api_port = {api_port}", ""]
+    for host in replicas:
+        out += ["[[control.hosts]]", f'name = "{lab.host(host).netns}"', f'address = "{lab.host(host).address}"', ""]
+    for host in store_hosts:
+        out += ["[[control.store_members]]", f'name = "{host}"', f'address = "{lab.host(host).address}"', ""]
     for name, h in zip(names, regions, strict=True):
         out += ["[[regions]]", f'cloud_name = "{name}"', f'description = "Lab host {h.name}"',
                 f'host = "{h.address}"', ""]
@@ -223,18 +230,21 @@ def in_host(lab: Lab, host: str) -> Iterator[None]:
 class LabDeployment:
     """pgcrdr deployed on a lab as it would be on real hosts: a topology file, the deployment's
     secrets (`pgcrdr secrets`), each region's bundle copied to its host's home, an agent inside
-    each region host and the control plane inside the control host, each with its own
-    ``PGCRDR_HOME`` under ``root``. Every process is recorded by PID in its host's home and
-    stopped by ``stop`` (also after a failed start)."""
+    each region host, a control-plane replica inside each host of ``replicas`` and, with
+    ``store_hosts``, a member of the global etcd inside each of those hosts. Each part has its own
+    ``PGCRDR_HOME`` under ``root`` (:meth:`home`); every process is recorded by PID there and
+    stopped by ``stop`` (also after a failed start). The default is one replica on the control
+    host, on SQLite."""
 
     lab: Lab
     root: Path
     cloud_names: list[str]
     api_port: int = 25000
-    # A one-member global etcd on the control host (the writer lease and the store need one);
-    # a real deployment spreads it over the regions and a witness.
-    store_on_ctl: bool = False
+    replicas: tuple[str, ...] = ("ctl",)
+    store_hosts: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)  # settings passed to every part
+    # settings of each replica's own (host -> environment), e.g. a crash drill for one of them
+    replica_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def existing(cls, lab_id: str, root: Path) -> LabDeployment | None:
@@ -246,8 +256,10 @@ class LabDeployment:
             return None
         topo = load_topology(path)
         subnet = int(topo.control_hosts[0].address.split(".")[2])
-        lab = plan_lab(lab_id, regions=len(topo.regions), subnet=subnet)
-        return cls(lab, root, [r.cloud_name for r in topo.regions], topo.api_port)
+        store_hosts = tuple(m.name for m in topo.store_members)
+        replicas = tuple(h.name.rsplit("-", 1)[-1] for h in topo.control_hosts)
+        lab = plan_lab(lab_id, regions=len(topo.regions), subnet=subnet, witness="w" in store_hosts + replicas)
+        return cls(lab, root, [r.cloud_name for r in topo.regions], topo.api_port, replicas, store_hosts)
 
     @property
     def topology_path(self) -> Path:
@@ -257,22 +269,40 @@ class LabDeployment:
     def secrets_dir(self) -> Path:
         return self.root / "secrets"
 
-    def home(self, host: str) -> Path:
+    def home(self, host: str, part: str = "") -> Path:
+        """The home of a part: ``root/<host>`` for a region's agent and the control host's replica
+        (as before), ``root/<host>-control`` for a replica on another host, ``root/<host>-store``
+        for a member of the global etcd."""
+        if part == "control" and host != "ctl":
+            return self.root / f"{host}-control"
+        if part == "store":
+            return self.root / f"{host}-store"
         return self.root / host
 
     def region_hosts(self) -> list[tuple[str, str]]:
         """(host, cloud name) of every region host."""
-        return list(zip([h.name for h in self.lab.hosts if h.name != "ctl"], self.cloud_names, strict=True))
+        return list(zip([h.name for h in self.lab.region_hosts], self.cloud_names, strict=True))
 
     def settings(self, host: str) -> Settings:
+        """The settings of the control-plane replica on ``host`` (``ctl`` is one even without a
+        replica: the test thread's client view), else of the agent of the region host ``host``."""
+        return self.replica_settings(host) if host == "ctl" or host in self.replicas else self.agent_settings(host)
+
+    def replica_settings(self, host: str) -> Settings:
         from pgcrdr.config import Settings
+
+        return Settings.from_topology(self._topology(), home=self.home(host, "control"), secrets=self.secrets_dir,
+                                      control_host=self.lab.host(host).netns if host in self.replicas else None)
+
+    def agent_settings(self, host: str) -> Settings:
+        from pgcrdr.config import Settings
+
+        return Settings.from_topology(self._topology(), home=self.home(host), region=dict(self.region_hosts())[host])
+
+    def _topology(self) -> Topology:
         from pgcrdr.topology import load_topology
 
-        topo = load_topology(self.topology_path)
-        if host == "ctl":
-            return Settings.from_topology(topo, home=self.home(host), secrets=self.secrets_dir)
-        cloud = dict(self.region_hosts())[host]
-        return Settings.from_topology(topo, home=self.home(host), region=cloud)
+        return load_topology(self.topology_path)
 
     def prepare(self) -> None:
         """Topology, secrets and homes (idempotent)."""
@@ -282,45 +312,37 @@ class LabDeployment:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # the node user traverses it to each region's home
-        self.topology_path.write_text(topology_text(self.lab, self.cloud_names, self.api_port,
-                                                    [self.store_url] if self.store_on_ctl else None))
+        self.topology_path.write_text(topology_text(self.lab, self.cloud_names, self.api_port, self.replicas,
+                                                    self.store_hosts))
         ensure_deployment_secrets(load_topology(self.topology_path), self.secrets_dir)
-        for host, cloud in [("ctl", None), *self.region_hosts()]:
+        homes = [self.home(h, "control") for h in self.replicas] + [self.home(h, "store") for h in self.store_hosts]
+        for home in homes + [self.home("ctl")]:
+            home.mkdir(exist_ok=True)
+            home.chmod(0o755)
+        for host, cloud in self.region_hosts():
             home = self.home(host)
             home.mkdir(exist_ok=True)
             home.chmod(0o755)
-            if cloud is None:
-                continue
             # "copy the region's bundle to its host": the files the agent reads, nothing else
             bundle = self.secrets_dir / cloud
             for f in sorted(bundle.iterdir()):
                 write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
             (home / "secrets").chmod(0o700)
 
-    @property
-    def store_url(self) -> str:
-        return f"http://{self.lab.host('ctl').address}:{STORE_CLIENT_PORT}"
-
-    def _start_store(self) -> None:
-        data = self.home("ctl") / "store-etcd"
-        peer = f"http://{self.lab.host('ctl').address}:{STORE_CLIENT_PORT + 1}"
-        self._spawn("ctl", "store-etcd", [
-            "/usr/bin/etcd", "--name", "store-ctl", "--data-dir", str(data), "--listen-client-urls", self.store_url,
-            "--advertise-client-urls", self.store_url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
-            peer, "--initial-cluster", f"store-ctl={peer}", "--initial-cluster-state", "new",
-            "--auto-compaction-retention", "1", "--logger", "zap", "--log-outputs", "stderr"])
-
-    def _spawn(self, host: str, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, host: str, home: Path, name: str, argv: list[str],
+               env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        from pgcrdr.config import Settings
         from pgcrdr.platform import pid_path
 
-        settings = self.settings(host)
+        settings = Settings.from_env(home=home)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(settings.run_dir / f"{name}.log", "ab")
         # the part's place comes from the topology and its home; other settings pass through
         env = {k: v for k, v in os.environ.items()
                if k not in ("PGCRDR_HOME", "PGCRDR_PORT_BASE", "PGCRDR_PORT_OFFSET", "PGCRDR_REGIONS")}
         env.update(self.extra_env)
-        env["PGCRDR_HOME"] = str(self.home(host))
+        env.update(env_extra or {})
+        env["PGCRDR_HOME"] = str(home)
         proc = subprocess.Popen(exec_argv(self.lab, host, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         log.close()
@@ -328,41 +350,85 @@ class LabDeployment:
         return proc
 
     def start(self, timeout: float = 120.0) -> None:
-        """Start every part and wait until the API answers and every agent is healthy."""
+        """Start every part and wait until every replica's API answers and every agent is healthy."""
         self.prepare()
         try:
-            if self.store_on_ctl:
-                self._start_store()
+            for host in self.store_hosts:
+                self.start_store_member(host)
+            self.wait_store(timeout)
             for host, _ in self.region_hosts():
                 self.start_agent(host)
-            self._spawn("ctl", "pgcrdr", [sys.executable, "-m", "pgcrdr", "controlplane", "--topology",
-                                          str(self.topology_path), "--home", str(self.home("ctl")), "--secrets",
-                                          str(self.secrets_dir)])
+            for host in self.replicas:
+                self.start_replica(host)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
 
+    def start_store_member(self, host: str) -> None:
+        from pgcrdr.platform import STORE_MEMBER_PID
+
+        self._spawn(host, self.home(host, "store"), STORE_MEMBER_PID,
+                    [sys.executable, "-m", "pgcrdr", "store-member", "--topology", str(self.topology_path),
+                     "--name", host, "--home", str(self.home(host, "store"))])
+
+    def wait_store(self, timeout: float) -> None:
+        """Until every member of the global etcd says it is healthy (it has a leader): the parts
+        that use it refuse to start without an answer."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        with in_host(self.lab, "ctl"):
+            for member in self._topology().store_members:
+                while True:
+                    try:
+                        r = httpx.get(member.client_url + "/health", timeout=1, trust_env=False)
+                        if r.status_code == 200 and r.json().get("health") == "true":
+                            break
+                        last = r.text[:200]
+                    except (httpx.HTTPError, ValueError) as exc:
+                        last = str(exc)
+                    if time.monotonic() > deadline:
+                        raise LabError(f"store member {member.name} not healthy after {timeout:.0f}s: {last}; "
+                                       f"see {self.home(member.name, 'store')}/run/store-member.log")
+                    time.sleep(0.2)
+
+    def start_replica(self, host: str) -> None:
+        """Start the control-plane replica of ``host`` (again, after a drill killed it), with its
+        own settings from ``replica_env``."""
+        home = self.home(host, "control")
+        self._spawn(host, home, "pgcrdr",
+                    [sys.executable, "-m", "pgcrdr", "controlplane", "--topology", str(self.topology_path),
+                     "--home", str(home), "--secrets", str(self.secrets_dir),
+                     "--control-host", self.lab.host(host).netns], self.replica_env.get(host))
+
     def start_agent(self, host: str) -> None:
         """Start the agent of a region host (again, after a drill killed its region)."""
         cloud = dict(self.region_hosts())[host]
-        self._spawn(host, f"agent-{cloud}", [sys.executable, "-m", "pgcrdr", "agent", "--region", cloud,
-                                             "--topology", str(self.topology_path), "--home", str(self.home(host))])
+        self._spawn(host, self.home(host), f"agent-{cloud}",
+                    [sys.executable, "-m", "pgcrdr", "agent", "--region", cloud, "--topology",
+                     str(self.topology_path), "--home", str(self.home(host))])
+
+    def replica_pid(self, host: str) -> int | None:
+        from pgcrdr.platform import pid_path, read_pid
+
+        return read_pid(pid_path(self.replica_settings(host), "pgcrdr"))
 
     def wait_ready(self, timeout: float) -> None:
         import httpx
 
         from pgcrdr.agentapi.client import AgentClient, AgentError
-        from pgcrdr.platform import read_pid
+        from pgcrdr.config import Settings
+        from pgcrdr.platform import pid_path, read_pid
 
-        ctl = self.settings("ctl")
+        ctl = self.replica_settings(self.replicas[0])
         token = (self.secrets_dir / "agent-token").read_text().strip()
         deadline = time.monotonic() + timeout
         last = "nothing answered yet"
         with in_host(self.lab, "ctl"):
             while time.monotonic() < deadline:
-                dead = [f"{host} ({name})" for host, name in self._parts()
-                        if read_pid(self.settings(host).run_dir / f"{name}.pid") is None]
+                dead = [f"{host} ({name})" for host, home, name in self._parts()
+                        if read_pid(pid_path(Settings.from_env(home=home), name)) is None]
                 if dead:
                     raise LabError(f"lab part(s) exited: {', '.join(dead)}; see their logs under {self.root}/*/run")
                 healthy = []
@@ -375,33 +441,40 @@ class LabDeployment:
                         healthy.append(False)
                     finally:
                         client.close()
-                try:
-                    api = httpx.get(ctl.api_url + "/v1/clouds", timeout=2).status_code == 200
-                except httpx.HTTPError as exc:
-                    last, api = f"control plane: {exc}", False
+                api = True
+                for host in self.replicas:
+                    url = self.replica_settings(host).api_url
+                    try:
+                        api = api and httpx.get(url + "/v1/clouds", timeout=2).status_code == 200
+                    except httpx.HTTPError as exc:
+                        last, api = f"control plane on {host}: {exc}", False
                 if api and all(healthy):
                     return
                 time.sleep(0.5)
         raise LabError(f"the lab deployment was not ready after {timeout:.0f}s: {last}")
 
-    def _parts(self) -> list[tuple[str, str]]:
-        return [(host, f"agent-{cloud}") for host, cloud in self.region_hosts()] + [("ctl", "pgcrdr")]
+    def _parts(self) -> list[tuple[str, Path, str]]:
+        """(host, home, pid name) of every part, in the order they stop: replicas, agents, store."""
+        return ([(host, self.home(host, "control"), "pgcrdr") for host in self.replicas]
+                + [(host, self.home(host), f"agent-{cloud}") for host, cloud in self.region_hosts()]
+                + [(host, self.home(host, "store"), "store-member") for host in self.store_hosts])
 
     def stop(self) -> list[str]:
-        """Stop every part by PID (control plane first), then anything left of its hosts' homes."""
-        from pgcrdr.platform import pid_path, read_pid, stop_everything, stop_pid
+        """Stop every part by PID (replicas first, the global etcd last), then anything left of
+        their homes."""
+        from pgcrdr.config import Settings
+        from pgcrdr.platform import stop_everything
 
         said: list[str] = []
         if not self.topology_path.exists():
             return said
-        for host in ["ctl", *[h for h, _ in self.region_hosts()]]:
-            settings = self.settings(host)
-            said += stop_everything(settings)
-        store = read_pid(pid_path(self.settings("ctl"), "store-etcd"))
-        if store:  # last: the agents and the control plane used it until they stopped
-            stop_pid(store, timeout=30)
-            said.append(f"stopped the global etcd (pid {store})")
+        for host in self.replicas:
+            said += stop_everything(self.replica_settings(host))
+        for host, _ in self.region_hosts():
+            said += stop_everything(self.agent_settings(host))
+        for host in self.store_hosts:
+            said += stop_everything(Settings.from_env(home=self.home(host, "store")))
         return said
 
     def api_token(self) -> str:
-        return (self.home("ctl") / "control" / "api-token").read_text().strip()
+        return (self.home(self.replicas[0], "control") / "control" / "api-token").read_text().strip()

@@ -7,6 +7,7 @@ the process that started it is gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import uvicorn
 from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
+from pgcrdr.controlplane.leader import election_for
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import hash_password, open_store
@@ -35,6 +37,7 @@ log = logging.getLogger("pgcrdr")
 
 DEFAULT_PROJECT = os.environ.get("PGCRDR_DEFAULT_PROJECT", "pgcrdr")
 DEFAULT_ADMIN_EMAIL = os.environ.get("PGCRDR_ADMIN_EMAIL", "admin@pgcrdr.local")
+STORE_MEMBER_PID = "store-member"  # a member of the global etcd run by this home (pgcrdr store-member)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,10 @@ def stop_everything(settings: Settings) -> list[str]:
     if up and up != os.getpid():
         stop_pid(up, timeout=90)
         said.append(f"stopped pgcrdr (pid {up})")
+    store_member = read_pid(pid_path(settings, STORE_MEMBER_PID))
+    if store_member:
+        stop_pid(store_member, timeout=30)
+        said.append(f"stopped the global etcd member (pid {store_member})")
     killed_endpoints = stop_all_endpoints(settings)
     if killed_endpoints:
         said.append(f"stopped Service URI endpoints: {killed_endpoints}")
@@ -220,6 +227,20 @@ def stop_everything(settings: Settings) -> list[str]:
 
 # --- the foreground platform ----------------------------------------------------------------
 
+class _Server(uvicorn.Server):
+    """uvicorn, whose SIGTERM/SIGINT ends ``serve`` and not the process: uvicorn (since 0.29)
+    raises the signal again once it has stopped serving, which killed the process before
+    ``Platform.shutdown`` ran (a leader then kept its key until its lease expired)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()  # the caller shuts down, then returns
+
+
 class Platform:
     """Control plane (API + reconciler) in this process, agents as child processes."""
 
@@ -233,8 +254,28 @@ class Platform:
 
         # Service URIs live in the control plane, outside every region (they survive a region loss).
         self.endpoints = EndpointManager(settings)
-        self.reconciler = Reconciler(self.store, settings, agent_token, endpoints=self.endpoints)
+        # Several replicas on one etcd: only the elected leader runs the reconciler and the
+        # operations, through a store whose writes are fenced by its leader key.
+        self.election = election_for(settings)
+        if self.election is not None:
+            self.leader_store = open_store(settings, fence=self.election.fence)
+            self.reconciler = Reconciler(self.leader_store, settings, agent_token, endpoints=self.endpoints,
+                                         leading=self.election.leading)
+            self.election.on_change = self._leadership_changed
+        else:
+            self.leader_store = self.store
+            self.reconciler = Reconciler(self.store, settings, agent_token, endpoints=self.endpoints)
         self.server: uvicorn.Server | None = None
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if leading:
+            self.reconciler.wake()  # operations a dead leader left are resumed now, not at the next tick
+
+    def leader_name(self) -> str:
+        """The replica that leads, as this replica last saw it ("" while nobody does)."""
+        assert self.election is not None
+        leader = self.election.leader()
+        return leader.name if leader else ""
 
     def start_agents(self) -> None:
         """Start every region's agent, or adopt it when it still runs: a control plane that was
@@ -252,12 +293,14 @@ class Platform:
 
         app = create_app(self.settings, self.store, wake=self.reconciler.wake,
                          reconcile_now=self.reconciler.reconcile_now, endpoints_enabled=True,
-                         lag=self.reconciler.lag)
+                         lag=self.reconciler.lag, leader=self.leader_name if self.election else None)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.settings.api_port, log_level="warning",
             access_log=False, lifespan="off",
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
+        if self.election is not None:
+            self.election.start()
         self.reconciler.start()
         if on_ready is not None:
             threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
@@ -272,6 +315,8 @@ class Platform:
             time.sleep(0.05)
 
     def shutdown(self) -> None:
+        if self.election is not None:
+            self.election.resign()  # the next leader need not wait for the lease to expire
         self.reconciler.stop()
         self.endpoints.stop_all()
         for proc in self.agents.values():
@@ -287,11 +332,22 @@ class Platform:
 
         for region in self.settings.regions:
             stop_region_processes(self.settings, region)
+        if self.leader_store is not self.store:
+            self.leader_store.close()
         self.store.close()
 
 
 def api_healthy(settings: Settings) -> bool:
+    return bool(api_answer(settings)["api_up"])
+
+
+def api_answer(settings: Settings) -> dict[str, str | bool | None]:
+    """Whether the API answers, and (several replicas) which replica answered and which leads."""
+    from pgcrdr.api.replica import LEADER_HEADER, REPLICA_HEADER
+
     try:
-        return httpx.get(settings.api_url + "/v1/clouds", timeout=2).status_code == 200
+        r = httpx.get(settings.api_url + "/v1/clouds", timeout=2)
     except httpx.HTTPError:
-        return False
+        return {"api_up": False, "replica": None, "leader": None}
+    return {"api_up": r.status_code == 200, "replica": r.headers.get(REPLICA_HEADER),
+            "leader": r.headers.get(LEADER_HEADER)}

@@ -7,6 +7,12 @@ A TOML file (``pgcrdr up --topology FILE``, later ``pgcrdr agent --region R --to
     api_port = 25000                      # optional
     store = ["http://10.10.0.10:2379"]    # the global etcd's client URLs; required with several hosts
 
+    [[control.store_members]]             # or: the global etcd's members (store then follows)
+    name = "etcd-1"
+    address = "10.10.0.10"
+    client_port = 2379                    # optional
+    peer_port = 2380                      # optional
+
     [[control.hosts]]
     name = "control-1"
     address = "10.10.0.10"
@@ -37,8 +43,10 @@ from urllib.parse import urlsplit
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 REGION_PORT_BLOCK = 1000
-CONTROL_KEYS = {"api_port", "hosts", "store"}
+CONTROL_KEYS = {"api_port", "hosts", "store", "store_members"}
 CONTROL_HOST_KEYS = {"name", "address"}
+STORE_MEMBER_KEYS = {"name", "address", "client_port", "peer_port"}
+STORE_CLIENT_PORT, STORE_PEER_PORT = 2379, 2380  # etcd's own defaults
 REGION_KEYS = {"cloud_name", "description", "geo_region", "latitude", "longitude", "host", "port_base"}
 
 
@@ -50,6 +58,28 @@ class TopologyError(ValueError):
 class ControlHost:
     name: str
     address: str
+
+
+@dataclass(frozen=True)
+class StoreMember:
+    """One member of the global etcd (``pgcrdr store-member`` runs it on its host)."""
+
+    name: str
+    address: str
+    client_port: int
+    peer_port: int
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{_url_host(self.address)}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{_url_host(self.address)}:{self.peer_port}"
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 @dataclass(frozen=True)
@@ -71,9 +101,13 @@ class Topology:
     source: str = "<topology>"
     # The global etcd's client URLs: the control plane's state (empty: SQLite, on one host only).
     store_endpoints: tuple[str, ...] = ()
+    store_members: tuple[StoreMember, ...] = ()
 
     def region(self, cloud_name: str) -> RegionHost | None:
         return next((r for r in self.regions if r.cloud_name == cloud_name), None)
+
+    def store_member(self, name: str) -> StoreMember | None:
+        return next((m for m in self.store_members if m.name == name), None)
 
 
 class _Where:
@@ -159,8 +193,36 @@ def _store_urls(value: Any, where: _Where) -> tuple[str, ...]:
             ip = ipaddress.ip_address(host)
         except ValueError:
             raise where.error(f"store: {raw[:80]!r} must name its host by IP address", None, 0, "store") from None
-        urls.append(f"{scheme}://{f'[{ip}]' if ip.version == 6 else ip}:{port}")
+        urls.append(f"{scheme}://{_url_host(str(ip))}:{port}")
     return tuple(urls)
+
+
+def _store_members(value: Any, where: _Where) -> tuple[StoreMember, ...]:
+    header = "control.store_members"
+    if not isinstance(value, list):
+        raise where.error("store_members must be [[control.store_members]] tables", None, 0, "store_members")
+    members: list[StoreMember] = []
+    for i, m in enumerate(value):
+        _unknown(m, STORE_MEMBER_KEYS, where, header, i, "[[control.store_members]]")
+        name = m.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise where.error("name must be lower-case letters, digits and '-', starting with a letter", header, i,
+                              "name")
+        member = StoreMember(name=name, address=_address(m.get("address"), where, header, i, "address"),
+                             client_port=_port(m.get("client_port", STORE_CLIENT_PORT), where, header, i,
+                                               "client_port"),
+                             peer_port=_port(m.get("peer_port", STORE_PEER_PORT), where, header, i, "peer_port"))
+        if member.client_port == member.peer_port:
+            raise where.error("client_port and peer_port must differ", header, i, "peer_port")
+        for other in members:
+            if other.name == name:
+                raise where.error(f"store member {name!r} is listed twice", header, i, "name")
+            if other.address == member.address and {other.client_port, other.peer_port} & {member.client_port,
+                                                                                          member.peer_port}:
+                raise where.error(f"store member {name!r} uses a port of member {other.name!r} on {member.address}",
+                                  header, i, "client_port")
+        members.append(member)
+    return tuple(members)
 
 
 def _unknown(table: dict[str, Any], allowed: set[str], where: _Where, header: str | None, index: int,
@@ -197,6 +259,14 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                               "control.hosts", i, "name")
         hosts.append(ControlHost(name=name, address=_address(h.get("address"), where, "control.hosts", i, "address")))
     store = _store_urls(control.get("store", []), where)
+    members = _store_members(control.get("store_members", []), where)
+    if members:
+        derived = tuple(m.client_url for m in members)
+        if "store" in control and set(store) != set(derived):
+            raise where.error(f"store lists {', '.join(store) or 'nothing'} but [[control.store_members]] give "
+                              f"{', '.join(derived)}: name the members once (store follows from them), or make "
+                              "both agree", None, 0, "store")
+        store = store or derived
     if len(hosts) > 1 and not store:
         raise TopologyError(f"{source}: several control hosts keep one state in etcd: list its client URLs in "
                             '[control] as store = ["http://ADDRESS:PORT", ...]')
@@ -223,12 +293,13 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             cloud_name=name, description=r.get("description", f"Region {name}"), geo_region=r.get("geo_region", name),
             latitude=float(lat), longitude=float(lon),
             host=_address(r.get("host"), where, "regions", i, "host"), port_base=base))
-    _consistent(hosts, api_port, regions, where)
+    _consistent(hosts, api_port, regions, members, where)
     return Topology(control_hosts=tuple(hosts), api_port=api_port, regions=tuple(regions), source=source,
-                    store_endpoints=store)
+                    store_endpoints=store, store_members=members)
 
 
-def _consistent(hosts: list[ControlHost], api_port: int, regions: list[RegionHost], where: _Where) -> None:
+def _consistent(hosts: list[ControlHost], api_port: int, regions: list[RegionHost],
+                members: tuple[StoreMember, ...], where: _Where) -> None:
     seen: dict[str, int] = {}
     for i, h in enumerate(hosts):
         if h.name in seen:
@@ -249,6 +320,13 @@ def _consistent(hosts: list[ControlHost], api_port: int, regions: list[RegionHos
                 raise where.error(f"region {r.cloud_name}'s ports {lo}-{hi} overlap those of {who} on {addr}; "
                                   f"give it another port_base", "regions", i, "port_base")
         used.append((r.host, lo, hi, f"region {r.cloud_name}"))
+    for i, m in enumerate(members):
+        for port in (m.client_port, m.peer_port):
+            for addr, a, b, who in used:
+                if addr == m.address and a <= port <= b:
+                    key = "client_port" if port == m.client_port else "peer_port"
+                    raise where.error(f"store member {m.name}'s port {port} is in the ports {a}-{b} of {who} on "
+                                      f"{addr}; give it another {key}", "control.store_members", i, key)
 
 
 def load_topology(path: str | Path) -> Topology:

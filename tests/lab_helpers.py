@@ -52,25 +52,30 @@ class LabPlatform(RunningPlatform):
 
 
 @contextmanager
-def lab_platform(cloud_names: list[str], lab_id: str, subnet: int, store_on_ctl: bool = False,
+def lab_platform(cloud_names: list[str], lab_id: str, subnet: int, replicas: tuple[str, ...] = ("ctl",),
+                 store_hosts: tuple[str, ...] = (), replica_env: dict[str, dict[str, str]] | None = None,
                  extra_env: dict[str, str] | None = None) -> Iterator[LabPlatform]:
-    """A lab of three hosts with pgcrdr deployed on it; the calling thread runs inside the control
-    host until the end. Everything is stopped by PID and every namespace removed, even on failure."""
-    lab = lab_up(plan_lab(lab_id, regions=len(cloud_names), subnet=subnet))
+    """A lab of three hosts with pgcrdr deployed on it (default: one control plane on the control
+    host; or ``replicas`` on those hosts over a global etcd on ``store_hosts``, a host ``w`` being
+    the witness; ``extra_env``: settings of every part); the calling thread runs inside the
+    control host until the end, as a client.
+    Everything is stopped by PID and every namespace removed, even on failure."""
+    lab = lab_up(plan_lab(lab_id, regions=len(cloud_names), subnet=subnet, witness="w" in replicas + store_hosts))
     root = Path(tempfile.mkdtemp(prefix=f"pgcrdr-lab-{lab_id}-", dir="/tmp"))
-    deployment = LabDeployment(lab, root, cloud_names, store_on_ctl=store_on_ctl, extra_env=extra_env or {})
+    deployment = LabDeployment(lab, root, cloud_names, replicas=replicas, store_hosts=store_hosts,
+                               replica_env=replica_env or {}, extra_env=extra_env or {})
     try:
         deployment.start()
-        ctl = deployment.settings("ctl")
+        ctl = deployment.replica_settings(replicas[0])
         config_dir = root / "avn-config"
         config_dir.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PGCRDR_", "AIVEN_"))}
         with in_host(lab, "ctl"):
             yield LabPlatform(
-                home=deployment.home("ctl"), port_offset=0, api_url=ctl.api_url, token=deployment.api_token(),
+                home=ctl.home, port_offset=0, api_url=ctl.api_url, token=deployment.api_token(),
                 admin_email="admin@pgcrdr.local",
                 admin_password=(ctl.control_dir / "admin-password").read_text().strip(),
-                env={**env, "PGCRDR_HOME": str(deployment.home("ctl"))}, config_dir=config_dir,
+                env={**env, "PGCRDR_HOME": str(ctl.home)}, config_dir=config_dir,
                 deployment=deployment)
     finally:
         try:

@@ -8,6 +8,7 @@ mistake is a 4xx, never a 500 or a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,6 +23,7 @@ from pgcrdr.api.bodies import BodyLimitMiddleware, json_body
 from pgcrdr.api.events import EventLogMiddleware, events_router
 from pgcrdr.api.metrics import metrics_router
 from pgcrdr.api.openapi import install_openapi
+from pgcrdr.api.replica import ReplicaHeadersMiddleware
 from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
 from pgcrdr.api.tokens import tokens_router
 from pgcrdr.config import Settings
@@ -73,8 +75,10 @@ class Context:
 
 def create_app(
     settings: Settings, store: Store, wake: Any = lambda: None, reconcile_now: Any = lambda project, name: None,
-    endpoints_enabled: bool = False, lag: LagHistory | None = None,
+    endpoints_enabled: bool = False, lag: LagHistory | None = None, leader: Callable[[], str] | None = None,
 ) -> FastAPI:
+    """``leader``: the name of the control-plane replica that leads (several replicas on etcd),
+    sent with every answer as ``X-Pgcrdr-Leader`` beside this replica's ``X-Pgcrdr-Replica``."""
     manager = ServiceManager(store, settings)
     ctx = Context(settings, store, manager, wake)
     app = FastAPI(
@@ -91,6 +95,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, error_body=error_body)
     # Every mutating /v1 request goes to the project's event log (outermost: refusals included).
     app.add_middleware(EventLogMiddleware, store=store)
+    if leader is not None:
+        app.add_middleware(ReplicaHeadersMiddleware, replica=settings.control_host, leader=leader)
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:

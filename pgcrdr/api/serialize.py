@@ -29,6 +29,14 @@ def _uri(user: str, password: str, host: str, port: int, db: str = DEFAULT_DB) -
     return f"postgres://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{db}?sslmode=require"
 
 
+def multi_host_uri(user: str, password: str, hosts: tuple[str, ...], port: int, db: str = DEFAULT_DB) -> str:
+    """One URI over the same port of several hosts, for libpq and psycopg: they try each host in
+    turn and keep the first that takes writes (``target_session_attrs=read-write``)."""
+    where = ",".join(f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts)
+    return (f"postgres://{quote(user, safe='')}:{quote(password, safe='')}@{where}/{db}"
+            "?sslmode=require&target_session_attrs=read-write")
+
+
 def _params(user: str, password: str, host: str, port: int) -> dict[str, str]:
     return {
         "dbname": DEFAULT_DB,
@@ -127,6 +135,9 @@ def service_json(svc: ServiceRecord, project: ProjectRecord, settings: Settings,
             "pg_standby": [replica_uri] if plan.node_count > 1 or svc.dr_role is not None else [],
             "pg_syncing": [],
             **({"pgbouncer": [_uri(admin.username, admin.password, host, pooled_port)]} if pooled_port else {}),
+            # pgcrdr extension: several control-plane replicas each serve the Service URI
+            **({"pg_multihost": [multi_host_uri(admin.username, admin.password, settings.control_addresses, port)]}
+               if pooled_port and len(settings.control_addresses) > 1 else {}),
         },
         "components": components,
         "users": [{"username": u.username, "password": u.password, "type": u.type} for u in svc.users],

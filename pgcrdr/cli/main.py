@@ -22,8 +22,10 @@ from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import DEFAULT_HOME, RegionConfig, Settings
 from pgcrdr.controlplane.store import StoreError, StoreSettingsError
 from pgcrdr.platform import (
+    STORE_MEMBER_PID,
     Platform,
     agent_token_file,
+    api_answer,
     api_healthy,
     create_token,
     initialize,
@@ -169,9 +171,25 @@ def down(home: str | None, port_offset: int | None) -> None:
 @home_opt
 @offset_opt
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
-    """API URL, token, and the health of the control plane and every region."""
-    settings = _settings(home, port_offset)
+@click.option("--topology", default=None, type=click.Path(dir_okay=False),
+              help="A deployment's topology file: the control plane of --control-host, with --secrets.")
+@click.option("--control-host", default=None, help="With --topology: this host's name (default: the first).")
+@click.option("--secrets", default=None, type=click.Path(file_okay=False),
+              help="With --topology: the control plane's secrets (default: <home>/secrets).")
+def status(home: str | None, port_offset: int | None, as_json: bool, topology: str | None,
+           control_host: str | None, secrets: str | None) -> None:
+    """API URL, token, the replica that answered and the one that leads, and the health of every
+    region."""
+    if topology is None:
+        settings = _settings(home, port_offset)
+    else:
+        from pgcrdr.topology import TopologyError, load_topology
+
+        try:
+            settings = Settings.from_topology(load_topology(topology), home=home, control_host=control_host,
+                                              secrets=secrets)
+        except (TopologyError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
     token = token_file(settings).read_text().strip() if token_file(settings).exists() else None
     regions: list[dict[str, Any]] = []
     agent_token = agent_token_file(settings).read_text().strip() if agent_token_file(settings).exists() else ""
@@ -190,7 +208,7 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
         "home": str(settings.home),
         "api_url": settings.api_url,
         "console_url": settings.api_url + "/",
-        "api_up": api_healthy(settings),
+        **api_answer(settings),
         "pid": read_pid(pid_path(settings, "pgcrdr")),
         "token": token,
         "regions": regions,
@@ -198,7 +216,8 @@ def status(home: str | None, port_offset: int | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})")
+    click.echo(f"control plane: {'up' if data['api_up'] else 'down'} at {data['api_url']} (home {data['home']})"
+               + (f"; replica {data['replica']}, leader {data['leader'] or 'none yet'}" if data["replica"] else ""))
     click.echo(f"API token:     {token or '(none yet: run pgcrdr up)'}")
     table = Table("region", "agent", "etcd", "clusters", "message")
     for row in regions:
@@ -426,19 +445,26 @@ def _lab_root(root: str | None, lab_id: str) -> Path:
 @click.option("--cloud", "clouds", multiple=True, help="Cloud name of each region host, in order (repeatable).")
 @click.option("--deploy", is_flag=True, help="Also run pgcrdr on it: the control plane inside the control host, "
                                              "an agent inside each region host (TLS, its own home each).")
+@click.option("--replicas", is_flag=True, help="A control-plane replica on each region host, over a global etcd "
+                                               "on the region hosts and a witness host w (default: one control "
+                                               "plane on the control host, on SQLite).")
 @lab_root_opt
-def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool,
+def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], deploy: bool, replicas: bool,
                root: str | None) -> None:
     """Create the lab's hosts and print its topology file (with --deploy: run pgcrdr on them)."""
     from pgcrdr.lab import LabDeployment, LabError, lab_down, lab_up, plan_lab, topology_text
 
     try:
-        the_lab = lab_up(plan_lab(lab_id, regions, subnet))
+        the_lab = lab_up(plan_lab(lab_id, regions, subnet, witness=replicas))
         names = list(clouds) or [f"lab-region-{i}" for i in range(regions)]
+        region_hosts = tuple(h.name for h in the_lab.region_hosts)
+        on_hosts: tuple[str, ...] = region_hosts if replicas else ("ctl",)
+        store_hosts: tuple[str, ...] = (*region_hosts, "w") if replicas else ()
         if not deploy:
-            click.echo(topology_text(the_lab, names))
+            click.echo(topology_text(the_lab, names, replicas=on_hosts, store_hosts=store_hosts))
             return
-        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names)
+        deployment = LabDeployment(the_lab, _lab_root(root, lab_id), names, replicas=on_hosts,
+                                   store_hosts=store_hosts)
         try:
             deployment.start()
         except Exception as exc:  # noqa: BLE001 - said in one line; the lab is removed
@@ -447,10 +473,12 @@ def lab_up_cmd(lab_id: str, regions: int, subnet: int, clouds: tuple[str, ...], 
     except LabError as exc:
         _lab_error(exc)
         return
-    ctl = deployment.settings("ctl")
+    ctl = deployment.replica_settings(deployment.replicas[0])
     click.echo(f"lab {lab_id} is up; pgcrdr runs on it (homes under {deployment.root})")
     click.echo(f"  topology:  {deployment.topology_path}")
-    click.echo(f"  API URL:   {ctl.api_url}   (reachable from inside the control host only)")
+    for host in deployment.replicas:
+        click.echo(f"  API URL:   {deployment.replica_settings(host).api_url}   (replica on {host}; reachable from "
+                   "inside the lab's hosts only)")
     click.echo(f"  API token: in {ctl.control_dir / 'api-token'}")
     click.echo(f"  Try:       ip netns exec {the_lab.host('ctl').netns} avn --url {ctl.api_url} "
                f"--auth-token \"$(cat {ctl.control_dir / 'api-token'})\" project list")
@@ -577,6 +605,35 @@ def agent_cmd(region_name: str, topology: str, home: str | None, secrets: str | 
         argv += ["--token-file", token_file]
     env = {**os.environ, **({"PGCRDR_HOME": home} if home else {})}
     os.execve(sys.executable, argv, env)
+
+
+@main.command("store-member")
+@click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
+@click.option("--name", "member_name", required=True, help="This member's name in [[control.store_members]].")
+@home_opt
+def store_member_cmd(topology: str, member_name: str, home: str | None) -> None:
+    """Run one member of the global etcd (the control plane's state) on this host, in the
+    foreground: etcd on the member's address and ports, its data under <home>/store/<name>; its
+    PID is recorded in the home, so `pgcrdr down` stops it."""
+    from pgcrdr.controlplane.store.member import member_argv, member_data_dir
+    from pgcrdr.topology import TopologyError, load_topology
+
+    try:
+        topo = load_topology(topology)
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from None
+    member = topo.store_member(member_name)
+    if member is None:
+        names = ", ".join(m.name for m in topo.store_members) or "none: add [[control.store_members]]"
+        raise click.ClickException(f"{topology}: no store member {member_name!r} (members: {names})")
+    settings = Settings.from_env(home=home)
+    data_dir = member_data_dir(settings.home, member)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    # exec keeps this PID: the recorded one is etcd's
+    pid_path(settings, STORE_MEMBER_PID).write_text(str(os.getpid()))
+    argv = member_argv(topo, member, data_dir)
+    os.execv(argv[0], argv)
 
 
 @main.command("controlplane")

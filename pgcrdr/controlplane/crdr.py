@@ -302,6 +302,8 @@ def parse_automatic_failover(value: object) -> AutomaticFailover:
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not 1 <= grace <= 86400:
         raise Refused(400, "automatic_failover.grace_seconds must be a number of seconds from 1 to 86400")
     bound = value.get("max_data_loss_bytes", AutomaticFailover().max_data_loss_bytes)
+    if isinstance(bound, float) and bound.is_integer():
+        bound = int(bound)  # JSON's 230.0 is the integer 230 (as JSON Schema says)
     if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= 2 ** 40:
         raise Refused(400, "automatic_failover.max_data_loss_bytes must be a whole number of bytes from 0 to 2^40")
     return AutomaticFailover(enabled=value["enabled"], grace_seconds=float(grace), max_data_loss_bytes=bound)

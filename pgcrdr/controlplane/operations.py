@@ -49,7 +49,7 @@ from pgcrdr.controlplane.steps import (
     classify,
     decide_on_error,
 )
-from pgcrdr.controlplane.store import Store, Tx
+from pgcrdr.controlplane.store import Store, StoreFenced, Tx
 from pgcrdr.endpoint.models import EndpointError, PauseTimeout
 
 log = logging.getLogger("pgcrdr.operations")
@@ -96,8 +96,10 @@ class OperationRunner:
     def __init__(self, store: Store, agents: dict[str, AgentClient], endpoints: Endpoints | None,
                  endpoint_name: Callable[[ServiceRecord], str], pause_deadline_s: float = 5.0,
                  retry_bound_s: float = 30.0, lease_holder: Callable[[str], dict[str, Any] | None] | None = None,
-                 writer_lease_ttl_s: float = 10.0):
+                 writer_lease_ttl_s: float = 10.0, leading: Callable[[], bool] = lambda: True):
+        """``leading``: whether this replica leads now; when it stops leading, no step starts."""
         self.store = store
+        self.leading = leading
         # Who holds a region's writer lease (pgcrdr.writer_lease); None: the deployment has no
         # writer leases (the embedded default, whose store is SQLite).
         self.lease_holder = lease_holder
@@ -117,6 +119,8 @@ class OperationRunner:
     def advance_all(self, parallel: bool = True) -> None:
         """Give every running operation a turn: in a thread of its own (``parallel``), or one
         after the other in this thread (tests)."""
+        if not self.leading():
+            return
         for op in self.store.running_operations():
             if time.monotonic() < self._not_before.get(op.operation_id, 0.0):
                 continue  # backing off after a fault
@@ -169,6 +173,8 @@ class OperationRunner:
         try:
             said = self.advance(op)
             log.debug("%s", said)
+        except StoreFenced as exc:
+            log.warning("%s %s: %s", op.kind, op.operation_id, exc)
         except Exception:  # one broken operation must not stop the others; it is logged
             log.exception("operation %s (%s) crashed a step", op.operation_id, op.kind)
             self._not_before[op.operation_id] = time.monotonic() + 1.0
@@ -184,6 +190,8 @@ class OperationRunner:
     def advance(self, op: OperationRecord) -> str:
         """Run steps until one has to wait or the operation ends; returns a sentence."""
         while True:
+            if not self.leading():
+                return f"{op.kind} {op.operation_id}: this replica no longer leads; the leader goes on from here"
             stored = self.store.get_operation(op.operation_id)
             if stored is None or stored.state != "running":
                 return f"{op.kind} {op.operation_id} ended meanwhile ({stored.state if stored else 'deleted'})"
@@ -209,6 +217,8 @@ class OperationRunner:
                 step.detail = str(w)
                 self.store.put_operation(op)
                 return f"{op.kind}: {step.name} waiting: {w}"
+            except StoreFenced:
+                raise  # deposed: nothing is recorded, the new leader runs this step again
             except Exception as exc:  # typed below: every fault has a decided end
                 said = self._on_error(op, step, exc)
                 if said is None:

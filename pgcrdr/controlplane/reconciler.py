@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -31,7 +32,7 @@ from pgcrdr.controlplane.lag import LagHistory
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.records import OperationRecord, ServiceRecord
 from pgcrdr.controlplane.services import now_rfc3339
-from pgcrdr.controlplane.store import Store, Tx
+from pgcrdr.controlplane.store import Store, StoreFenced, Tx
 from pgcrdr.writer_lease import lease_reader
 
 log = logging.getLogger("pgcrdr.reconciler")
@@ -81,8 +82,11 @@ def start_repair(store: Store, primary: ServiceRecord, peer: ServiceRecord, why:
 
 class Reconciler:
     def __init__(self, store: Store, settings: Settings, agent_token: str, interval: float = 1.0,
-                 endpoints: Any = None):
+                 endpoints: Any = None, leading: Callable[[], bool] = lambda: True):
+        """``leading``: whether this replica leads now (pgcrdr.controlplane.leader); a replica
+        that does not lead only points its own Service URI endpoints at the recorded writers."""
         self.store = store
+        self.leading = leading
         self.settings = settings
         self.interval = interval
         # Drills and tests may make a region's agent look frozen, slow or failing from here
@@ -95,7 +99,7 @@ class Reconciler:
         self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
                                       pause_deadline_s=settings.pause_deadline_s,
                                       retry_bound_s=settings.retry_bound_s, lease_holder=lease_reader(settings),
-                                      writer_lease_ttl_s=settings.writer_lease_ttl_s)
+                                      writer_lease_ttl_s=settings.writer_lease_ttl_s, leading=leading)
         self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -137,6 +141,8 @@ class Reconciler:
         while not self._stop.is_set():
             try:
                 self.tick()
+            except StoreFenced as exc:
+                log.warning("reconciler tick stopped: %s", exc)
             except Exception:  # a bug in one tick must not stop the loop; it is logged
                 log.exception("reconciler tick failed")
             self._wake.wait(self._next_wait())
@@ -162,6 +168,8 @@ class Reconciler:
 
     def reconcile_now(self, project: str, name: str) -> None:
         """Push one service's change at once (so a create answers with its endpoints)."""
+        if not self.leading():
+            return  # the leader's next tick does it
         svc = self.store.get_service(project, name)
         if svc is not None:
             try:
@@ -170,6 +178,9 @@ class Reconciler:
                 log.exception("immediate reconcile of %s/%s failed", project, name)
 
     def tick(self) -> None:
+        if not self.leading():
+            self.follow()
+            return
         if self._first_tick:
             self._first_tick = False
             self.recover_pauses()
@@ -184,6 +195,15 @@ class Reconciler:
             self.ensure_endpoints(owned_by_operations(self.store.running_operations()))
         self.check_writers()
         self.check_automatic_failover()
+        self.lag.sample(self.store.list_services(), time.time())
+
+    def follow(self) -> None:
+        """A replica that does not lead: its own Service URI endpoints follow the writers the
+        leader records; nothing else is done (no region is called, nothing is written)."""
+        self._first_tick = True  # when it leads again, pauses left by a dead leader are recovered first
+        if self.endpoints is not None:
+            self.resume_orphaned_pauses()
+            self.ensure_endpoints(owned_by_operations(self.store.running_operations()))
         self.lag.sample(self.store.list_services(), time.time())
 
     def observe_all(self, busy: set[tuple[str, str]]) -> None:

@@ -356,13 +356,14 @@ class ServiceManager:
             raise Refused(409, "No free ports left for a new Service URI; terminate unused services") from None
 
     def _server_cert(self, proj: ProjectRecord, name: str, cloud: str) -> CertPair:
-        """The nodes' certificate: valid for the Service URI's address (the control host's: its
-        endpoints pass TLS through) and for the region host's (replication and failback copies
-        from another region reach the nodes there), so clients can verify it with the project CA."""
+        """The nodes' certificate: valid for the Service URI's addresses (every control host's:
+        each replica's endpoints pass TLS through) and for the region host's (replication and
+        failback copies from another region reach the nodes there), so clients can verify it with
+        the project CA."""
         ca = CertPair(proj.ca_cert_pem, proj.ca_key_pem)
         region = self.settings.region(cloud)
         host = region.host if region is not None else None
-        addresses = [self.settings.host] + ([host] if host and host != self.settings.host else [])
+        addresses = list(dict.fromkeys(a for a in (self.settings.host, *self.settings.control_addresses, host) if a))
         return issue_server_cert(ca, [*addresses, "localhost", f"{name}-{proj.name}.pgcrdr.local"])
 
     def update_service(self, project: str, name: str, body: dict[str, Any]) -> ServiceRecord:

@@ -35,7 +35,7 @@ TTL_S = 6  # short, so the test waits little; the default is 10
 @pytest.fixture(scope="module")
 def lab():
     with lab_platform([PRI_CLOUD, REC_CLOUD], lab_id=f"w{os.getpid() % 10000}", subnet=50 + os.getpid() % 50,
-                      store_on_ctl=True, extra_env={"PGCRDR_WRITER_LEASE_TTL": str(TTL_S)}) as p:
+                      store_hosts=("ctl",), extra_env={"PGCRDR_WRITER_LEASE_TTL": str(TTL_S)}) as p:
         yield p
 
 

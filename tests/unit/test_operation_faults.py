@@ -494,3 +494,31 @@ def test_failover_changes_nothing_while_the_primary_region_keeps_its_writer_leas
     assert op["state"] == "failed" and "writer lease" in op["message"] and "nothing was changed" in op["message"]
     a, b = rig.store.get_service("pgcrdr", "pg-a"), rig.store.get_service("pgcrdr", "pg-b")
     assert (a.dr_role, b.dr_role) == ("active", "passive") and not rig.world.clusters[rig.b].writer
+
+
+def test_a_deposed_leader_stops_at_the_next_step_and_the_next_leader_completes_the_move(api):
+    """Control-plane replicas: the leader's lease runs out right after ``demote``; it takes no
+    further step, and the replica that leads next resumes the switchover from its persisted steps."""
+    rig = Rig(api)
+    old_leads = [True]
+    rig.runner.leading = lambda: old_leads[0]
+    demote = rig.runner.step_demote
+
+    def demote_then_lose_the_lease(op):  # noqa: ANN001, ANN202
+        said = demote(op)
+        old_leads[0] = False
+        return said
+
+    rig.runner.step_demote = demote_then_lose_the_lease  # type: ignore[method-assign]
+    rig.request("pg-b", "active")
+    rig.runner.advance_all(parallel=False)
+    op = rig.store.running_operations()[0]
+    states = {s.name: s.state for s in op.steps}
+    assert states["demote"] == "done" and states["confirm_lsn"] == "pending", states
+    rig.runner.advance_all(parallel=False)  # deposed: nothing more
+    assert {s.name: s.state for s in rig.store.running_operations()[0].steps} == states
+    rig.runner = OperationRunner(rig.store, rig.agents, rig.endpoints, lambda svc: "ep",  # type: ignore[arg-type]
+                                 pause_deadline_s=PAUSE_DEADLINE, retry_bound_s=RETRY_BOUND)
+    done = rig.drive()
+    assert done["state"] == "done", done["message"]
+    assert rig.assert_one_writer(done) == rig.b

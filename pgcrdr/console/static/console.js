@@ -53,6 +53,7 @@ async function api(method, path, body, opts) {
   } catch (e) {
     throw new ApiError(0, "The control plane cannot be reached (" + e.message + "); retrying");
   }
+  showReplica(resp);
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
@@ -64,6 +65,17 @@ async function api(method, path, body, opts) {
     throw new ApiError(resp.status, resp.status >= 500 ? "Server error: " + message : message);
   }
   return data;
+}
+
+// Several control-plane replicas: which one answered, and which one leads (response headers).
+function showReplica(resp) {
+  const el = document.getElementById("replica");
+  const replica = resp.headers.get("X-Pgcrdr-Replica");
+  if (!el || !replica) return;
+  const leader = resp.headers.get("X-Pgcrdr-Leader");
+  el.textContent = replica === leader ? "replica " + replica + " (leader)"
+    : "replica " + replica + ", leader " + (leader || "being elected");
+  el.hidden = false;
 }
 
 function fmtBytes(n) {

@@ -13,6 +13,7 @@ from pgcrdr.controlplane.store.base import (
     Store,
     StoreConflict,
     StoreError,
+    StoreFenced,
     StoreUnavailable,
     TokenRow,
     Tx,
@@ -22,21 +23,22 @@ from pgcrdr.controlplane.store.base import (
     rfc3339,
     verify_password,
 )
-from pgcrdr.controlplane.store.etcd import EtcdStore
+from pgcrdr.controlplane.store.etcd import EtcdStore, Fence
 from pgcrdr.controlplane.store.settings import StoreSettings, StoreSettingsError
 from pgcrdr.controlplane.store.sqlite import SQLiteStore
 
 __all__ = [
     "EVENTS_KEPT_PER_PROJECT", "SYSTEM_ACTOR", "TOKEN_PREFIX_CHARS", "EtcdStore", "EventRow", "SQLiteStore",
-    "Store", "StoreConflict", "StoreError", "StoreSettings", "StoreSettingsError", "StoreUnavailable", "TokenRow",
-    "Tx", "hash_password", "hash_token", "open_store", "parse_rfc3339", "rfc3339", "verify_password",
+    "Store", "StoreConflict", "StoreError", "StoreFenced", "StoreSettings", "StoreSettingsError", "StoreUnavailable",
+    "TokenRow", "Tx", "hash_password", "hash_token", "open_store", "parse_rfc3339", "rfc3339", "verify_password",
 ]
 
 
-def open_store(settings: Settings, store: StoreSettings | None = None) -> Store:
+def open_store(settings: Settings, store: StoreSettings | None = None, fence: Fence | None = None) -> Store:
     """The store ``store`` names (default: from the environment, else the deployment's topology,
-    see ``store.settings``): etcd, or SQLite in the control plane's home."""
+    see ``store.settings``): etcd, or SQLite in the control plane's home. ``fence``: a leader's
+    store on etcd, whose writes are made only while it leads (SQLite has one replica)."""
     chosen = store if store is not None else StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
     if chosen.backend == "etcd":
-        return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix)
+        return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix, fence=fence)
     return SQLiteStore(settings.db_path)

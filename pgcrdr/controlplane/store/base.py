@@ -57,6 +57,10 @@ class StoreUnavailable(StoreError):
     """No replica of the store answered (or none could say whether a write was applied)."""
 
 
+class StoreFenced(StoreError):
+    """A leader's write refused because this replica no longer leads; nothing of it was written."""
+
+
 @dataclass(frozen=True)
 class TokenRow:
     """An API token as stored: never the token itself, only its hash and its prefix."""

@@ -46,6 +46,7 @@ from pgcrdr.controlplane.store.base import (
     Store,
     StoreConflict,
     StoreError,
+    StoreFenced,
     StoreUnavailable,
     T,
     TokenRow,
@@ -68,6 +69,11 @@ MAX_EVENT_SEQ = 10**19 - 1
 EVENT_PAGE = 256
 NOT_YET_CREATED = float("inf")  # the creation order of a key this transaction writes first
 SETTLE_FOR_S = 15.0  # how long a commit whose answer was lost is asked about (a leader election)
+
+# A leader's store: (the leader key, the revision it had when this replica won), None when the
+# replica does not lead (pgcrdr.controlplane.leader.LeaderElection.fence).
+Fence = Callable[[], tuple[str, int] | None]
+NOT_LEADING = "this control-plane replica no longer leads: its write was not made (the leader makes it)"
 
 
 class _Compacted(Exception):
@@ -94,8 +100,9 @@ def _put_op(key: str, value: str) -> dict[str, Any]:
 
 
 class EtcdTx(Tx):
-    def __init__(self, gateway: EtcdGateway, prefix: str, marker: CommitMarker):
+    def __init__(self, gateway: EtcdGateway, prefix: str, marker: CommitMarker, fence: Fence | None = None):
         self._gw = gateway
+        self._fence = fence
         self._prefix = prefix
         self._marker = marker
         self._revision: int | None = None  # the snapshot: the revision of the first read
@@ -178,6 +185,9 @@ class EtcdTx(Tx):
         compare += [{"key": b64(start), "range_end": b64(end), "target": "MOD", "result": "LESS",
                      "mod_revision": (self._revision or 0) + 1} for start, end in sorted(self._ranges)]
         compare.append(_unchanged(marker.key, marker.mod_revision))
+        guard = self._guard()
+        if guard is not None:
+            compare.append(_unchanged(*guard))  # fencing: applied only while this replica leads
         success = [_put_op(key, value) if value is not None else {"request_delete_range": {"key": b64(key)}}
                    for key, value in self._writes.items()]
         success += [{"request_delete_range": {"key": b64(start), "range_end": b64(end)}} for start, end in self._pruned]
@@ -192,7 +202,20 @@ class EtcdTx(Tx):
             return self._settle(this_commit, exc)
         if succeeded:
             marker.mod_revision = revision
+        elif guard is not None:
+            kvs, _, _ = self._gw.range(guard[0])
+            if not kvs or kvs[0].mod_revision != guard[1]:
+                raise StoreFenced(NOT_LEADING)
         return succeeded
+
+    def _guard(self) -> tuple[str, int] | None:
+        """The leader key's compare of a leader's store (None: the store is not a leader's)."""
+        if self._fence is None:
+            return None
+        guard = self._fence()
+        if guard is None:
+            raise StoreFenced(NOT_LEADING)
+        return guard
 
     def _settle(self, this_commit: str, lost: EtcdUnreachable) -> bool:
         """Whether the commit whose answer was ``lost`` was applied; if it was not, it never will be."""
@@ -353,8 +376,11 @@ class EtcdTx(Tx):
 class EtcdStore(Store):
     """The store on an etcd v3 cluster, reached at any of ``endpoints`` (``http://host:port``)."""
 
-    def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, attempts: int = TX_ATTEMPTS):
+    def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, attempts: int = TX_ATTEMPTS,
+                 fence: Fence | None = None):
+        """``fence``: this store is a leader's; every commit is made only while it leads."""
         super().__init__()
+        self.fence = fence
         if not (prefix.startswith("/") and prefix.endswith("/")):
             raise ValueError(f"the etcd key prefix must start and end with '/', not {prefix!r}")
         self.prefix = prefix
@@ -390,7 +416,7 @@ class EtcdStore(Store):
 
     def _run(self, fn: Callable[[Tx], T], writable: bool) -> T:
         for attempt in range(self.attempts):
-            tx = EtcdTx(self._gw, self.prefix, self._marker())
+            tx = EtcdTx(self._gw, self.prefix, self._marker(), self.fence)
             try:
                 out = fn(tx)
                 if not writable and tx.wrote:
