@@ -180,6 +180,18 @@ def restorable_backup(backups: list[BackupInfo], timeline: int, fork_lsn: str) -
     return ok[-1] if ok else None
 
 
+def backup_before(backups: list[BackupInfo], target: datetime) -> BackupInfo | None:
+    """The newest backup consistent before ``target`` (it ended before it): where a restore to
+    that time starts. Pure."""
+    ok = [b for b in backups if not b.error and datetime.fromisoformat(b.stop_time) <= target]
+    return ok[-1] if ok else None
+
+
+def recovery_target(target: datetime) -> str:
+    """``target`` as PostgreSQL's recovery_target_time reads it (pgBackRest's --target)."""
+    return target.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
 _PERCENT = re.compile(r"\((?:[\d.]+\s*[KMGT]?B,\s*)?(\d+(?:\.\d+)?)%\)")
 
 

@@ -83,6 +83,8 @@ class ClusterObs:
     held_reason: str | None = None  # why it is held, when not for that (the writer lease was lost)
     dcs_synced: bool = True  # the DCS config (standby_cluster, slots) matches the spec
     dcs_error: str | None = None
+    # A fork (spec.restore_from) whose first node's data is still being restored from backups.
+    restoring: bool = False
 
     def node(self, index: int) -> NodeObs:
         for n in self.nodes:
@@ -196,12 +198,20 @@ def decide(obs: ClusterObs) -> Decision:
         # The line that keeps a standby cluster from ever starting as a writer: no Patroni is
         # started before the DCS says standby_cluster (bootstrap.dcs only applies to new scopes).
         why.append("waiting for the DCS config to match the spec before starting Patroni")
+    if obs.restoring and spec.restore_from is not None:
+        why.append(f"waiting for the restore from the backups of {spec.restore_from.stanza}")
+    # A fork's empty nodes wait for a leader to clone from: started before the restored node had
+    # claimed the scope, one would initdb a new, empty cluster.
+    wait_for_leader = spec.restore_from is not None and obs.leader is None
     for n in obs.wanted:
         if n.held(now):
             why.append(f"{n.name} held down by a kill drill")
             continue
         if not n.patroni_running:
-            if not obs.etcd_healthy or not obs.dcs_synced:
+            if not obs.etcd_healthy or not obs.dcs_synced or obs.restoring:
+                continue
+            if wait_for_leader and not n.has_data:
+                why.append(f"{n.name} waits for the restored node to lead")
                 continue
             wait = restart_backoff(n.failures)
             if n.last_start is not None and now - n.last_start < wait:

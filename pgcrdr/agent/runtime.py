@@ -42,7 +42,7 @@ from pgcrdr.agent.clusters import ClusterRegistry, ClusterRuntime, persist_spec
 from pgcrdr.agent.crdr import Crdr, load_crdr_results
 from pgcrdr.agent.errors import Conflict, NotFound
 from pgcrdr.agent.layout import RegionLayout, node_index, node_name
-from pgcrdr.agent.rebuild import Rebuilds, load_rebuild
+from pgcrdr.agent.rebuild import FORK_REQUEST, Rebuilds, fork_pending, load_rebuild
 from pgcrdr.agent.region_etcd import RegionEtcd
 from pgcrdr.agentapi.models import (
     BackupStatus,
@@ -386,6 +386,8 @@ class RegionRuntime:
         self._write_tls(c)
         if not c.held and self.etcd.healthy:
             self.crdr.sync_dcs(c)
+        if not c.held and spec.powered:
+            self.rebuilds.ensure_fork(c)
         obs = self._observe(c)
         decision = decide(obs)
         if decision.reason != c.last_reason:
@@ -419,6 +421,8 @@ class RegionRuntime:
             update["nodes"] = [n.model_copy(update={"progress": [*n.progress, backup]}) if n.name == status.lsn.node
                                else n for n in status.nodes]
         rb = c.rebuild
+        if rb is not None and rb.request_id == FORK_REQUEST and rb.state == "failed" and fork_pending(c):
+            update["message"] = rb.message
         if rb is not None and rb.state == "running":
             phases: list[RebuildPhase] = ["prepare", "basebackup", "stream", "finalize"]
             at = phases.index(rb.phase)
@@ -492,6 +496,7 @@ class RegionRuntime:
             proxy_running=proxy_running, proxy_config_changed=proxy_changed, ensured=c.ensured,
             ensure_error=c.ensure_error, action_error=c.action_error,
             held=c.held, held_reason=c.held_reason, dcs_synced=c.dcs_synced, dcs_error=c.dcs_error,
+            restoring=fork_pending(c),
         )
         leader = obs.leader
         verified_leader = None

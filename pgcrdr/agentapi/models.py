@@ -63,6 +63,16 @@ class BackupPolicy(BaseModel):
     archive_timeout_s: int = Field(default=60, ge=5, le=3600)
 
 
+class RestoreSource(BaseModel):
+    """Create the cluster from another cluster's backups in this region's repository (a fork):
+    its newest backup taken before ``target_time``, then its archived WAL up to that time, then
+    the cluster is promoted on a timeline of its own. Only at creation: once the first node's
+    data is restored, the cluster is an ordinary one."""
+
+    stanza: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="the source cluster (its stanza)")
+    target_time: str  # RFC 3339; the control plane has checked it against the source's backups
+
+
 class ClusterSpec(BaseModel):
     """What one PostgreSQL service should look like in one region."""
 
@@ -89,6 +99,7 @@ class ClusterSpec(BaseModel):
     # "on" with 2 nodes, "quorum" with 3, one synchronous standby). False forces asynchronous
     # replication (benchmarks). Replication to the other region is always asynchronous.
     sync_replication: bool = True
+    restore_from: RestoreSource | None = None  # a fork: the data comes from another cluster's backups
 
 
 class ProgressUpdate(BaseModel):

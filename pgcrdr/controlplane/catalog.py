@@ -51,6 +51,18 @@ PG_USER_CONFIG_SCHEMA: dict = {
             "description": "Allowed client networks (informational on local regions)",
         },
         "admin_username": {"type": "string", "title": "Custom username for the admin role"},
+        "service_to_fork_from": {
+            "type": "string", "title": "Name of another service to fork from",
+            "description": "Creates the service from that service's backups (at creation only)",
+        },
+        "project_to_fork_from": {
+            "type": "string", "title": "Name of another project to fork a service from",
+            "description": "With service_to_fork_from, when the source is in another project",
+        },
+        "recovery_target_time": {
+            "type": "string", "title": "Recovery target time when forking a service",
+            "description": "RFC 3339; from the end of the source's oldest backup to now (default: now)",
+        },
         "pg": {
             "type": "object",
             "title": "postgresql.conf settings",

@@ -9,7 +9,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pgcrdr.agentapi.models import BackupPolicy, ClusterSpec, ClusterStatus, DbUser, StandbySource, TLSMaterial
+from pgcrdr.agentapi.models import (
+    BackupPolicy,
+    ClusterSpec,
+    ClusterStatus,
+    DbUser,
+    RestoreSource,
+    StandbySource,
+    TLSMaterial,
+)
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.lag import lsn_int
 from pgcrdr.controlplane.records import AutomaticFailover, ProjectRecord, ServiceRecord, ServiceState
@@ -53,6 +61,7 @@ def cluster_spec(svc: ServiceRecord, project: ProjectRecord, standby_of: Standby
         standby_of=standby_of,
         permanent_slots=list(svc.permanent_slots),
         backup=backup_policy(svc.plan),
+        restore_from=RestoreSource(stanza=svc.fork.cluster, target_time=svc.fork.target_time) if svc.fork else None,
         # PGCRDR_SYNC_REPLICATION=off forces in-region replication asynchronous (benchmarks)
         sync_replication=os.environ.get("PGCRDR_SYNC_REPLICATION", "on").lower() not in ("off", "0", "false", "no"),
     )

@@ -38,6 +38,16 @@ class AutomaticFailover(BaseModel):
     max_data_loss_bytes: int = 16 * 1024 * 1024
 
 
+class ForkSource(BaseModel):
+    """Where a fork's data comes from (pgcrdr.controlplane.forks); sent to the region agent, which
+    restores it once."""
+
+    project: str
+    service: str
+    cluster: str  # the source's cluster id: its stanza in its region's repository
+    target_time: str  # RFC 3339, UTC
+
+
 class ServiceRecord(BaseModel):
     project: str
     name: str
@@ -81,6 +91,7 @@ class ServiceRecord(BaseModel):
     status: ClusterStatus | None = None
     status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
     automatic_failover: AutomaticFailover | None = None  # on a pair's primary (pgcrdr extension)
+    fork: ForkSource | None = None  # created from another service's backups
 
     @property
     def primary_user(self) -> ServiceUser:

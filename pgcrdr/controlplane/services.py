@@ -15,7 +15,9 @@ from typing import Any
 from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import DEFAULT_PG_VERSION, PG_VERSIONS, PLANS, SERVICE_TYPES
 from pgcrdr.controlplane.errors import Refused, clip, clip_repr, not_found_project, not_found_service
-from pgcrdr.controlplane.records import ProjectRecord, ServiceRecord, ServiceUser
+from pgcrdr.agentapi.times import format_time
+from pgcrdr.controlplane.forks import FORK_KEYS, fork_target_time
+from pgcrdr.controlplane.records import ForkSource, ProjectRecord, ServiceRecord, ServiceUser
 from pgcrdr.controlplane.store import Store, Tx
 from pgcrdr.endpoint.render import allocate_ports
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
@@ -76,6 +78,9 @@ def _check_user_config(uc: Any) -> dict:
         isinstance(uc["ip_filter"], list) and all(isinstance(x, str) for x in uc["ip_filter"])
     ):
         raise Refused(400, "Invalid user_config: ip_filter must be a list of strings")
+    for key in ("service_to_fork_from", "project_to_fork_from"):
+        if key in uc and not isinstance(uc[key], str):
+            raise Refused(400, f"Invalid user_config: {key} must be a string (a name)")
     if "admin_username" in uc:
         name = uc["admin_username"]
         if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name) or name in RESERVED_ROLES:
@@ -206,12 +211,20 @@ class ServiceManager:
         if not isinstance(stype, str) or stype not in SERVICE_TYPES:
             raise Refused(400, f"Unknown service type {clip_repr(stype)}; available service types: pg")
         plan = self._check_plan(body.get("plan"))
-        cloud = body.get("cloud")
-        cloud = proj.default_cloud if cloud in (None, "") else self._check_cloud(cloud)
         user_config = _check_user_config(body.get("user_config"))
-        user_config.setdefault("pg_version", DEFAULT_PG_VERSION)
+        fork_src = self._fork_source_of(project, user_config)
+        cloud = body.get("cloud")
+        if cloud in (None, ""):
+            cloud = fork_src.cloud if fork_src is not None else proj.default_cloud
+        else:
+            cloud = self._check_cloud(cloud)
+        user_config.setdefault("pg_version", fork_src.user_config.get("pg_version", DEFAULT_PG_VERSION)
+                               if fork_src is not None else DEFAULT_PG_VERSION)
         maintenance = _check_maintenance(body.get("maintenance")) or {}
         dr_source = self._dr_source_of(project, body.get("service_integrations"))
+        if fork_src is not None and dr_source is not None:
+            raise Refused(400, "A fork cannot be created as a disaster recovery copy; create the fork, then its "
+                               "recovery copy (--disaster-recovery-copy-for)")
         if dr_source is not None and cloud == dr_source.cloud:
             raise Refused(
                 400,
@@ -253,6 +266,8 @@ class ServiceManager:
             endpoint_direct_port=direct,
             endpoint_pooled_port=pooled,
         )
+        if fork_src is not None:
+            svc = self._as_fork(svc, fork_src, user_config.get("recovery_target_time"))
         if dr_source is not None:
             from pgcrdr.controlplane.crdr import attach_recovery
 
@@ -260,6 +275,45 @@ class ServiceManager:
         if not self.store.add_service(svc):
             raise Refused(409, f"Service {name} already exists")
         return svc
+
+    def _fork_source_of(self, project: str, user_config: dict[str, Any]) -> ServiceRecord | None:
+        """The service named by ``service_to_fork_from`` (in ``project_to_fork_from``, default
+        this project), or None when the new service is not a fork."""
+        name = user_config.get("service_to_fork_from")
+        if name is None:
+            if "recovery_target_time" in user_config or "project_to_fork_from" in user_config:
+                raise Refused(400, "Invalid user_config: recovery_target_time and project_to_fork_from apply to a "
+                                   "fork; add service_to_fork_from=SERVICE")
+            return None
+        src_project = user_config.get("project_to_fork_from") or project
+        self.project(src_project)
+        src = self.store.get_service(src_project, name)
+        if src is None or src.deleting:
+            raise not_found_service(name)
+        return src
+
+    def _as_fork(self, svc: ServiceRecord, src: ServiceRecord, requested_time: Any) -> ServiceRecord:
+        """``svc`` made a fork of ``src``: restored from its backups to the checked time, in its
+        cloud, with its PostgreSQL version and its roles (the data holds them, passwords included)."""
+        if svc.cloud != src.cloud:
+            raise Refused(
+                400, f"A fork is created in the cloud of the service it is forked from ({src.name}: {src.cloud}): "
+                     "its backups are in that region's repository, and restoring them in another region is not "
+                     f"supported yet. Create the fork with --cloud {src.cloud} (or without --cloud), then give it "
+                     "a disaster recovery copy in another cloud if needed")
+        version = src.user_config.get("pg_version", DEFAULT_PG_VERSION)
+        if svc.user_config["pg_version"] != version:
+            raise Refused(400, f"A fork runs the PostgreSQL version of {src.name} ({version}); leave pg_version out")
+        if svc.user_config.get("admin_username", src.primary_user.username) != src.primary_user.username:
+            raise Refused(400, f"A fork has the roles of {src.name} (admin user {src.primary_user.username}); "
+                               "leave admin_username out")
+        target = fork_target_time(src, requested_time, dt.datetime.now(dt.timezone.utc))
+        fork = ForkSource(project=src.project, service=src.name, cluster=src.cluster, target_time=format_time(target))
+        return svc.model_copy(update={
+            "fork": fork, "users": [u.model_copy() for u in src.users], "databases": list(src.databases),
+            "superuser_password": src.superuser_password, "replication_password": src.replication_password,
+            "rewind_password": src.rewind_password,
+        })
 
     def _dr_source_of(self, project: str, items: Any) -> ServiceRecord | None:
         """The primary named by a ``disaster_recovery`` item of ``service_integrations``, validated."""
@@ -354,6 +408,10 @@ class ServiceManager:
             )
         if "user_config" in body:
             uc = _check_user_config(body["user_config"])  # {} or null means "no change"
+            fork_keys = [k for k in FORK_KEYS if k in uc and uc[k] != svc.user_config.get(k)]
+            if fork_keys:
+                raise Refused(400, f"Invalid user_config: {', '.join(fork_keys)} can only be set when a service is "
+                                   "created (avn service create NEW -c service_to_fork_from=...)")
             if "pg_version" in uc and uc["pg_version"] != svc.user_config.get("pg_version"):
                 raise Refused(400, "Major version upgrades are not supported yet")
             if "admin_username" in uc and uc["admin_username"] != svc.primary_user.username:

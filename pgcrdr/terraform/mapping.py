@@ -23,7 +23,8 @@ SERVER_COMPUTED = (
 )
 # Attributes the user may set and the server echoes; unset ones take the server's value.
 OPTIONAL_COMPUTED = ("cloud_name", "termination_protection", "maintenance_window_dow", "maintenance_window_time")
-USER_CONFIG_KEYS = ("pg_version", "admin_username", "ip_filter")
+USER_CONFIG_KEYS = ("pg_version", "admin_username", "ip_filter", "service_to_fork_from", "project_to_fork_from",
+                    "recovery_target_time")
 PG_SETTINGS = ("max_connections", "work_mem")
 
 

@@ -50,6 +50,12 @@ def _pg_user_config_block() -> SetNestedBlock:
         Attribute("pg_version", String(), optional=True, description="PostgreSQL major version"),
         Attribute("admin_username", String(), optional=True, description="Admin role name (at creation only)"),
         Attribute("ip_filter", List(String()), optional=True, description="Allowed client networks"),
+        Attribute("service_to_fork_from", String(), optional=True,
+                  description="Create the service from this service's backups (at creation only)"),
+        Attribute("project_to_fork_from", String(), optional=True,
+                  description="The project of service_to_fork_from, when not this one (at creation only)"),
+        Attribute("recovery_target_time", String(), optional=True,
+                  description="RFC 3339 time the fork restores to; default: now (at creation only)"),
     ], block_types=[pg], description="PostgreSQL settings (user_config)"))
     block.max_items = 1
     return block

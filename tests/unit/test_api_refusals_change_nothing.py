@@ -105,3 +105,28 @@ def test_a_refused_database_or_user_changes_neither_side_of_a_pair(pair):
                                                      "source_service": "pg-primary",
                                                      "dest_service": "pg-primary-dr"}), 409, "already exists")
     assert everything(pair) == before
+
+
+FORK_REFUSALS = [
+    ({"service_to_fork_from": "pg-nope"}, "local-europe-west1", 404, "Service pg-nope does not exist"),
+    ({"service_to_fork_from": "pg-primary", "project_to_fork_from": "nope"}, None, 404, "Project nope does not exist"),
+    ({"service_to_fork_from": "pg-primary"}, None, 409, "has no backup yet"),
+    ({"recovery_target_time": "2026-11-30T11:30:00Z"}, None, 400, "add service_to_fork_from"),
+    ({"service_to_fork_from": 5}, None, 400, "service_to_fork_from must be a string"),
+]
+
+
+@pytest.mark.parametrize("user_config,cloud,status,fragment", FORK_REFUSALS, ids=lambda x: str(x))
+def test_a_refused_fork_creates_nothing(pair, user_config, cloud, status, fragment):
+    before = everything(pair)
+    r = pair.post(f"{P}/service", json={"service_name": "pg-fork", "service_type": "pg", "plan": "startup-4",
+                                        "cloud": cloud, "user_config": user_config})
+    assert_error(r, status, fragment)
+    assert everything(pair) == before
+
+
+def test_a_service_cannot_become_a_fork_afterwards(pair):
+    before = everything(pair)
+    r = pair.put(f"{P}/service/pg-primary-dr", json={"user_config": {"service_to_fork_from": "pg-primary"}})
+    assert_error(r, 400, "can only be set when a service is created")
+    assert everything(pair) == before

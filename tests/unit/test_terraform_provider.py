@@ -53,11 +53,18 @@ def test_integration_state_has_every_schema_attribute():
 
 
 def test_user_config_block_reports_only_what_the_configuration_sets(pg_json):
-    prior = [{"pg_version": "15", "admin_username": None, "ip_filter": None,
+    prior = [{**dict.fromkeys(mapping.USER_CONFIG_KEYS), "pg_version": "15",
               "pg": [{"work_mem": 8, "max_connections": None}]}]
     st = mapping.service_state(pg_json, prior={"pg_user_config": prior})
     assert st["pg_user_config"] == prior
     assert mapping.user_config_body(prior) == {"pg_version": "15", "pg": {"work_mem": 8}}
+
+
+def test_a_fork_is_asked_for_in_pg_user_config():
+    block = [{**dict.fromkeys(mapping.USER_CONFIG_KEYS), "service_to_fork_from": "pri",
+              "recovery_target_time": "2026-11-30T11:30:00Z", "pg": []}]
+    assert mapping.user_config_body(block) == {"service_to_fork_from": "pri",
+                                               "recovery_target_time": "2026-11-30T11:30:00Z"}
 
 
 def test_create_and_update_bodies():
