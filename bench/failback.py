@@ -17,7 +17,8 @@ source, forced with the ``failback_source`` extension:
 
 Then the primary is promoted back (failback takeover) and backed up on its new timeline before
 the next run. Prints, per change and source, the median time of the restore (request to RUNNING
-passive) and the median bytes moved across regions, and their ratio to a full copy.
+passive) and the median bytes moved across regions, and their ratio to a full copy and to the WAL
+the active service wrote since the fork (the least a failback must bring over).
 
 With ``--bandwidth RATE`` (e.g. 200mbit; root) it runs on a lab of hosts instead (pgcrdr.lab:
 the control plane and each region on its own network namespace, the agents over TLS), with the
@@ -44,6 +45,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgcrdr.agentapi.client import AgentClient, AgentError  # noqa: E402
+from pgcrdr.agentapi.lsn import parse_lsn  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
 from pgcrdr.lab import cap_bandwidth  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -133,10 +135,13 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
     wait_backup_on_current_timeline(p)
     region_down(p, PRI_CLOUD)
     api_put(p, PRI, {"disaster_recovery_role": "failed"})
-    done(wait_operation(p, PROJECT, PRI, "failover", timeout=300))
+    failover = done(wait_operation(p, PROJECT, PRI, "failover", timeout=300))
     n = int(accounts * change_pct / 100)
     with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (n,))
+        # the WAL the active service wrote since the fork: what a failback has to bring over at least
+        now_lsn = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
+    wal_since_fork = parse_lsn(now_lsn) - parse_lsn(failover["details"]["switch_lsn"])
     region_up(p, PRI_CLOUD)
     if source not in ("rewind", "auto"):
         nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
@@ -162,7 +167,7 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
     done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
     if source != "auto" and op["details"]["restore"].get("source") != source:
         raise RuntimeError(f"asked for {source}, rebuilt by {op['details']['restore'].get('source')}")
-    return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0,
+    return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0, "wal_since_fork": wal_since_fork,
             "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
 
 
@@ -234,7 +239,7 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
     link = f"; cross-region link capped at {args.bandwidth} (lab)" if args.bandwidth else ""
     print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs{link}")
     print(f"{'change':>7} {'source':>13} {'time s':>8} {'vs full copy':>13} {'cross-region MiB':>17} "
-          f"{'vs full copy':>13} {'local MiB':>10}")
+          f"{'vs full copy':>13} {'vs WAL since fork':>18} {'local MiB':>10}")
     for change in changes:
         full = results.get((change, "basebackup"))
         full_bytes = statistics.median(r["cross_bytes"] for r in full) if full else None
@@ -248,9 +253,11 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
             loc = statistics.median(r["local_bytes"] for r in rs)
             ratio = f"{100 * b / full_bytes:.1f}%" if full_bytes else "-"
             t_ratio = f"{t / full_time:.2f}x" if full_time else "-"
+            wal = statistics.median(r["wal_since_fork"] for r in rs)
+            w_ratio = f"{b / wal:.2f}x" if wal > 0 else "-"
             label = source if source != "auto" else "auto:" + "/".join(sorted({r["source"] for r in rs}))
             print(f"{change:>6g}% {label:>13} {t:>8.1f} {t_ratio:>13} {b / 2**20:>17.1f} {ratio:>13} "
-                  f"{loc / 2**20:>10.1f}")
+                  f"{w_ratio:>18} {loc / 2**20:>10.1f}")
 
 
 if __name__ == "__main__":
