@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgcrdr.controlplane.store.etcd_gateway import EtcdError, EtcdGateway, EtcdUnreachable
+from pgcrdr.etcdv3 import EtcdError, EtcdGateway, EtcdUnreachable
 
 if TYPE_CHECKING:
     from pgcrdr.config import Settings

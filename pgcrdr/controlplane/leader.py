@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgcrdr.config import Settings
-from pgcrdr.controlplane.store.etcd_gateway import EtcdError, EtcdGateway, EtcdUnreachable, b64
+from pgcrdr.etcdv3 import EtcdError, EtcdGateway, EtcdUnreachable, b64
 
 log = logging.getLogger("pgcrdr.leader")
 

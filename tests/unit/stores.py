@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgcrdr.controlplane.store import EtcdStore, SQLiteStore, Store
-from pgcrdr.controlplane.store.etcd_gateway import prefix_end
+from pgcrdr.etcdv3 import prefix_end
 
 
 @pytest.fixture(name="store_backend", params=["sqlite", "etcd"])

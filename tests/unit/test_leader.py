@@ -17,7 +17,7 @@ import pytest
 from pgcrdr.controlplane.leader import LEADER_KEY, Leader, LeaderElection, read_leader
 from pgcrdr.controlplane.operations import OperationRunner
 from pgcrdr.controlplane.store import EtcdStore, StoreFenced
-from pgcrdr.controlplane.store.etcd_gateway import EtcdGateway, EtcdUnreachable
+from pgcrdr.etcdv3 import EtcdGateway, EtcdUnreachable
 from tests.unit.test_store import P, service
 
 TTL = 2

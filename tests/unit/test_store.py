@@ -20,7 +20,7 @@ from pgcrdr.controlplane.store import (
     StoreUnavailable,
     open_store,
 )
-from pgcrdr.controlplane.store.etcd_gateway import EtcdUnreachable, prefix_end
+from pgcrdr.etcdv3 import EtcdUnreachable, prefix_end
 from pgcrdr.topology import TopologyError, parse_topology
 from tests.etcd_cluster import EtcdCluster, free_ports
 from tests.unit.stores import every_store_backend  # noqa: F401  (runs each test on both stores)
@@ -346,7 +346,7 @@ def test_leases_over_the_gateway_bind_keys_renew_and_expire(etcd_server):
     the lease is renewed and is gone once it is revoked or expires."""
     import time as _time
 
-    from pgcrdr.controlplane.store.etcd_gateway import EtcdGateway
+    from pgcrdr.etcdv3 import EtcdGateway
 
     gw = EtcdGateway(etcd_server.endpoints)
     key = f"/pgcrdr-test/{uuid.uuid4().hex}/lease"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from pgcrdr.controlplane.store.etcd_gateway import EtcdGateway
+from pgcrdr.etcdv3 import EtcdGateway
 from pgcrdr.writer_lease import WriterLease, lease_holder, margin_for
 
 

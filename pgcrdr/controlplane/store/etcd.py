@@ -54,7 +54,7 @@ from pgcrdr.controlplane.store.base import (
     prune_every,
     rfc3339,
 )
-from pgcrdr.controlplane.store.etcd_gateway import (
+from pgcrdr.etcdv3 import (
     GRPC_OUT_OF_RANGE,
     EtcdError,
     EtcdGateway,
