@@ -25,7 +25,9 @@ import uvicorn
 from pgcrdr.agentapi.client import AgentClient, AgentError
 from pgcrdr.config import RegionConfig, Settings
 from pgcrdr.controlplane.errors import Refused
-from pgcrdr.controlplane.leader import election_for
+from pgcrdr.controlplane.leader import LEADER_KEY, election_for
+from pgcrdr.controlplane.pauses import CoordinatedEndpoints, PauseBoard, PauseFollower
+from pgcrdr.etcdv3 import EtcdGateway
 from pgcrdr.controlplane.reconciler import Reconciler
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Tx, hash_password, open_store
@@ -267,10 +269,20 @@ class Platform:
         # Several replicas on one etcd: only the elected leader runs the reconciler and the
         # operations, through a store whose writes are fenced by its leader key.
         self.election = election_for(settings)
+        self.pause_follower: PauseFollower | None = None
         if self.election is not None:
             self.leader_store = open_store(settings, fence=self.election.fence)
+            # A planned move pauses the pooled Service URI of every replica (pgcrdr.controlplane.pauses).
+            gateway = self.election.gateway
+            board = PauseBoard(EtcdGateway(gateway.endpoints), self.election.key[:-len(LEADER_KEY)],
+                               fence=self.election.fence)
+            self.pause_follower = PauseFollower(board, self.endpoints, settings.control_host,
+                                                term=lambda: self.reconciler.runner.term,
+                                                ttl_s=settings.leader_ttl_s)
+            coordinated = CoordinatedEndpoints(self.endpoints, board, self.pause_follower,
+                                               term=lambda: self.reconciler.runner.term)
             self.reconciler = Reconciler(self.leader_store, settings, agent_token, endpoints=self.endpoints,
-                                         leading=self.election.leading)
+                                         leading=self.election.leading, runner_endpoints=coordinated)
             self.election.on_change = self._leadership_changed
         else:
             self.leader_store = self.store
@@ -279,6 +291,7 @@ class Platform:
 
     def _leadership_changed(self, leading: bool) -> None:
         if leading:
+            self.reconciler.runner.begin_term()  # operations of the last leader: see _guard_window
             self.reconciler.wake()  # operations a dead leader left are resumed now, not at the next tick
 
     def leader_name(self) -> str:
@@ -311,6 +324,8 @@ class Platform:
         self.server = _Server(config)
         if self.election is not None:
             self.election.start()
+        if self.pause_follower is not None:
+            self.pause_follower.start()
         self.reconciler.start()
         if on_ready is not None:
             threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
@@ -328,6 +343,8 @@ class Platform:
         if self.election is not None:
             self.election.resign()  # the next leader need not wait for the lease to expire
         self.reconciler.stop()
+        if self.pause_follower is not None:
+            self.pause_follower.stop()
         self.endpoints.stop_all()
         for proc in self.agents.values():
             if proc.poll() is None:

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -96,10 +97,15 @@ class OperationRunner:
     def __init__(self, store: Store, agents: dict[str, AgentClient], endpoints: Endpoints | None,
                  endpoint_name: Callable[[ServiceRecord], str], pause_deadline_s: float = 5.0,
                  retry_bound_s: float = 30.0, lease_holder: Callable[[str], dict[str, Any] | None] | None = None,
-                 writer_lease_ttl_s: float = 10.0, leading: Callable[[], bool] = lambda: True):
-        """``leading``: whether this replica leads now; when it stops leading, no step starts."""
+                 writer_lease_ttl_s: float = 10.0, leading: Callable[[], bool] = lambda: True,
+                 replica: str = "local"):
+        """``leading``: whether this replica leads now; when it stops leading, no step starts.
+        ``replica``: this control plane's name in its terms (``term``)."""
         self.store = store
         self.leading = leading
+        self.replica = replica
+        self.term = ""
+        self.begin_term()
         # Who holds a region's writer lease (pgcrdr.writer_lease); None: the deployment has no
         # writer leases (the embedded default, whose store is SQLite).
         self.lease_holder = lease_holder
@@ -114,6 +120,11 @@ class OperationRunner:
         self._not_before: dict[str, float] = {}  # operation id -> monotonic time of its next try
         # operation id -> when the watchdog resumed its pooler (epoch s); read by its own thread
         self._resumed_by_watchdog: dict[str, float] = {}
+
+    def begin_term(self) -> None:
+        """A new term: this process started, or this replica (again) became the leader. An
+        operation last stepped in another term had its leader lost (``_guard_window``)."""
+        self.term = f"{self.replica}/{uuid.uuid4().hex[:12]}"
 
     # --- driving --------------------------------------------------------------------------
     def advance_all(self, parallel: bool = True) -> None:
@@ -195,7 +206,9 @@ class OperationRunner:
             stored = self.store.get_operation(op.operation_id)
             if stored is None or stored.state != "running":
                 return f"{op.kind} {op.operation_id} ended meanwhile ({stored.state if stored else 'deleted'})"
-            self._guard_window(op)
+            lost = op.data.get("term") not in (None, self.term)
+            op.data["term"] = self.term  # persisted with the next write of the operation
+            self._guard_window(op, leader_lost=lost)
             step = next((s for s in op.steps if s.state in ("pending", "running")), None)
             if step is None:
                 if op.data.get("undo"):
@@ -275,9 +288,13 @@ class OperationRunner:
         return message or f"{op.kind} {state}"
 
     # --- the window in which pooled writes are held ----------------------------------------
-    def _guard_window(self, op: OperationRecord) -> None:
+    def _guard_window(self, op: OperationRecord, leader_lost: bool = False) -> None:
         """Past the pause deadline the pooler is resumed at once, whatever the step waits for;
-        a move that can still be undone is undone."""
+        a move that can still be undone is undone, unless the window ran out because the
+        control plane that held it was lost (``leader_lost``: the operation was last stepped in
+        another term): then the move goes on. Before the old writer was asked to step down it
+        pauses again (a fresh window); after, it completes without holding pooled writes
+        (their clients get errors until the target takes writes, as in a failover)."""
         left = self.window_left(op)
         if left is None or left > 0:
             return
@@ -287,6 +304,21 @@ class OperationRunner:
             log.warning("%s %s: resuming the pooler past the deadline failed: %s", op.kind, op.operation_id, exc)
             return
         step = next((s for s in op.steps if s.state in ("pending", "running")), None)
+        if (leader_lost and step is not None and step.name != "pause" and not op.data.get("undo")
+                and phase_of(op.kind, step.name) in (Phase.HELD, Phase.MOVING)):
+            op.data["leader_lost"] = op.data.get("leader_lost", 0) + 1
+            why = (f"the control plane holding the pause was lost for longer than the pause window "
+                   f"({self.pause_deadline_s:g} s)")
+            if step.name == "demote" and not op.data.get("demote_sent"):
+                pause = op.step("pause")
+                pause.state, pause.detail = "pending", f"{why}: paused again"
+                step.state = "pending"
+            else:
+                step.detail = f"{why}: the move goes on without holding pooled writes"
+                op.data["window_lost"] = step.detail
+            log.warning("%s %s: %s; the move goes on", op.kind, op.operation_id, why)
+            self.store.put_operation(op)
+            return
         if step is not None and phase_of(op.kind, step.name) in (Phase.HELD, Phase.MOVING):
             step.state, step.finished = "failed", now_rfc3339()
             step.detail = (f"pooled writes were held {self.pause_deadline_s:g} s (the pause deadline) while "
@@ -637,7 +669,10 @@ class OperationRunner:
             op.data["held_s"] = round(op.data.get("held_s", 0.0) + op.data["resumed"] - op.data["pause_started"], 4)
             op.write_pause_s = round(op.data["held_s"], 3)
             raise Unsafe(f"{exc}; {self._blocking_sessions(op)}") from None
-        return f"pooled endpoint paused in {took:.3f}s"
+        note = self._endpoint(op, "note") if hasattr(self.endpoints, "note") else ""
+        again = ("paused again (the control plane holding the first pause was lost for longer than the "
+                 "window); " if op.data.get("leader_lost") and op.data.get("pause_tries", 0) > 1 else "")
+        return f"{again}pooled endpoint paused in {took:.3f}s" + (f"; {note}" if note else "")
 
     def _blocking_sessions(self, op: OperationRecord) -> str:
         """Who held the PAUSE: the writer's sessions with a transaction open (pg_stat_activity)."""
@@ -710,6 +745,11 @@ class OperationRunner:
         self._resume_pooler(op)
         held = op.data.get("held_s") or 0.0
         op.write_pause_s = round(held, 3)
+        if op.data.get("window_lost"):
+            # no writer took pooled writes from the pause until now: that is the true write pause
+            op.write_pause_s = round(time.time() - op.data.get("t_pause", time.time()), 3)
+            return (f"pooled writes were released at the pause deadline after {held:.3f}s held; none "
+                    f"could be written for {op.write_pause_s:.3f}s ({op.data['window_lost']})")
         return f"pooled endpoint resumed; writes were held {held:.3f}s"
 
     def step_records(self, op: OperationRecord) -> str:

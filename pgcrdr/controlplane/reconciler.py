@@ -82,9 +82,12 @@ def start_repair(store: Store, primary: ServiceRecord, peer: ServiceRecord, why:
 
 class Reconciler:
     def __init__(self, store: Store, settings: Settings, agent_token: str, interval: float = 1.0,
-                 endpoints: Any = None, leading: Callable[[], bool] = lambda: True):
+                 endpoints: Any = None, leading: Callable[[], bool] = lambda: True,
+                 runner_endpoints: Any = None):
         """``leading``: whether this replica leads now (pgcrdr.controlplane.leader); a replica
-        that does not lead only points its own Service URI endpoints at the recorded writers."""
+        that does not lead only points its own Service URI endpoints at the recorded writers.
+        ``runner_endpoints``: the endpoints as operations pause, repoint and resume them (with
+        replicas, every replica's: pgcrdr.controlplane.pauses); default ``endpoints``."""
         self.store = store
         self.leading = leading
         self.settings = settings
@@ -96,10 +99,11 @@ class Reconciler:
                                                  region=r.cloud_name, verify=settings.agent_verify)
                        for r in settings.regions}
         self.endpoints = endpoints  # pgcrdr.endpoint.manager.EndpointManager, or None
-        self.runner = OperationRunner(store, self.agents, endpoints, self.endpoint_name,
-                                      pause_deadline_s=settings.pause_deadline_s,
+        self.runner = OperationRunner(store, self.agents, endpoints if runner_endpoints is None else runner_endpoints,
+                                      self.endpoint_name, pause_deadline_s=settings.pause_deadline_s,
                                       retry_bound_s=settings.retry_bound_s, lease_holder=lease_reader(settings),
-                                      writer_lease_ttl_s=settings.writer_lease_ttl_s, leading=leading)
+                                      writer_lease_ttl_s=settings.writer_lease_ttl_s, leading=leading,
+                                      replica=settings.control_host or "local")
         self.lag = LagHistory()  # replication lag over recent minutes, for the console's chart
         self._stop = threading.Event()
         self._wake = threading.Event()

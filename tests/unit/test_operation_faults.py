@@ -522,3 +522,34 @@ def test_a_deposed_leader_stops_at_the_next_step_and_the_next_leader_completes_t
     done = rig.drive()
     assert done["state"] == "done", done["message"]
     assert rig.assert_one_writer(done) == rig.b
+
+
+@pytest.mark.parametrize("lost_after", ["pause", "demote", "confirm_lsn"])
+def test_a_leader_lost_longer_than_the_pause_window_does_not_undo_the_move(api, lost_after):
+    """The leader dies right after ``lost_after`` and the next one leads only once the pause window
+    is over: before the demote it pauses again (a fresh window), after it the move completes
+    without holding pooled writes. Either way the switchover ends done, with one writer."""
+    rig = Rig(api)
+    old_leads = [True]
+    rig.runner.leading = lambda: old_leads[0]
+    step = getattr(rig.runner, f"step_{lost_after}")
+
+    def then_die(op):  # noqa: ANN001, ANN202
+        said = step(op)
+        old_leads[0] = False
+        return said
+
+    setattr(rig.runner, f"step_{lost_after}", then_die)
+    rig.request("pg-b", "active")
+    rig.runner.advance_all(parallel=False)
+    states = {s.name: s.state for s in rig.store.running_operations()[0].steps}
+    assert states[lost_after] == "done" and "pending" in states.values(), states
+    time.sleep(PAUSE_DEADLINE + 0.1)  # no leader for longer than the window
+    rig.runner = OperationRunner(rig.store, rig.agents, rig.endpoints, lambda svc: "ep",  # type: ignore[arg-type]
+                                 pause_deadline_s=PAUSE_DEADLINE, retry_bound_s=RETRY_BOUND)
+    done = rig.drive()
+    assert done["state"] == "done", (done["message"], [(s["name"], s["state"], s["detail"]) for s in done["steps"]])
+    assert rig.assert_one_writer(done) == rig.b
+    assert rig.endpoints.pauses == (2 if lost_after == "pause" else 1)
+    said = " ".join(s["detail"] or "" for s in done["steps"])
+    assert ("paused again" if lost_after == "pause" else "without holding pooled writes") in said
