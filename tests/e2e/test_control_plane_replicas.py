@@ -1,10 +1,11 @@
 """Control-plane replicas on the lab: a replica on each region host (r0, r1), a global etcd of
 three members (r0, r1 and the witness host w), a startup-4 pair made with the real avn. The leader
-is SIGKILLed right after a switchover step (its persisted state says which: the crash drill
-``PGCRDR_CRASH_AFTER``), twice in one switchover; the next leader resumes the operation from its
-persisted steps and completes it, under the acknowledged-writes checker writing through the
-multi-host URI and the two-writer probe. Then the witness host's etcd member is killed: nothing
-changes for the pair.
+is SIGKILLed right after each step of one switchover in turn (its persisted state says which: the
+crash drill ``PGCRDR_CRASH_AFTER``); each next leader resumes the operation from its persisted
+steps and the move completes, under the acknowledged-writes checker writing through the
+multi-host URI and the two-writer probe, with the default pause window. Then the witness host's
+etcd member is killed: nothing changes for the pair; a planned move holds the pooled clients of
+every replica (none sees an error); region A is cut off.
 
 The tests in this module run in order and share one deployment and one pair of services.
 """
@@ -24,6 +25,7 @@ import pytest
 
 from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.api.replica import LEADER_HEADER
+from pgcrdr.controlplane import crdr
 from pgcrdr.controlplane.services import cluster_id
 from pgcrdr.lab import heal, in_host, partition
 from pgcrdr.platform import STORE_MEMBER_PID, pid_path, read_pid
@@ -37,10 +39,14 @@ PROJECT = "pgcrdr"
 PRI, REC = "rp-primary", "rp-primary-dr"
 PRI_CLOUD, REC_CLOUD = "rp-europe", "rp-america"
 REPLICAS = ("r0", "r1")
-# A short lease keeps the test short; the pause window is longer than two leader changes, so a
-# move whose leader died after its PAUSE is completed rather than undone at its deadline.
-COMMON = {"PGCRDR_LEADER_TTL": "3", "PGCRDR_PAUSE_DEADLINE": "30"}
-CRASH = {"r0": "switchover:pause", "r1": "switchover:promote"}
+# A short lease keeps the test short; the pause window is the default (5 s): a leader lost for
+# longer than it is replaced by one that completes the move (it pauses again before the demote,
+# and goes on without holding pooled writes after it).
+COMMON = {"PGCRDR_LEADER_TTL": "3"}
+SWITCHOVER = crdr.STEPS["switchover"]
+# The leader dies after each step in turn: r0 after the first, r1 after the second, r0 (restarted)
+# after the third... A replica restarted by the test gets the step two on from the one it died after.
+CRASH = {"r0": f"switchover:{SWITCHOVER[0]}", "r1": f"switchover:{SWITCHOVER[1]}"}
 state: dict = {}
 
 
@@ -87,10 +93,16 @@ def wait_dead(p: LabPlatform, host: str, timeout: float = 120) -> float:
     return time.monotonic()
 
 
-def restart_without_drill(p: LabPlatform, host: str) -> None:
+def restart(p: LabPlatform, host: str, crash_after: str | None = None) -> None:
     assert p.deployment is not None
-    p.deployment.replica_env[host] = dict(COMMON)
+    p.deployment.replica_env[host] = {**COMMON, **({"PGCRDR_CRASH_AFTER": crash_after} if crash_after else {})}
     p.deployment.start_replica(host)
+
+
+def leads_or_died(p: LabPlatform, host: str) -> bool:
+    """The replica on ``host`` leads (its own API says so), or its crash drill already killed it."""
+    assert p.deployment is not None
+    return p.deployment.replica_pid(host) is None or leader_seen_by(p, host) == netns(p, host)
 
 
 def test_a_pair_created_with_the_real_avn_through_the_replicas(lab: LabPlatform):
@@ -142,12 +154,17 @@ def test_the_next_leader_completes_a_switchover_whose_leaders_die(lab: LabPlatfo
     try:
         wait_for("acknowledged writes through the multi-host URI", lambda: len(writer.log.ok) > 20, timeout=60)
         p.avn("service", "update", REC, "--disaster-recovery-role", "active", "--project", PROJECT)
-        r0_died = wait_dead(p, "r0")  # right after `pause` was persisted
-        r1_led = wait_leader(p, "r1", timeout=30)
-        restart_without_drill(p, "r0")
-        r1_died = wait_dead(p, "r1")  # right after `promote` was persisted
-        r0_led = wait_leader(p, "r0", timeout=60)
-        restart_without_drill(p, "r1")
+        handovers = []
+        for i, step in enumerate(SWITCHOVER):
+            host, other = REPLICAS[i % 2], REPLICAS[(i + 1) % 2]
+            died = wait_dead(p, host)  # right after `step` was persisted
+            # the other one takes over (or already ran its step and died) before this one is back,
+            # so that each step in turn is the last one of a leader
+            wait_for(f"the replica on {other} to lead after {step}", lambda o=other: leads_or_died(p, o),
+                     timeout=60, interval=0.05)
+            handovers.append((step, time.monotonic() - died))
+            nxt = SWITCHOVER[i + 2] if i + 2 < len(SWITCHOVER) else None
+            restart(p, host, f"switchover:{nxt}" if nxt else None)
         op = helpers.wait_done(p, PROJECT, REC, "switchover", timeout=120)
         assert [s["state"] for s in op["steps"]] == ["done"] * len(op["steps"]), json.dumps(op, indent=1)
         n = len(writer.log.ok)
@@ -162,9 +179,10 @@ def test_the_next_leader_completes_a_switchover_whose_leaders_die(lab: LabPlatfo
     lost = set(writer.log.ok) - stored
     assert not lost, f"{len(lost)} acknowledged writes lost"
     assert not (set(writer.log.failed) & stored)
-    print(f"\nleader lost after pause: r1 led {r1_led - r0_died:.2f} s later; after promote: r0 led "
-          f"{r0_led - r1_died:.2f} s later; writes ok {len(writer.log.ok)}, failed {len(writer.log.failed)}, "
-          f"unknown {len(writer.log.unknown)}, write pause {op.get('write_pause_s')} s")
+    print("\nthe leader killed after each switchover step; the next one led after: "
+          + ", ".join(f"{s} {t:.1f} s" for s, t in handovers)
+          + f"; writes ok {len(writer.log.ok)}, failed {len(writer.log.failed)}, unknown {len(writer.log.unknown)}, "
+          f"write pause {op.get('write_pause_s')} s; leader lost in the window {op.get('data', {}).get('leader_lost')}")
 
 
 def test_the_witness_lost_changes_nothing_for_the_pair(lab: LabPlatform):
@@ -193,6 +211,41 @@ def test_the_witness_lost_changes_nothing_for_the_pair(lab: LabPlatform):
     assert "witness" in p.avn("service", "tags", "list", PRI, "--project", PROJECT).stdout
 
 
+def test_a_planned_move_holds_the_pooled_clients_of_every_replica(lab: LabPlatform):
+    """A switchback with a pooled client on each replica's PgBouncer: the leader's PAUSE step ends
+    once the other replica has paused too (pause intents in the global etcd), so neither client
+    sees an error, and every acknowledged write is kept."""
+    p = lab
+    p.deployment.start_store_member("w")  # the witness is back (the test before killed it)
+    p.deployment.wait_store(60)
+    pri = p.service(PROJECT, PRI)
+    pooled, first = pri["connection_info"]["pgbouncer"][0], pri["service_uri_params"]["host"]
+    writers = {h: Writer(pooled.replace(f"@{first}:", f"@{p.lab.host(h).address}:"), prepare_threshold=None)
+               for h in REPLICAS}
+    for w in writers.values():
+        w.start()
+    try:
+        wait_for("pooled writes on every replica", lambda: all(len(w.log.ok) > 20 for w in writers.values()),
+                 timeout=60)
+        p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+        op = helpers.wait_done(p, PROJECT, PRI, "switchback", timeout=120)
+        n = {h: len(w.log.ok) for h, w in writers.items()}
+        wait_for("pooled writes after the move on every replica",
+                 lambda: all(len(w.log.ok) > n[h] + 20 for h, w in writers.items()), timeout=60)
+    finally:
+        logs = {h: w.stop() for h, w in writers.items()}
+    pause = next(s for s in op["steps"] if s["name"] == "pause")
+    assert "1 other replica(s) paused" in (pause["detail"] or ""), pause
+    with psycopg.connect(state["multi"], connect_timeout=10) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM acked_writes")}
+    for h, log in logs.items():
+        assert log.failed == [] and log.unknown == [], f"pooled client on {h}: {log.last_error}"
+        assert set(log.ok) <= stored, f"pooled client on {h}: acknowledged writes lost"
+    print(f"\nswitchback with a pooled client on each replica: {pause['detail']}; write pause "
+          f"{op.get('write_pause_s')} s; writes " + ", ".join(f"{h} {len(lg.ok)}" for h, lg in logs.items())
+          + " (0 errors)")
+
+
 def test_region_a_with_the_leader_and_the_writer_cut_off(lab: LabPlatform):
     """Region A holds the control-plane leader and the active writer, and the pair opted in to
     automatic failover; A is cut off, its processes running. Another replica leads; a client
@@ -201,10 +254,13 @@ def test_region_a_with_the_leader_and_the_writer_cut_off(lab: LabPlatform):
     and the commits A took before it fenced itself are listed in the failover's report and kept."""
     p = lab
     assert p.deployment is not None
-    p.deployment.start_store_member("w")  # the witness is back: the store keeps its quorum without A
-    p.deployment.wait_store(60)
-    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
-    helpers.wait_done(p, PROJECT, PRI, "switchback", timeout=120)
+    if read_pid(pid_path(dataclasses.replace(p.deployment.replica_settings("r0"),
+                                             home=p.deployment.home("w", "store")), STORE_MEMBER_PID)) is None:
+        p.deployment.start_store_member("w")  # the witness is back: the store keeps its quorum without A
+        p.deployment.wait_store(60)
+    if helpers.role_of(p, PROJECT, PRI)["disaster_recovery_role"] != "active":
+        p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+        helpers.wait_done(p, PROJECT, PRI, "switchback", timeout=120)
     wait_leader(p, "r0", timeout=30)
     with p.api() as c:
         r = c.put(f"/v1/project/{PROJECT}/service/{PRI}/disaster-recovery",
