@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pgcrdr.etcdv3 import StoreTLS
     from pgcrdr.topology import Topology
 
 DEFAULT_HOME = Path("/var/lib/pgcrdr")
@@ -205,6 +206,17 @@ class Settings:
     def agent_verify(self) -> str | bool:
         """How a client verifies an agent: the deployment's CA when there is one."""
         return str(self.secrets_dir / "ca.crt") if self.secrets_dir is not None else True
+
+    @property
+    def store_tls(self) -> StoreTLS | None:
+        """The TLS files this part presents to the global etcd (https members): the deployment's CA
+        and the client certificate of its secrets bundle; None without a bundle."""
+        from pgcrdr.etcdv3 import StoreTLS
+
+        if self.secrets_dir is None:
+            return None
+        return StoreTLS(ca_file=self.secrets_dir / "ca.crt", cert_file=self.secrets_dir / "store-client.crt",
+                        key_file=self.secrets_dir / "store-client.key")
 
     @property
     def agent_token_path(self) -> Path:

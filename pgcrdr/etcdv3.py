@@ -11,8 +11,10 @@ finding out is the caller's job (``EtcdStore`` settles it with its commit marker
 from __future__ import annotations
 
 import base64
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,6 +51,36 @@ class KeyValue:
     mod_revision: int
 
 
+@dataclass(frozen=True)
+class StoreTLS:
+    """How a client of the global etcd proves itself and checks the members: the deployment's CA
+    and a client certificate it signed (``pgcrdr secrets``: ``store-client.crt``/``.key`` in the
+    control host's secrets and in each region's bundle)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def context(self) -> ssl.SSLContext:
+        """An SSL context that verifies members against the CA and presents the client certificate;
+        a missing or unreadable file is a ``StoreTLSError`` that names it."""
+        for what, path in (("the deployment CA", self.ca_file), ("the store client certificate", self.cert_file),
+                           ("the store client key", self.key_file)):
+            if not path.is_file():
+                raise StoreTLSError(f"{what} {path} is missing: make the secrets with `pgcrdr secrets --topology "
+                                    "FILE --out DIR` and copy this host's bundle")
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise StoreTLSError(f"the store's TLS files in {self.cert_file.parent} cannot be used: {exc}") from None
+        return ctx
+
+
+class StoreTLSError(ValueError):
+    """The TLS files for the global etcd are missing or unusable (the message names the file)."""
+
+
 class EtcdError(Exception):
     """etcd answered with an error (``message`` is etcd's own, e.g. a compacted revision)."""
 
@@ -71,16 +103,19 @@ def kvs_of(answer: dict[str, Any]) -> list[KeyValue]:
 
 
 class EtcdGateway:
-    def __init__(self, endpoints: list[str], timeout: float = READ_TIMEOUT_S):
+    def __init__(self, endpoints: list[str], timeout: float = READ_TIMEOUT_S, tls: StoreTLS | None = None):
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.tls = tls
+        # https members are verified against the deployment's CA, with our client certificate
+        self.verify: ssl.SSLContext | bool = tls.context() if tls is not None else True
         self._preferred = 0
         self._lock = threading.Lock()
         # No keep-alive: a pooled connection to a member that died would fail on reuse, and a
         # write sent on it could not be told from one the member received.
         self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False,
-                                  timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
+                                  timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S), verify=self.verify)
 
     def close(self) -> None:
         self._http.close()
@@ -97,10 +132,10 @@ class EtcdGateway:
             try:
                 r = self._http.post(url, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                problems.append(f"{self.endpoints[index]}: cannot connect ({type(exc).__name__})")
+                problems.append(f"{self.endpoints[index]}: cannot connect ({type(exc).__name__}: {str(exc)[:160]})")
                 continue
             except httpx.TransportError as exc:
-                problems.append(f"{self.endpoints[index]}: no answer ({type(exc).__name__})")
+                problems.append(f"{self.endpoints[index]}: no answer ({type(exc).__name__}: {str(exc)[:160]})")
                 if writes:
                     ambiguous = True
                     break

@@ -306,7 +306,7 @@ class LabDeployment:
 
     def prepare(self) -> None:
         """Topology, secrets and homes (idempotent)."""
-        from pgcrdr.security.deployment import ensure_deployment_secrets
+        from pgcrdr.security.deployment import ensure_deployment_secrets, member_bundle
         from pgcrdr.security.files import write_secret
         from pgcrdr.topology import load_topology
 
@@ -328,6 +328,14 @@ class LabDeployment:
             for f in sorted(bundle.iterdir()):
                 write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
             (home / "secrets").chmod(0o700)
+        for host in self.store_hosts:
+            # and each member's TLS bundle to its host
+            bundle = member_bundle(self.secrets_dir, host)
+            if bundle.is_dir():
+                home = self.home(host, "store")
+                for f in sorted(bundle.iterdir()):
+                    write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
+                (home / "secrets").chmod(0o700)
 
     def _spawn(self, host: str, home: Path, name: str, argv: list[str],
                env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -377,12 +385,17 @@ class LabDeployment:
         that use it refuse to start without an answer."""
         import httpx
 
+        from pgcrdr.etcdv3 import StoreTLS
+
+        tls = StoreTLS(self.secrets_dir / "ca.crt", self.secrets_dir / "store-client.crt",
+                       self.secrets_dir / "store-client.key")
         deadline = time.monotonic() + timeout
         with in_host(self.lab, "ctl"):
             for member in self._topology().store_members:
+                verify = tls.context() if member.tls else True
                 while True:
                     try:
-                        r = httpx.get(member.client_url + "/health", timeout=1, trust_env=False)
+                        r = httpx.get(member.client_url + "/health", timeout=1, trust_env=False, verify=verify)
                         if r.status_code == 200 and r.json().get("health") == "true":
                             break
                         last = r.text[:200]

@@ -274,7 +274,7 @@ class Platform:
             self.leader_store = open_store(settings, fence=self.election.fence)
             # A planned move pauses the pooled Service URI of every replica (pgcrdr.controlplane.pauses).
             gateway = self.election.gateway
-            board = PauseBoard(EtcdGateway(gateway.endpoints), self.election.key[:-len(LEADER_KEY)],
+            board = PauseBoard(EtcdGateway(gateway.endpoints, tls=gateway.tls), self.election.key[:-len(LEADER_KEY)],
                                fence=self.election.fence)
             self.pause_follower = PauseFollower(board, self.endpoints, settings.control_host,
                                                 term=lambda: self.reconciler.runner.term,

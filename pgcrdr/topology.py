@@ -5,13 +5,15 @@ A TOML file (``pgcrdr up --topology FILE``, later ``pgcrdr agent --region R --to
 
     [control]
     api_port = 25000                      # optional
-    store = ["http://10.10.0.10:2379"]    # the global etcd's client URLs; required with several hosts
+    store = ["https://10.10.0.10:2379"]   # the global etcd's client URLs; required with several hosts
 
     [[control.store_members]]             # or: the global etcd's members (store then follows)
     name = "etcd-1"
     address = "10.10.0.10"
     client_port = 2379                    # optional
     peer_port = 2380                      # optional
+    # store_tls = true (in [control], the default): members pgcrdr runs speak TLS only, to
+    # clients and to each other, and want a certificate of the deployment's CA from every client
 
     [[control.hosts]]
     name = "control-1"
@@ -43,7 +45,7 @@ from urllib.parse import urlsplit
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 REGION_PORT_BLOCK = 1000
-CONTROL_KEYS = {"api_port", "hosts", "store", "store_members"}
+CONTROL_KEYS = {"api_port", "hosts", "store", "store_members", "store_tls"}
 CONTROL_HOST_KEYS = {"name", "address"}
 STORE_MEMBER_KEYS = {"name", "address", "client_port", "peer_port"}
 STORE_CLIENT_PORT, STORE_PEER_PORT = 2379, 2380  # etcd's own defaults
@@ -68,14 +70,19 @@ class StoreMember:
     address: str
     client_port: int
     peer_port: int
+    tls: bool = True  # ``[control] store_tls``: clients and peers speak TLS, with certificates
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{_url_host(self.address)}:{self.client_port}"
+        return f"{self.scheme}://{_url_host(self.address)}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{_url_host(self.address)}:{self.peer_port}"
+        return f"{self.scheme}://{_url_host(self.address)}:{self.peer_port}"
 
 
 def _url_host(address: str) -> str:
@@ -181,13 +188,14 @@ def split_client_url(raw: str) -> tuple[str, str, int] | None:
 
 def _store_urls(value: Any, where: _Where) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise where.error('store must be a list of etcd client URLs, e.g. ["http://10.10.0.10:2379"]', None, 0,
+        raise where.error('store must be a list of etcd client URLs, e.g. ["https://10.10.0.10:2379"]', None, 0,
                           "store")
     urls = []
     for raw in value:
         parts = split_client_url(raw)
         if parts is None:
-            raise where.error(f"store: {raw[:80]!r} is not an etcd client URL (http://ADDRESS:PORT)", None, 0, "store")
+            raise where.error(f"store: {raw[:80]!r} is not an etcd client URL (https://ADDRESS:PORT, or http://)",
+                              None, 0, "store")
         scheme, host, port = parts
         try:
             ip = ipaddress.ip_address(host)
@@ -197,7 +205,7 @@ def _store_urls(value: Any, where: _Where) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _store_members(value: Any, where: _Where) -> tuple[StoreMember, ...]:
+def _store_members(value: Any, where: _Where, tls: bool) -> tuple[StoreMember, ...]:
     header = "control.store_members"
     if not isinstance(value, list):
         raise where.error("store_members must be [[control.store_members]] tables", None, 0, "store_members")
@@ -211,7 +219,8 @@ def _store_members(value: Any, where: _Where) -> tuple[StoreMember, ...]:
         member = StoreMember(name=name, address=_address(m.get("address"), where, header, i, "address"),
                              client_port=_port(m.get("client_port", STORE_CLIENT_PORT), where, header, i,
                                                "client_port"),
-                             peer_port=_port(m.get("peer_port", STORE_PEER_PORT), where, header, i, "peer_port"))
+                             peer_port=_port(m.get("peer_port", STORE_PEER_PORT), where, header, i, "peer_port"),
+                             tls=tls)
         if member.client_port == member.peer_port:
             raise where.error("client_port and peer_port must differ", header, i, "peer_port")
         for other in members:
@@ -259,7 +268,10 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                               "control.hosts", i, "name")
         hosts.append(ControlHost(name=name, address=_address(h.get("address"), where, "control.hosts", i, "address")))
     store = _store_urls(control.get("store", []), where)
-    members = _store_members(control.get("store_members", []), where)
+    tls = control.get("store_tls", True)
+    if not isinstance(tls, bool):
+        raise where.error("store_tls must be true or false", None, 0, "store_tls")
+    members = _store_members(control.get("store_members", []), where, tls)
     if members:
         derived = tuple(m.client_url for m in members)
         if "store" in control and set(store) != set(derived):
@@ -269,7 +281,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         store = store or derived
     if len(hosts) > 1 and not store:
         raise TopologyError(f"{source}: several control hosts keep one state in etcd: list its client URLs in "
-                            '[control] as store = ["http://ADDRESS:PORT", ...]')
+                            '[control] as store = ["https://ADDRESS:PORT", ...]')
     regions_raw = doc.get("regions")
     if not isinstance(regions_raw, list) or len(regions_raw) < 2:
         raise TopologyError(f"{source}: at least two [[regions]] are needed: a pair spans two regions")

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgcrdr.etcdv3 import EtcdError, EtcdGateway, EtcdUnreachable
+from pgcrdr.etcdv3 import EtcdError, EtcdGateway, EtcdUnreachable, StoreTLS
 
 if TYPE_CHECKING:
+    from pgcrdr.controlplane.store.settings import StoreSettings
     from pgcrdr.config import Settings
 
 log = logging.getLogger("pgcrdr.writer_lease")
@@ -59,14 +60,14 @@ class WriterLease:
     """The agent's side: a thread keeps the region's lease; ``allowed()`` is read by every tick."""
 
     def __init__(self, endpoints: list[str], prefix: str, cloud: str, holder: str,
-                 ttl_s: float = DEFAULT_TTL_S, clock: Any = time.monotonic):
+                 ttl_s: float = DEFAULT_TTL_S, clock: Any = time.monotonic, tls: StoreTLS | None = None):
         self.key = lease_key(prefix, cloud)
         self.ttl_s = ttl_s
         self.margin_s = margin_for(ttl_s)
         self.holder = holder
         self._clock = clock
         # every call bounded well inside the TTL: a member that hangs must not hold the renewals
-        self._gw = EtcdGateway(endpoints, timeout=max(1.0, ttl_s / 4))
+        self._gw = EtcdGateway(endpoints, timeout=max(1.0, ttl_s / 4), tls=tls)
         self._lease: int | None = None
         self._fence_at: float | None = None
         self._last_error: str | None = None
@@ -132,13 +133,13 @@ class WriterLease:
             self._stop.wait(self.ttl_s / 3 if ok else RETRY_S)
 
 
-def lease_store(settings: Settings) -> tuple[list[str], str] | None:
-    """The global etcd's endpoints and key prefix when the deployment has one (its control-plane
+def lease_store(settings: Settings) -> StoreSettings | None:
+    """The global etcd (endpoints, key prefix, TLS) when the deployment has one (its control-plane
     store is etcd), else None: the embedded default has no writer leases."""
     from pgcrdr.controlplane.store.settings import StoreSettings
 
-    chosen = StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
-    return (list(chosen.endpoints), chosen.prefix) if chosen.backend == "etcd" else None
+    chosen = StoreSettings.for_settings(settings)
+    return chosen if chosen.backend == "etcd" else None
 
 
 def lease_reader(settings: Settings) -> Callable[[str], dict[str, Any] | None] | None:
@@ -146,8 +147,9 @@ def lease_reader(settings: Settings) -> Callable[[str], dict[str, Any] | None] |
     where = lease_store(settings)
     if where is None:
         return None
-    gateway = EtcdGateway(where[0])
-    return lambda cloud: lease_holder(gateway, where[1], cloud)
+    gateway = EtcdGateway(list(where.endpoints), tls=where.tls)
+    prefix = where.prefix
+    return lambda cloud: lease_holder(gateway, prefix, cloud)
 
 
 def lease_holder(gateway: EtcdGateway, prefix: str, cloud: str) -> dict[str, Any] | None:

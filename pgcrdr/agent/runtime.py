@@ -114,9 +114,9 @@ class RegionRuntime:
         self.etcd.start()
         where = lease_store(self.settings)
         if where is not None:
-            self.lease = WriterLease(where[0], where[1], self.region.cloud_name,
+            self.lease = WriterLease(list(where.endpoints), where.prefix, self.region.cloud_name,
                                      holder=self.settings.agent_url(self.region),
-                                     ttl_s=self.settings.writer_lease_ttl_s)
+                                     ttl_s=self.settings.writer_lease_ttl_s, tls=where.tls)
             # Before any cluster is resumed: a writer still running from before an agent restart
             # is kept only if the lease is held now.
             if not self.lease.renew_once():

@@ -610,12 +610,15 @@ def agent_cmd(region_name: str, topology: str, home: str | None, secrets: str | 
 @main.command("store-member")
 @click.option("--topology", required=True, type=click.Path(dir_okay=False), help="The deployment's topology file.")
 @click.option("--name", "member_name", required=True, help="This member's name in [[control.store_members]].")
+@click.option("--secrets", "secrets", default=None, type=click.Path(file_okay=False),
+              help="The member's TLS bundle (DIR/store-<name> of `pgcrdr secrets`; default <home>/secrets).")
 @home_opt
-def store_member_cmd(topology: str, member_name: str, home: str | None) -> None:
+def store_member_cmd(topology: str, member_name: str, secrets: str | None, home: str | None) -> None:
     """Run one member of the global etcd (the control plane's state) on this host, in the
     foreground: etcd on the member's address and ports, its data under <home>/store/<name>; its
-    PID is recorded in the home, so `pgcrdr down` stops it."""
-    from pgcrdr.controlplane.store.member import member_argv, member_data_dir
+    PID is recorded in the home, so `pgcrdr down` stops it. With ``store_tls`` (the default) it
+    serves clients and peers over TLS and wants a certificate of the deployment's CA from each."""
+    from pgcrdr.controlplane.store.member import MemberSecretsError, member_argv, member_data_dir
     from pgcrdr.topology import TopologyError, load_topology
 
     try:
@@ -627,12 +630,16 @@ def store_member_cmd(topology: str, member_name: str, home: str | None) -> None:
         names = ", ".join(m.name for m in topo.store_members) or "none: add [[control.store_members]]"
         raise click.ClickException(f"{topology}: no store member {member_name!r} (members: {names})")
     settings = Settings.from_env(home=home)
+    try:
+        argv = member_argv(topo, member, member_data_dir(settings.home, member),
+                           Path(secrets).resolve() if secrets else settings.home / "secrets")
+    except MemberSecretsError as exc:
+        raise click.ClickException(str(exc)) from None
     data_dir = member_data_dir(settings.home, member)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     # exec keeps this PID: the recorded one is etcd's
     pid_path(settings, STORE_MEMBER_PID).write_text(str(os.getpid()))
-    argv = member_argv(topo, member, data_dir)
     os.execv(argv[0], argv)
 
 

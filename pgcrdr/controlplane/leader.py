@@ -210,10 +210,10 @@ def election_for(settings: Settings) -> LeaderElection | None:
     one replica, which always leads)."""
     from pgcrdr.controlplane.store.settings import StoreSettings
 
-    chosen = StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
+    chosen = StoreSettings.for_settings(settings)
     if chosen.backend != "etcd":
         return None
     # A renewal that takes longer than a third of the lease is as good as lost: the next one is due.
-    gateway = EtcdGateway(list(chosen.endpoints), timeout=max(1.0, settings.leader_ttl_s / 3))
+    gateway = EtcdGateway(list(chosen.endpoints), timeout=max(1.0, settings.leader_ttl_s / 3), tls=chosen.tls)
     return LeaderElection(gateway, chosen.prefix + LEADER_KEY, Leader(settings.control_host, settings.api_url),
                           settings.leader_ttl_s)

@@ -254,7 +254,8 @@ class PauseFollower:
         errors = []
         for base in self.watch_endpoints:
             try:
-                with httpx.Client(trust_env=False, timeout=httpx.Timeout(WATCH_IDLE_S, connect=1.0)) as http:
+                with httpx.Client(trust_env=False, timeout=httpx.Timeout(WATCH_IDLE_S, connect=1.0),
+                                  verify=self.board.gateway.verify) as http:
                     self._watching = http  # closed by stop(): the stream ends at once
                     if self._stop.is_set():
                         return

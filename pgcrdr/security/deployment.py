@@ -5,7 +5,10 @@
     DIR/ca.crt, DIR/ca.key        the deployment's CA (the key never leaves the control host)
     DIR/agent-token               the bearer token the control plane presents to every agent
     DIR/<cloud_name>/             one bundle per region, copied to that region's host:
-        ca.crt, agent.crt, agent.key, agent-token
+        ca.crt, agent.crt, agent.key, agent-token, store-client.crt, store-client.key
+    DIR/store-client.crt, .key    the control plane's client certificate for the global etcd
+    DIR/store-<member>/           one bundle per member of the global etcd (``store_tls``), copied
+        ca.crt, member.crt, member.key    to its host: it serves clients and peers with it
 
 Each agent certificate carries its host's address (an IP SAN): the control plane verifies the
 agent it reaches against the deployment's CA and that address, so a process listening on that
@@ -32,6 +35,15 @@ CA_KEY = "ca.key"
 AGENT_TOKEN = "agent-token"
 AGENT_CERT = "agent.crt"
 AGENT_KEY = "agent.key"
+STORE_CLIENT_CERT = "store-client.crt"
+STORE_CLIENT_KEY = "store-client.key"
+MEMBER_CERT = "member.crt"
+MEMBER_KEY = "member.key"
+
+
+def member_bundle(out: Path, name: str) -> Path:
+    """Where ``pgcrdr secrets`` puts the bundle of the global etcd's member ``name``."""
+    return out / f"store-{name}"
 
 
 class SecretsError(RuntimeError):
@@ -87,6 +99,16 @@ def ensure_deployment_secrets(topology: Topology, out: Path) -> list[str]:
         write_secret(out / AGENT_TOKEN, new_token(32))
         written.append(AGENT_TOKEN)
     token = (out / AGENT_TOKEN).read_text().strip()
+    tls_members = [m for m in topology.store_members if m.tls]
+    needs_client = bool(tls_members) or any(e.startswith("https://") for e in topology.store_endpoints)
+    if needs_client:
+        written += _ensure_pair(out, STORE_CLIENT_CERT, STORE_CLIENT_KEY, ca, ["pgcrdr-control"], "")
+    for m in tls_members:
+        bundle = member_bundle(out, m.name)
+        bundle.mkdir(exist_ok=True)
+        bundle.chmod(0o700)
+        written += _ensure_pair(bundle, MEMBER_CERT, MEMBER_KEY, ca, [m.address], f"{bundle.name}/")
+        written += _ensure_ca(bundle, ca, f"{bundle.name}/")
     for region in topology.regions:
         bundle = out / region.cloud_name
         bundle.mkdir(exist_ok=True)
@@ -99,13 +121,45 @@ def ensure_deployment_secrets(topology: Topology, out: Path) -> list[str]:
             write_secret(bundle / AGENT_KEY, pair.key_pem)
             write_secret(cert, pair.cert_pem, 0o644)
             written += [f"{region.cloud_name}/{AGENT_KEY}", f"{region.cloud_name}/{AGENT_CERT}"]
-        if not (bundle / CA_CERT).exists() or (bundle / CA_CERT).read_text() != ca.cert_pem:
-            write_secret(bundle / CA_CERT, ca.cert_pem, 0o644)
-            written.append(f"{region.cloud_name}/{CA_CERT}")
+        written += _ensure_ca(bundle, ca, f"{region.cloud_name}/")
+        if needs_client:
+            written += _ensure_pair(bundle, STORE_CLIENT_CERT, STORE_CLIENT_KEY, ca, [f"pgcrdr-{region.cloud_name}"],
+                                    f"{region.cloud_name}/")
         if not (bundle / AGENT_TOKEN).exists() or (bundle / AGENT_TOKEN).read_text().strip() != token:
             write_secret(bundle / AGENT_TOKEN, token)
             written.append(f"{region.cloud_name}/{AGENT_TOKEN}")
     return written
+
+
+def _ensure_pair(directory: Path, cert_name: str, key_name: str, ca: CertPair, names: list[str],
+                 shown: str) -> list[str]:
+    """A certificate of ``ca`` for ``names`` (IP addresses or DNS names) and its key, unless the
+    one there already is the CA's and carries them. Returns the files written."""
+    cert = directory / cert_name
+    current = cert.read_bytes() if cert.exists() else None
+    ips = {n for n in names if _is_ip(n)}
+    if (current is not None and (directory / key_name).exists() and ips <= _cert_addresses(current)
+            and _issued_by(current, ca.cert_pem.encode())):
+        return []
+    pair = issue_server_cert(ca, names)  # no extended key usage: good for a server and a client
+    write_secret(directory / key_name, pair.key_pem)
+    write_secret(cert, pair.cert_pem, 0o644)
+    return [f"{shown}{key_name}", f"{shown}{cert_name}"]
+
+
+def _ensure_ca(directory: Path, ca: CertPair, shown: str) -> list[str]:
+    if (directory / CA_CERT).exists() and (directory / CA_CERT).read_text() == ca.cert_pem:
+        return []
+    write_secret(directory / CA_CERT, ca.cert_pem, 0o644)
+    return [f"{shown}{CA_CERT}"]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _read(path: Path, what: str, fix: str) -> str:

@@ -112,17 +112,22 @@ def with_members(extra: str = "", store: str | None = None) -> str:
 
 def test_store_members_give_the_store_endpoints():
     t = parse_topology(with_members(), "deploy.toml")
+    # TLS by default: the members pgcrdr runs serve clients and peers with certificates
     assert [(m.name, m.client_url, m.peer_url) for m in t.store_members] == [
-        ("etcd-a", "http://10.77.0.11:2379", "http://10.77.0.11:2380"),
-        ("etcd-b", "http://10.77.0.12:3379", "http://10.77.0.12:3380")]
-    assert t.store_endpoints == ("http://10.77.0.11:2379", "http://10.77.0.12:3379")
-    same = '["http://10.77.0.12:3379", "http://10.77.0.11:2379"]'
-    assert parse_topology(with_members(store=same)).store_endpoints == ("http://10.77.0.12:3379",
-                                                                        "http://10.77.0.11:2379")
+        ("etcd-a", "https://10.77.0.11:2379", "https://10.77.0.11:2380"),
+        ("etcd-b", "https://10.77.0.12:3379", "https://10.77.0.12:3380")]
+    assert t.store_endpoints == ("https://10.77.0.11:2379", "https://10.77.0.12:3379")
+    same = '["https://10.77.0.12:3379", "https://10.77.0.11:2379"]'
+    assert parse_topology(with_members(store=same)).store_endpoints == ("https://10.77.0.12:3379",
+                                                                        "https://10.77.0.11:2379")
+    plain = parse_topology(with_members().replace("api_port = 25000", "api_port = 25000\nstore_tls = false"))
+    assert plain.store_endpoints == ("http://10.77.0.11:2379", "http://10.77.0.12:3379")
+    with pytest.raises(TopologyError, match="store_tls must be true or false"):
+        parse_topology(with_members().replace("api_port = 25000", 'api_port = 25000\nstore_tls = "yes"'))
 
 
 @pytest.mark.parametrize("text,fragment", [
-    (with_members(store='["http://10.77.0.99:2379"]'), "store lists http://10.77.0.99:2379 but"),
+    (with_members(store='["https://10.77.0.99:2379"]'), "store lists https://10.77.0.99:2379 but"),
     (with_members('[[control.store_members]]\nname = "etcd-a"\naddress = "10.77.0.13"\n'), "listed twice"),
     (with_members('[[control.store_members]]\nname = "etcd-c"\naddress = "10.77.0.12"\nclient_port = 3380\n'),
      "uses a port of member 'etcd-b'"),
@@ -144,7 +149,7 @@ def test_a_lab_with_a_witness_and_replicas_on_the_region_hosts():
     assert [(h.name, h.address) for h in lab.hosts][-1] == ("w", "10.249.9.13")
     t = parse_topology(topology_text(lab, ["a", "b"], replicas=("r0", "r1"), store_hosts=("r0", "r1", "w")))
     assert [h.address for h in t.control_hosts] == ["10.249.9.11", "10.249.9.12"]
-    assert t.store_endpoints == ("http://10.249.9.11:2379", "http://10.249.9.12:2379", "http://10.249.9.13:2379")
+    assert t.store_endpoints == ("https://10.249.9.11:2379", "https://10.249.9.12:2379", "https://10.249.9.13:2379")
     assert [r.host for r in t.regions] == ["10.249.9.11", "10.249.9.12"]
 
 

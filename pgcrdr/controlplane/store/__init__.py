@@ -38,7 +38,7 @@ def open_store(settings: Settings, store: StoreSettings | None = None, fence: Fe
     """The store ``store`` names (default: from the environment, else the deployment's topology,
     see ``store.settings``): etcd, or SQLite in the control plane's home. ``fence``: a leader's
     store on etcd, whose writes are made only while it leads (SQLite has one replica)."""
-    chosen = store if store is not None else StoreSettings.from_env(topology_endpoints=settings.store_endpoints)
+    chosen = store if store is not None else StoreSettings.for_settings(settings)
     if chosen.backend == "etcd":
-        return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix, fence=fence)
+        return EtcdStore(list(chosen.endpoints), prefix=chosen.prefix, fence=fence, tls=chosen.tls)
     return SQLiteStore(settings.db_path)

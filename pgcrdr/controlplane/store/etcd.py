@@ -59,6 +59,8 @@ from pgcrdr.etcdv3 import (
     EtcdError,
     EtcdGateway,
     EtcdUnreachable,
+    StoreTLS,
+    StoreTLSError,
     b64,
     prefix_end,
 )
@@ -377,7 +379,7 @@ class EtcdStore(Store):
     """The store on an etcd v3 cluster, reached at any of ``endpoints`` (``http://host:port``)."""
 
     def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, attempts: int = TX_ATTEMPTS,
-                 fence: Fence | None = None):
+                 fence: Fence | None = None, tls: StoreTLS | None = None):
         """``fence``: this store is a leader's; every commit is made only while it leads."""
         super().__init__()
         self.fence = fence
@@ -387,7 +389,10 @@ class EtcdStore(Store):
         self.attempts = attempts
         self._id = uuid.uuid4().hex
         self._markers = threading.local()
-        self._gw = EtcdGateway(endpoints)
+        try:
+            self._gw = EtcdGateway(endpoints, tls=tls)
+        except StoreTLSError as exc:
+            raise StoreUnavailable(str(exc)) from None
         try:
             self._gw.range(prefix + "meta/")  # fail at once, and clearly, when no member answers
         except EtcdUnreachable as exc:

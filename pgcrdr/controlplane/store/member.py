@@ -22,9 +22,34 @@ def cluster_token(topology: Topology) -> str:
     return "pgcrdr-store-" + "-".join(m.name for m in topology.store_members)
 
 
-def member_argv(topology: Topology, member: StoreMember, data_dir: Path) -> list[str]:
+class MemberSecretsError(ValueError):
+    """The member's TLS bundle is missing a file (the message names it and what to run)."""
+
+
+def tls_flags(member: StoreMember, bundle: Path | None) -> list[str]:
+    """etcd's TLS settings for a member with ``tls``: clients and peers are served with the
+    member's certificate, and each must present one of the deployment's CA (a process on the
+    network without one can neither read nor write the control plane's state)."""
+    if not member.tls:
+        return []
+    files = {}
+    for name in ("ca.crt", "member.crt", "member.key"):
+        path = bundle / name if bundle is not None else None
+        if path is None or not path.is_file():
+            raise MemberSecretsError(
+                f"the TLS bundle of store member {member.name} has no {name} (looked in {bundle}): make the "
+                f"secrets with `pgcrdr secrets --topology FILE --out DIR` and copy DIR/store-{member.name} "
+                "to this host, then pass it with --secrets")
+        files[name] = str(path)
+    return ["--cert-file", files["member.crt"], "--key-file", files["member.key"],
+            "--trusted-ca-file", files["ca.crt"], "--client-cert-auth",
+            "--peer-cert-file", files["member.crt"], "--peer-key-file", files["member.key"],
+            "--peer-trusted-ca-file", files["ca.crt"], "--peer-client-cert-auth"]
+
+
+def member_argv(topology: Topology, member: StoreMember, data_dir: Path, bundle: Path | None = None) -> list[str]:
     initial = ",".join(f"{m.name}={m.peer_url}" for m in topology.store_members)
-    return [ETCD, "--name", member.name, "--data-dir", str(data_dir),
+    return [ETCD, "--name", member.name, "--data-dir", str(data_dir), *tls_flags(member, bundle),
             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
             "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
             "--initial-cluster", initial, "--initial-cluster-state", "new",

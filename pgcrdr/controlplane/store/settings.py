@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from pgcrdr.controlplane.store.etcd import DEFAULT_PREFIX
+from pgcrdr.etcdv3 import StoreTLS
 from pgcrdr.topology import split_client_url
+
+if TYPE_CHECKING:
+    from pgcrdr.config import Settings
 
 BACKENDS = ("sqlite", "etcd")
 
@@ -24,6 +29,16 @@ class StoreSettings:
     backend: str = "sqlite"
     endpoints: tuple[str, ...] = ()
     prefix: str = DEFAULT_PREFIX
+    tls: StoreTLS | None = None  # https members: the CA and this part's client certificate
+
+    @classmethod
+    def for_settings(cls, settings: Settings, env: Mapping[str, str] = os.environ) -> StoreSettings:
+        """The store of a part of the deployment: from the environment, else its topology; with
+        https endpoints, the TLS files of its secrets bundle (``Settings.store_tls``)."""
+        chosen = cls.from_env(env, topology_endpoints=settings.store_endpoints)
+        if any(e.startswith("https://") for e in chosen.endpoints):
+            return replace(chosen, tls=settings.store_tls)
+        return chosen
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, topology_endpoints: tuple[str, ...] = ()) -> StoreSettings:
