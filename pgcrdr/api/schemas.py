@@ -294,10 +294,22 @@ class DisasterRecoveryUpdateRequest(_Body):
     automatic_failover: Annotated[Any, checked_elsewhere(AUTOMATIC_FAILOVER_SCHEMA)]
 
 
+class DrillCreateRequest(_Body):
+    """POST .../disaster-recovery/drills (pgcrdr extension): keep a drill's report with the pair
+    (``pgcrdr drill`` sends it when the drill ends)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal["switchover", "failover"]
+    in_place: StrictBool
+    state: Literal["done", "failed", "interrupted"]
+    report: dict[str, Any]
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [
     UserAuthRequest, ProjectCreateRequest, ServiceCreateRequest, ServiceUpdateRequest, IntegrationCreateRequest,
     IntegrationUpdateRequest, DatabaseCreateRequest, ServiceUserCreateRequest, TagsUpdateRequest,
     ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest, DisasterRecoveryUpdateRequest,
+    DrillCreateRequest,
 ]
 
 
@@ -555,6 +567,27 @@ class DisasterRecoveryStatus(_Out):
     operation: dict[str, Any] | None
     history: list[dict[str, Any]]
     automatic_failover: dict[str, Any] | None = None
+    drills: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Drill(_Out):
+    """A drill's record (pgcrdr drill): kept with the pair, apart from its operations' history."""
+
+    drill_id: str
+    pair: str
+    kind: Literal["switchover", "failover"]
+    in_place: bool
+    state: Literal["done", "failed", "interrupted"]
+    create_time: str
+    report: dict[str, Any]
+
+
+class DrillListResponse(_Out):
+    drills: list[Drill]
+
+
+class DrillResponse(_Out):
+    drill: Drill
 
 
 class Event(_Out):

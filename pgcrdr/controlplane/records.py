@@ -147,3 +147,22 @@ class OperationRecord(BaseModel):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+
+DrillKind = Literal["switchover", "failover"]
+
+
+class DrillRecord(BaseModel):
+    """A rehearsal of a pair's moves (``pgcrdr drill switchover|failover``) and its report, kept
+    with the production pair but apart from its operations: a drill on a fork ran no operation
+    on the pair itself, and its history must say so."""
+
+    drill_id: str
+    project: str
+    pair: str  # the production pair's primary service
+    kind: DrillKind
+    in_place: bool
+    state: Literal["done", "failed", "interrupted"]
+    create_time: str
+    finish_time: str | None = None
+    report: dict = Field(default_factory=dict)  # pgcrdr.drill.report.DrillReport, as JSON
