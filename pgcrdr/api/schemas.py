@@ -162,6 +162,10 @@ class ServiceCreateRequest(_Body):
     cmk_id: str | None = Field(None, description="Accepted and ignored")
     group_name: str | None = Field(None, description="Accepted and ignored")
     copy_tags: StrictBool | None = Field(None, description="Accepted and ignored")
+    pgcrdr_drill_of: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "string", "description": "pgcrdr extension (pgcrdr drill): this fork rehearses the pair whose "
+                                         "primary is named here; it must be forked from that service. A pair "
+                                         "of such forks is deleted as a whole, in any state"}))] = None
 
 
 class ServiceUpdateRequest(_Body):

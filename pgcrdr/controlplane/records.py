@@ -92,6 +92,9 @@ class ServiceRecord(BaseModel):
     status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
     automatic_failover: AutomaticFailover | None = None  # on a pair's primary (pgcrdr extension)
     fork: ForkSource | None = None  # created from another service's backups
+    # A drill's fork of this production pair's primary (or the fork's recovery copy): such a pair
+    # is removed as a whole, in any state (pgcrdr drill; its Ctrl-C must not need a failback)
+    drill_of: str | None = None
 
     @property
     def primary_user(self) -> ServiceUser:

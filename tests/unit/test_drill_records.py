@@ -36,3 +36,13 @@ def test_bad_drill_records_are_refused_and_nothing_is_kept(api, pair):
     create(api, "solo")
     assert_error(api.get(f"{P}/service/solo/disaster-recovery/drills"), 400, "not the primary service")
     assert api.get(URL).json()["drills"] == []
+
+
+def test_pgcrdr_drill_of_goes_only_with_a_fork_of_that_pair_primary(api, pair):
+    body = {"service_name": "pg-drill", "service_type": "pg", "plan": "startup-4", "cloud": "local-europe-west1"}
+    assert_error(api.post(f"{P}/service", json={**body, "pgcrdr_drill_of": "pg-primary"}), 400, "goes with a fork")
+    assert_error(api.post(f"{P}/service", json={**body, "pgcrdr_drill_of": 5}), 400, "pgcrdr_drill_of")
+    assert_error(api.post(f"{P}/service", json={
+        **body, "pgcrdr_drill_of": "pg-primary", "user_config": {"service_to_fork_from": "pg-primary-dr"}}),
+        400, "goes with a fork")
+    assert api.get(f"{P}/service/pg-drill").status_code == 404
