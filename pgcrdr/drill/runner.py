@@ -97,6 +97,7 @@ class Drill:
                 self._move(item)
                 if item.kind == "failover" and t_outage is not None:
                     self._after_failover(t_outage)
+            self._final_records()
             self._check_writes()
         except KeyboardInterrupt:
             self.report.state = "interrupted"
@@ -104,6 +105,9 @@ class Drill:
         except (DrillFailed, ApiError, psycopg.Error) as exc:
             self.report.state = "failed"
             self.report.message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug still ends in cleanup and a kept, failed report
+            self.report.state = "failed"
+            self.report.message = f"internal error: {type(exc).__name__}: {str(exc)[:400]}"
         finally:
             with _no_interrupts(self.ui):
                 self._stop_load()
@@ -260,6 +264,13 @@ class Drill:
                        interval=0.2)
             gap = longest_gap(list(writer.log.ok_times), t_request, t_end)
             self.report.moves.append(move_report(move.title, op, gap))
+
+    def _final_records(self) -> None:
+        """The moves' figures as their records stand at the end: a later step may complete an
+        earlier record (the failback restore adds the commits a failover gave up to its record)."""
+        latest = {o["operation_id"]: o for o in self.api.dr(self.primary)["history"]}
+        self.report.moves = [move_report(m.title, latest[m.operation_id], m.client_gap_s)
+                             if m.operation_id in latest else m for m in self.report.moves]
 
     def _check_writes(self) -> None:
         with self._phase("check acknowledged writes on the final writer") as phase:

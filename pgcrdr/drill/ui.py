@@ -4,7 +4,15 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from pgcrdr.drill.report import Phase
 
@@ -15,7 +23,7 @@ class RichUi:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("{task.fields[now]}"), console=console, transient=False)
         self.task: TaskID | None = None
         self.name = ""
@@ -33,7 +41,8 @@ class RichUi:
 
     def update(self, completed: float, total: float | None, description: str) -> None:
         if self.task is not None:
-            self.progress.update(self.task, completed=completed, total=total or None, now=description[:70])
+            self.progress.update(self.task, completed=int(completed), total=int(total) if total else None,
+                                 now=description[:70])
 
     def finish(self, phase: Phase) -> None:
         if self.task is None:
