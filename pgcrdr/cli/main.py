@@ -535,15 +535,10 @@ def drill_history(pair: str, project: str, home: str | None, port_offset: int | 
     if not drills:
         click.echo(f"no drills kept with {pair}")
         return
-    table = Table("drill", "time", "kind", "where", "state", "RTO", "lost writes", "duration")
-    for d in drills:
-        r = d["report"]
-        rto_s = r.get("rto_s")
-        lost = (r.get("writes") or {}).get("lost")
-        table.add_row(d["drill_id"], d["create_time"], d["kind"], "in place" if d["in_place"] else "fork",
-                      d["state"], "-" if rto_s is None else f"{rto_s:.2f} s", "-" if lost is None else str(lost),
-                      "-" if r.get("duration_s") is None else f"{r['duration_s']:.0f} s")
-    Console().print(table)
+    from pgcrdr.drill.report import history_lines
+
+    for line in history_lines(drills):
+        click.echo(line)
 
 
 @main.group()

@@ -37,7 +37,8 @@ class MoveReport(BaseModel):
     kind: str
     operation_id: str
     state: str
-    duration_s: float | None  # the record's finish_time - create_time (the control plane's clock)
+    duration_s: float | None  # the record's finish_time - create_time (the control plane's clock, whole seconds)
+    steps_s: float | None = None  # the sum of the record's steps' durations (to the millisecond)
     write_pause_s: float | None  # the record's
     client_gap_s: float | None  # the longest wait between two acknowledged writes around the move
     steps: list[StepFigures] = Field(default_factory=list)
@@ -89,6 +90,12 @@ def record_duration(op: dict[str, Any]) -> float | None:
     return round(end - start, 3) if start is not None and end is not None else None
 
 
+def steps_total(op: dict[str, Any]) -> float | None:
+    durations = [s.get("duration_s") for s in op.get("steps") or []]
+    known = [d for d in durations if d is not None]
+    return round(sum(known), 3) if known else None
+
+
 def first_after(times: list[float], t: float) -> float | None:
     return next((x for x in sorted(times) if x > t), None)
 
@@ -120,6 +127,7 @@ def move_report(title: str, op: dict[str, Any], client_gap_s: float | None) -> M
     return MoveReport(
         title=title, kind=op["kind"], operation_id=op["operation_id"], state=op["state"],
         duration_s=record_duration(op), write_pause_s=op.get("write_pause_s"), client_gap_s=client_gap_s,
+        steps_s=steps_total(op),
         steps=[StepFigures(name=s["name"], state=s["state"], duration_s=s.get("duration_s"))
                for s in op.get("steps") or []],
         data_loss=op.get("data_loss") if op["kind"] == "failover" else None,
@@ -179,7 +187,8 @@ def as_text(r: DrillReport) -> str:
     lines.append(f"  writes:              {_writes_text(r.writes)}")
     lines.append("  moves:")
     for m in r.moves:
-        lines.append(f"    {m.title:<18} {m.state:<7} {_s(m.duration_s):>10}  write pause {_s(m.write_pause_s)} "
+        lines.append(f"    {m.title:<18} {m.state:<7} {_s(m.duration_s):>10} (steps {_s(m.steps_s)})  "
+                     f"write pause {_s(m.write_pause_s)} "
                      f"(client saw {_s(m.client_gap_s)})  operation {m.operation_id}")
         for s in m.steps:
             lines.append(f"      {s.name:<22} {s.state:<8} {_s(s.duration_s)}")
@@ -202,10 +211,24 @@ def as_markdown(r: DrillReport) -> str:
     w = r.writes
     out += [f"| acknowledged writes | {w.acknowledged} |",
             f"| acknowledged writes lost | {'not checked' if w.lost is None else w.lost} |", ""]
-    out += ["| move | state | duration | write pause (record) | client gap | operation |",
-            "|---|---|---|---|---|---|"]
-    out += [f"| {m.title} | {m.state} | {_s(m.duration_s)} | {_s(m.write_pause_s)} | {_s(m.client_gap_s)} | "
-            f"`{m.operation_id}` |" for m in r.moves]
+    out += ["| move | state | duration | in steps | write pause (record) | client gap | operation |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {m.title} | {m.state} | {_s(m.duration_s)} | {_s(m.steps_s)} | {_s(m.write_pause_s)} | "
+            f"{_s(m.client_gap_s)} | `{m.operation_id}` |" for m in r.moves]
     out += ["", "| drill step | state | duration |", "|---|---|---|"]
     out += [f"| {p.name} | {p.state} | {_s(p.duration_s)} |" for p in r.phases]
     return "\n".join(out) + "\n"
+
+
+def history_lines(drills: list[dict[str, Any]]) -> list[str]:
+    """``pgcrdr drill history``: one line per kept drill, oldest first."""
+    out = []
+    for d in drills:
+        r = d.get("report") or {}
+        lost = (r.get("writes") or {}).get("lost")
+        out.append(" ".join(filter(None, [
+            d["drill_id"], d["create_time"], d["kind"], "in-place" if d["in_place"] else "fork", d["state"],
+            f"RTO {_s(r.get('rto_s'))}" if d["kind"] == "failover" else "",
+            f"lost writes {'-' if lost is None else lost}", f"duration {_s(r.get('duration_s'))}",
+        ])))
+    return out

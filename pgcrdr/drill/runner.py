@@ -320,8 +320,10 @@ class Drill:
         return self.api.service_or_none(name) is not None
 
     def _running(self, name: str) -> bool:
+        """A move runs on the pair (building its copy does not count: deleting the pair cancels it)."""
         try:
-            return bool(self.api.dr(name)["operation"])
+            op = self.api.dr(name)["operation"]
+            return bool(op) and op["kind"] != "setup"
         except ApiError as exc:
             if exc.status == 404:
                 return False

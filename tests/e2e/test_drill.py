@@ -7,7 +7,9 @@
    figures are the fork pair's operations' records; the production pair kept taking writes, lost
    none, and its operations' history and data are as before; the report is kept with the pair
    (``drills``), and the kept fork pair is then terminated as a whole with the real avn;
-3. a drill interrupted with SIGINT removes its forks and says so.
+3. a drill interrupted with SIGINT removes its forks and says so;
+4. ``pgcrdr drill switchover PAIR --in-place --yes --markdown``: the moves are the pair's own
+   operations, and the drill leaves no table behind.
 
 The tests run in order and share one production pair.
 """
@@ -181,3 +183,23 @@ def test_an_interrupted_drill_removes_its_forks(prod: RunningPlatform):
     assert history(p) == ops_before
     drills = dr_status(p, PROJECT, PAIR)["drills"]
     assert drills[-1]["state"] == "interrupted" and drills[-1]["kind"] == "switchover"
+
+
+def test_an_in_place_switchover_drill(prod: RunningPlatform):
+    p = prod
+    ops_before = history(p)
+    r = drill(p, "switchover", PAIR, "--in-place", "--yes", "--markdown", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"## Switchover drill of `{PAIR}` ({PROJECT}) in place: done" in r.stdout
+    kept = dr_status(p, PROJECT, PAIR)["drills"][-1]
+    report = kept["report"]
+    assert kept["in_place"] and report["forks"] == [] and report["writes"]["lost"] == 0
+    # in place, the moves are the pair's own operations: they are its history's new entries
+    new = [o for o in dr_status(p, PROJECT, PAIR)["history"] if o["operation_id"] not in {x[0] for x in ops_before}]
+    assert [(o["operation_id"], o["kind"], o["write_pause_s"]) for o in new] == [
+        (m["operation_id"], m["kind"], m["write_pause_s"]) for m in report["moves"]]
+    assert [m["kind"] for m in report["moves"]] == ["switchover", "switchback"]
+    assert role_of(p, PROJECT, PAIR) == {"state": "RUNNING", "disaster_recovery_role": "active"}
+    with psycopg.connect(p.service(PROJECT, PAIR)["service_uri"], connect_timeout=10) as conn:
+        assert conn.execute("SELECT to_regclass('pgcrdr_drill_writes')").fetchone()[0] is None
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == ITEMS

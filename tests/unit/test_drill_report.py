@@ -13,6 +13,7 @@ from pgcrdr.drill.report import (
     Writes,
     as_markdown,
     as_text,
+    history_lines,
     longest_gap,
     move_report,
     record_duration,
@@ -102,7 +103,7 @@ def test_figures_come_from_the_records():
     assert record_duration(FAILOVER_OP) == 4.5
     assert record_duration({"create_time": "2026-11-30T10:00:00Z", "finish_time": None}) is None
     m = move_report("failover", FAILOVER_OP, client_gap_s=4.2)
-    assert (m.write_pause_s, m.duration_s, m.client_gap_s) == (3.9, 4.5, 4.2)
+    assert (m.write_pause_s, m.duration_s, m.client_gap_s, m.steps_s) == (3.9, 4.5, 4.2, 2.4)
     assert m.data_loss == FAILOVER_OP["data_loss"] and m.cross_region_bytes is None
     assert [(s.name, s.duration_s) for s in m.steps] == [("record_lsn", 0.4), ("promote", 2.0)]
     r = move_report("failback restore", RESTORE_OP, None)
@@ -133,10 +134,22 @@ def test_the_report_as_text_markdown_and_json():
     assert "write pause 3.90 s (client saw 4.20 s)" in text and "operation f1" in text
     md = as_markdown(r)
     assert "| RTO (outage to first acknowledged write) | 6.25 s |" in md
-    assert "| failover | done | 4.50 s | 3.90 s | 4.20 s | `f1` |" in md
-    assert "| failback restore | done | 30.00 s | - | - | `r1` |" in md
+    assert "| failover | done | 4.50 s | 2.40 s | 3.90 s | 4.20 s | `f1` |" in md
+    assert "| failback restore | done | 30.00 s | - | - | - | `r1` |" in md
     back = DrillReport.model_validate(json.loads(r.model_dump_json()))
     assert back == r
     switch = DrillReport(project="p", pair="pg-a", kind="switchover", in_place=True, started="t")
     assert "RTO" not in as_text(switch) and "in place" in as_text(switch)
     assert "acknowledged and lost: not checked" in as_text(switch)
+
+
+def test_history_lines():
+    drills = [{"drill_id": "abc", "create_time": "2026-11-30T10:00:00Z", "kind": "failover", "in_place": False,
+               "state": "done", "report": {"rto_s": 0.86, "writes": {"lost": 0}, "duration_s": 41.0}},
+              {"drill_id": "def", "create_time": "2026-11-30T11:00:00Z", "kind": "switchover", "in_place": True,
+               "state": "interrupted", "report": {}}]
+    one, two = history_lines(drills)
+    assert one.startswith("abc 2026-11-30T10:00:00Z failover fork done") and "RTO 0.86 s" in one
+    assert "lost writes 0" in one and "duration 41.00 s" in one
+    assert two.startswith("def 2026-11-30T11:00:00Z switchover in-place interrupted") and "RTO" not in two
+    assert "lost writes -" in two
