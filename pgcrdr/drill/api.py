@@ -52,6 +52,9 @@ class DrillApi:
     def dr(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/service/{name}/disaster-recovery")
 
+    def backups(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/service/{name}/backups")["backups"]
+
     def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/service", body)["service"]
 

@@ -7,6 +7,7 @@ the drill then follows to its end.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,3 +105,29 @@ def node_progress(svc: dict[str, Any]) -> tuple[int, int, str]:
             if best is None or (mx and cur / mx < (best[0] / best[1] if best[1] else 1)):
                 best = (int(cur), int(mx), str(u.get("phase")))
     return best or (0, 0, "")
+
+
+WRITER_AGAIN = ("switchback", "failback_promote", "repair")
+
+
+def fork_backup_wait(pair: str, backups: list[dict[str, Any]], history: list[dict[str, Any]]) -> str | None:
+    """Why forking ``pair`` now would fail, or None. A fork restores a backup of the primary's
+    own region and replays that region's archive; after the primary became the writer again
+    (switchback, failback), the WAL of its new timeline's start is only in the region that was
+    active meanwhile, so the fork needs a backup taken after that move (the agent takes a full
+    one on every new timeline)."""
+    last = max((o.get("finish_time") or "" for o in history
+                if o.get("kind") in WRITER_AGAIN and o.get("to") == pair and o.get("state") == "done"), default="")
+    newest = max((b.get("backup_time") or "" for b in backups), default="")
+    if not newest:
+        return f"{pair} has no backup yet"
+    if last and _instant(newest) <= _instant(last):
+        return f"waiting for a backup of {pair} taken after its move back at {last} (its newest: {newest})"
+    return None
+
+
+def _instant(value: str) -> float:
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

@@ -17,7 +17,15 @@ import psycopg
 
 from pgcrdr.drill import load
 from pgcrdr.drill.api import ApiError, DrillApi
-from pgcrdr.drill.plan import MOVES, DrillKind, Move, fork_names, node_progress, operation_progress
+from pgcrdr.drill.plan import (
+    MOVES,
+    DrillKind,
+    Move,
+    fork_backup_wait,
+    fork_names,
+    node_progress,
+    operation_progress,
+)
 from pgcrdr.drill.report import DrillReport, Phase, Writes, longest_gap, move_report, rto, summarize
 
 WRITES_BEFORE_MOVES = 20  # acknowledged writes before the first move: the load is really running
@@ -160,6 +168,14 @@ class Drill:
         pair = self.opts.pair
         self.primary, self.recovery = fork_names(pair, self.token)
         self.report.forks = [self.primary, self.recovery]
+        with self._phase(f"a backup of {pair} to fork") as phase:
+            def backed_up() -> bool:
+                why = fork_backup_wait(pair, self.api.backups(pair), self.api.dr(pair)["history"])
+                self.ui.update(0, None, why or "")
+                return why is None
+
+            self._wait(f"a backup of {pair} on its current timeline", backed_up, interval=2.0)
+            phase.detail = "the newest backup is recent enough"
         with self._phase(f"fork {pair} in {pri['cloud_name']}") as phase:
             self.created.append(self.primary)  # before the request: an interrupted POST may have created it
             self.api.create_service({

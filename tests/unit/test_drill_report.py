@@ -6,7 +6,15 @@ from __future__ import annotations
 import json
 
 from pgcrdr.drill.outage import kill_order
-from pgcrdr.drill.plan import MOVES, fork_names, node_progress, operation_progress, peer_refusal, refusal
+from pgcrdr.drill.plan import (
+    MOVES,
+    fork_backup_wait,
+    fork_names,
+    node_progress,
+    operation_progress,
+    peer_refusal,
+    refusal,
+)
 from pgcrdr.drill.report import (
     DrillReport,
     Phase,
@@ -153,3 +161,15 @@ def test_history_lines():
     assert "lost writes 0" in one and "duration 41.00 s" in one
     assert two.startswith("def 2026-11-30T11:00:00Z switchover in-place interrupted") and "RTO" not in two
     assert "lost writes -" in two
+
+
+def test_a_fork_waits_for_a_backup_after_the_primary_became_the_writer_again():
+    backups = [{"backup_time": "2026-11-30T10:00:00Z"}]
+    back = [{"kind": "switchback", "to": "pg-a", "state": "done", "finish_time": "2026-11-30T10:05:00Z"}]
+    assert "after its move back at 2026-11-30T10:05:00Z" in (fork_backup_wait("pg-a", backups, back) or "")
+    later = [*backups, {"backup_time": "2026-11-30T10:05:30Z"}]
+    assert fork_backup_wait("pg-a", later, back) is None
+    assert fork_backup_wait("pg-a", backups, []) is None  # never moved: any backup will do
+    undone = [{**back[0], "state": "undone"}]
+    assert fork_backup_wait("pg-a", backups, undone) is None
+    assert fork_backup_wait("pg-a", [], []) == "pg-a has no backup yet"
