@@ -393,19 +393,19 @@ def create_app(
     def drill_pair(project: str, service: str) -> Any:
         svc = manager.service(project, service)
         if svc.dr_kind != "primary" or not svc.dr_peer:
-            raise Refused(400, f"{service} is not the primary service of a disaster recovery pair; drills are kept "
+            raise Refused(409, f"{service} is not the primary service of a disaster recovery pair; drills are kept "
                                "with a pair's primary service")
         return svc
 
     @app.get("/v1/project/{project}/service/{service}/disaster-recovery/drills",
-             responses=S.ok(S.DrillListResponse, 400, 404))
+             responses=S.ok(S.DrillListResponse, 404, 409))
     def list_drills(project: str, service: str, _: str = Auth) -> dict:
         """pgcrdr extension: the pair's drills (pgcrdr drill), oldest first."""
         drill_pair(project, service)
         return {"drills": [drill_json(d) for d in store.list_drills(project, service)]}
 
     @app.post("/v1/project/{project}/service/{service}/disaster-recovery/drills",
-              responses=S.ok(S.DrillResponse, 400, 404, 413), openapi_extra=S.body_spec(S.DrillCreateRequest))
+              responses=S.ok(S.DrillResponse, 400, 404, 409, 413), openapi_extra=S.body_spec(S.DrillCreateRequest))
     async def add_drill(project: str, service: str, request: Request, _: str = Auth) -> dict:
         """pgcrdr extension: keep a drill's report with the pair. Its operations' history is not
         touched: a drill on forks ran none on the pair."""

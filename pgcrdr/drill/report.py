@@ -152,6 +152,10 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s"
 
 
+def _whole(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} s"
+
+
 def _bytes(n: int | None) -> str:
     if n is None:
         return "not recorded"
@@ -187,14 +191,14 @@ def as_text(r: DrillReport) -> str:
     lines.append(f"  writes:              {_writes_text(r.writes)}")
     lines.append("  moves:")
     for m in r.moves:
-        lines.append(f"    {m.title:<18} {m.state:<7} {_s(m.duration_s):>10} (steps {_s(m.steps_s)})  "
+        lines.append(f"    {m.title:<18} {m.state:<7} {_whole(m.duration_s):>6} (steps {_s(m.steps_s)})  "
                      f"write pause {_s(m.write_pause_s)} "
                      f"(client saw {_s(m.client_gap_s)})  operation {m.operation_id}")
         for s in m.steps:
             lines.append(f"      {s.name:<22} {s.state:<8} {_s(s.duration_s)}")
     lines.append("  drill steps:")
     for p in r.phases:
-        lines.append(f"    {p.name:<30} {p.state:<11} {_s(p.duration_s)}" + (f"  {p.detail}" if p.detail else ""))
+        lines.append(f"    {p.name:<48} {p.state:<11} {_s(p.duration_s):>9}" + (f"  {p.detail}" if p.detail else ""))
     return "\n".join(lines)
 
 
@@ -213,7 +217,7 @@ def as_markdown(r: DrillReport) -> str:
             f"| acknowledged writes lost | {'not checked' if w.lost is None else w.lost} |", ""]
     out += ["| move | state | duration | in steps | write pause (record) | client gap | operation |",
             "|---|---|---|---|---|---|---|"]
-    out += [f"| {m.title} | {m.state} | {_s(m.duration_s)} | {_s(m.steps_s)} | {_s(m.write_pause_s)} | "
+    out += [f"| {m.title} | {m.state} | {_whole(m.duration_s)} | {_s(m.steps_s)} | {_s(m.write_pause_s)} | "
             f"{_s(m.client_gap_s)} | `{m.operation_id}` |" for m in r.moves]
     out += ["", "| drill step | state | duration |", "|---|---|---|"]
     out += [f"| {p.name} | {p.state} | {_s(p.duration_s)} |" for p in r.phases]

@@ -30,11 +30,11 @@ def test_bad_drill_records_are_refused_and_nothing_is_kept(api, pair):
     assert_error(api.post(URL, json={**BODY, "in_place": "yes"}), 400, "in_place")
     assert_error(api.post(URL, json={**BODY, "extra": 1}), 400, "extra")
     assert_error(api.post(URL, json={k: v for k, v in BODY.items() if k != "report"}), 400, "report")
-    assert_error(api.post(f"{P}/service/pg-primary-dr/disaster-recovery/drills", json=BODY), 400,
+    assert_error(api.post(f"{P}/service/pg-primary-dr/disaster-recovery/drills", json=BODY), 409,
                  "not the primary service")
     assert_error(api.post(f"{P}/service/pg-nope/disaster-recovery/drills", json=BODY), 404)
     create(api, "solo")
-    assert_error(api.get(f"{P}/service/solo/disaster-recovery/drills"), 400, "not the primary service")
+    assert_error(api.get(f"{P}/service/solo/disaster-recovery/drills"), 409, "not the primary service")
     assert api.get(URL).json()["drills"] == []
 
 

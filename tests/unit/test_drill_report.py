@@ -142,8 +142,8 @@ def test_the_report_as_text_markdown_and_json():
     assert "write pause 3.90 s (client saw 4.20 s)" in text and "operation f1" in text
     md = as_markdown(r)
     assert "| RTO (outage to first acknowledged write) | 6.25 s |" in md
-    assert "| failover | done | 4.50 s | 2.40 s | 3.90 s | 4.20 s | `f1` |" in md
-    assert "| failback restore | done | 30.00 s | - | - | - | `r1` |" in md
+    assert "| failover | done | 4 s | 2.40 s | 3.90 s | 4.20 s | `f1` |" in md
+    assert "| failback restore | done | 30 s | - | - | - | `r1` |" in md
     back = DrillReport.model_validate(json.loads(r.model_dump_json()))
     assert back == r
     switch = DrillReport(project="p", pair="pg-a", kind="switchover", in_place=True, started="t")
