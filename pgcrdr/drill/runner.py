@@ -109,7 +109,9 @@ class Drill:
             self._check_writes()
         except KeyboardInterrupt:
             self.report.state = "interrupted"
-            self.report.message = "interrupted (Ctrl-C)"
+            self.report.message = "interrupted (Ctrl-C)" + (
+                f"; the pair {self.opts.pair} is left as it is: see its disaster recovery status and finish the "
+                "cycle (switch back, or fail back)" if self.opts.in_place else "")
         except (DrillFailed, ApiError, psycopg.Error) as exc:
             self.report.state = "failed"
             self.report.message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
@@ -119,6 +121,9 @@ class Drill:
         finally:
             with _no_interrupts(self.ui):
                 self._stop_load()
+                if not self.opts.in_place and self.opts.keep and self.report.state != "interrupted" and self.created:
+                    self.ui.say(f"kept the drill's forks {', '.join(self.created)} (--keep); remove them with: "
+                                f"avn service terminate {self.primary}")
                 if not self.opts.in_place and (self.report.state == "interrupted" or not self.opts.keep):
                     try:
                         self._remove_forks()
