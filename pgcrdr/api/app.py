@@ -8,6 +8,7 @@ mistake is a 4xx, never a 500 or a traceback.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +25,20 @@ from pgcrdr.api.events import EventLogMiddleware, events_router
 from pgcrdr.api.metrics import metrics_router
 from pgcrdr.api.openapi import install_openapi
 from pgcrdr.api.replica import ReplicaHeadersMiddleware
-from pgcrdr.api.serialize import backups_response, dr_status_json, integration_json, project_json, service_json
+from pgcrdr.api.serialize import (
+    backups_response,
+    dr_status_json,
+    drill_json,
+    integration_json,
+    project_json,
+    service_json,
+)
 from pgcrdr.api.tokens import tokens_router
 from pgcrdr.config import Settings
 from pgcrdr.controlplane import catalog, crdr
 from pgcrdr.controlplane.errors import Refused, clip
 from pgcrdr.controlplane.lag import LagHistory
+from pgcrdr.controlplane.records import DrillRecord
 from pgcrdr.controlplane.services import ServiceManager, now_rfc3339
 from pgcrdr.controlplane.store import Store, StoreError, verify_password
 from pgcrdr.security.tokens import new_token
@@ -378,6 +387,37 @@ def create_app(
             manager.service(project, service)
             crdr.set_automatic_failover(store, project, service, cfg, writer_leases=lease_store(settings) is not None)
             return dr_status_json(manager.service(project, service), store)
+
+        return await run_in_threadpool(work)
+
+    def drill_pair(project: str, service: str) -> Any:
+        svc = manager.service(project, service)
+        if svc.dr_kind != "primary" or not svc.dr_peer:
+            raise Refused(409, f"{service} is not the primary service of a disaster recovery pair; drills are kept "
+                               "with a pair's primary service")
+        return svc
+
+    @app.get("/v1/project/{project}/service/{service}/disaster-recovery/drills",
+             responses=S.ok(S.DrillListResponse, 404, 409))
+    def list_drills(project: str, service: str, _: str = Auth) -> dict:
+        """pgcrdr extension: the pair's drills (pgcrdr drill), oldest first."""
+        drill_pair(project, service)
+        return {"drills": [drill_json(d) for d in store.list_drills(project, service)]}
+
+    @app.post("/v1/project/{project}/service/{service}/disaster-recovery/drills",
+              responses=S.ok(S.DrillResponse, 400, 404, 409, 413), openapi_extra=S.body_spec(S.DrillCreateRequest))
+    async def add_drill(project: str, service: str, request: Request, _: str = Auth) -> dict:
+        """pgcrdr extension: keep a drill's report with the pair. Its operations' history is not
+        touched: a drill on forks ran none on the pair."""
+        body = S.check_body(S.DrillCreateRequest, await json_body(request))
+
+        def work() -> dict:
+            drill_pair(project, service)
+            rec = DrillRecord(drill_id=uuid.uuid4().hex[:12], project=project, pair=service, kind=body["kind"],
+                              in_place=body["in_place"], state=body["state"], create_time=now_rfc3339(),
+                              report=body["report"])
+            store.put_drill(rec)
+            return {"drill": drill_json(rec)}
 
         return await run_in_threadpool(work)
 

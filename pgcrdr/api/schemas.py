@@ -162,6 +162,10 @@ class ServiceCreateRequest(_Body):
     cmk_id: str | None = Field(None, description="Accepted and ignored")
     group_name: str | None = Field(None, description="Accepted and ignored")
     copy_tags: StrictBool | None = Field(None, description="Accepted and ignored")
+    pgcrdr_drill_of: Annotated[Any, checked_elsewhere(_nullable({
+        "type": "string", "description": "pgcrdr extension (pgcrdr drill): this fork rehearses the pair whose "
+                                         "primary is named here; it must be forked from that service. A pair "
+                                         "of such forks is deleted as a whole, in any state"}))] = None
 
 
 class ServiceUpdateRequest(_Body):
@@ -294,10 +298,22 @@ class DisasterRecoveryUpdateRequest(_Body):
     automatic_failover: Annotated[Any, checked_elsewhere(AUTOMATIC_FAILOVER_SCHEMA)]
 
 
+class DrillCreateRequest(_Body):
+    """POST .../disaster-recovery/drills (pgcrdr extension): keep a drill's report with the pair
+    (``pgcrdr drill`` sends it when the drill ends)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal["switchover", "failover"]
+    in_place: StrictBool
+    state: Literal["done", "failed", "interrupted"]
+    report: dict[str, Any]
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [
     UserAuthRequest, ProjectCreateRequest, ServiceCreateRequest, ServiceUpdateRequest, IntegrationCreateRequest,
     IntegrationUpdateRequest, DatabaseCreateRequest, ServiceUserCreateRequest, TagsUpdateRequest,
     ServiceIntegrationItem, AccessTokenCreateRequest, AccessTokenUpdateRequest, DisasterRecoveryUpdateRequest,
+    DrillCreateRequest,
 ]
 
 
@@ -555,6 +571,27 @@ class DisasterRecoveryStatus(_Out):
     operation: dict[str, Any] | None
     history: list[dict[str, Any]]
     automatic_failover: dict[str, Any] | None = None
+    drills: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Drill(_Out):
+    """A drill's record (pgcrdr drill): kept with the pair, apart from its operations' history."""
+
+    drill_id: str
+    pair: str
+    kind: Literal["switchover", "failover"]
+    in_place: bool
+    state: Literal["done", "failed", "interrupted"]
+    create_time: str
+    report: dict[str, Any]
+
+
+class DrillListResponse(_Out):
+    drills: list[Drill]
+
+
+class DrillResponse(_Out):
+    drill: Drill
 
 
 class Event(_Out):

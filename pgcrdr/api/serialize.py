@@ -14,6 +14,7 @@ from pgcrdr.config import Settings
 from pgcrdr.controlplane.catalog import PLANS
 from pgcrdr.controlplane.lag import pair_lag
 from pgcrdr.controlplane.records import (
+    DrillRecord,
     AutomaticFailover,
     IntegrationRecord,
     OperationRecord,
@@ -272,7 +273,14 @@ def dr_status_json(svc: ServiceRecord, store: Store) -> dict:
         "operation": operation_json(running) if running else None,
         "history": [operation_json(o) for o in ops if o.state != "running"],
         "automatic_failover": _automatic_failover(svc, store),
+        # drills rehearse the pair's moves (on forks, or in place): kept apart from its history
+        "drills": [drill_json(d) for d in store.list_drills(svc.project, pair)] if svc.dr_peer else [],
     }
+
+
+def drill_json(d: DrillRecord) -> dict:
+    return {"drill_id": d.drill_id, "pair": d.pair, "kind": d.kind, "in_place": d.in_place, "state": d.state,
+            "create_time": d.create_time, "report": d.report}
 
 
 def _automatic_failover(svc: ServiceRecord, store: Store) -> dict | None:

@@ -394,6 +394,153 @@ def drill_agent_fault(home: str | None, port_offset: int | None, region_name: st
                f"(rule in {path}; undo with --clear)")
 
 
+# --- drills of a pair's moves (pgcrdr.drill) ----------------------------------------------------
+
+api_url_opt = click.option("--api-url", envvar="PGCRDR_API_URL", default=None,
+                           help="The control plane's API (any replica; default: this home's).")
+api_token_opt = click.option("--token", "api_token", envvar="PGCRDR_TOKEN", default=None,
+                             help="An API token (default: this home's, control/api-token).")
+
+
+def _drill_api(settings: Settings, project: str, api_url: str | None, api_token: str | None) -> Any:
+    from pgcrdr.drill.api import DrillApi
+
+    if api_token is None:
+        path = token_file(settings)
+        if not path.exists():
+            raise click.ClickException(f"no API token in {path}: start pgcrdr (pgcrdr up) or pass --token")
+        api_token = path.read_text().strip()
+    return DrillApi(api_url or settings.api_url, api_token, project)
+
+
+def _run_drill(kind: str, pair: str, project: str, home: str | None, port_offset: int | None, api_url: str | None,
+               api_token: str | None, in_place: bool, yes: bool, keep: bool, as_json: bool, markdown: bool,
+               step_timeout: float) -> None:
+    from pgcrdr.drill import plan
+    from pgcrdr.drill.api import ApiError
+    from pgcrdr.drill.outage import AgentOutage
+    from pgcrdr.drill.report import as_markdown, as_text
+    from pgcrdr.drill.runner import Drill, DrillOptions
+    from pgcrdr.drill.ui import RichUi
+
+    settings = _settings(home, port_offset)
+    api = _drill_api(settings, project, api_url, api_token)
+    try:
+        try:
+            svc = api.service_or_none(pair)
+            dr = api.dr(pair) if svc is not None else None
+            why = plan.refusal(pair, svc, dr)
+            peer = api.service(dr["peer_service"]) if why is None and dr is not None else None
+            if why is None and peer is not None:
+                why = plan.peer_refusal(peer)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+        if why is not None:
+            raise click.ClickException(why)
+        assert svc is not None and peer is not None
+        agent_token = ""
+        if kind == "failover":
+            path = agent_token_file(settings)
+            if not path.exists():
+                raise click.ClickException(f"the failover drill's outage needs the agents' token ({path}); run it "
+                                           "on the control host")
+            agent_token = path.read_text().strip()
+        if in_place and not yes:
+            what = ("fail over (its primary's nodes are killed), restore and take back"
+                    if kind == "failover" else "switch over and back")
+            click.confirm(f"This will {what} the production pair {pair} / {peer['service_name']} itself, under a "
+                          "write load. Continue?", abort=True)
+        opts = DrillOptions(project=project, pair=pair, kind=kind, in_place=in_place, keep=keep,  # type: ignore[arg-type]
+                            step_timeout_s=step_timeout)
+        with RichUi(console) as ui:
+            drill = Drill(api=api, outage=AgentOutage(settings, agent_token, project), opts=opts, ui=ui)
+            report = drill.run(svc, peer)
+        body = {"kind": kind, "in_place": in_place, "state": report.state, "report": report.model_dump(mode="json")}
+        try:
+            kept = api.add_drill(pair, body)
+            console.print(f"report kept as drill {kept['drill_id']} of {pair} (pgcrdr drill history {pair})")
+        except ApiError as exc:
+            console.print(f"[red]the report could not be kept with {pair}: {exc}[/red]")
+        if as_json:
+            click.echo(report.model_dump_json(indent=2))
+        elif markdown:
+            click.echo(as_markdown(report))
+        else:
+            click.echo(as_text(report))
+        if report.state != "done":
+            sys.exit(130 if report.state == "interrupted" else 1)
+    finally:
+        api.close()
+
+
+def _drill_command(kind: str, doc: str) -> Any:
+    @drill.command(kind, help=doc)
+    @home_opt
+    @offset_opt
+    @api_url_opt
+    @api_token_opt
+    @click.argument("pair")
+    @click.option("--project", default="pgcrdr", show_default=True)
+    @click.option("--in-place", is_flag=True, help="Run on the pair itself, not on a fork of it (asks first).")
+    @click.option("--yes", is_flag=True, help="With --in-place: do not ask.")
+    @click.option("--keep", is_flag=True, help="Keep the fork pair after the drill (removed on Ctrl-C anyway).")
+    @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+    @click.option("--markdown", is_flag=True, help="The report as Markdown.")
+    @click.option("--step-timeout", type=float, default=600.0, show_default=True,
+                  help="Seconds each step may take before the drill gives up.")
+    def command(pair: str, project: str, home: str | None, port_offset: int | None, api_url: str | None,
+                api_token: str | None, in_place: bool, yes: bool, keep: bool, as_json: bool, markdown: bool,
+                step_timeout: float) -> None:
+        if as_json and markdown:
+            raise click.UsageError("choose one of --json and --markdown")
+        _run_drill(kind, pair, project, home, port_offset, api_url, api_token, in_place, yes, keep, as_json,
+                   markdown, step_timeout)
+
+    return command
+
+
+drill_switchover = _drill_command(
+    "switchover", "Rehearse a switchover and the switchback of the pair whose primary is PAIR, under a write "
+                  "load through the Service URI, on a fork of the pair (default) or --in-place; report and keep "
+                  "the figures with the pair.")
+drill_failover = _drill_command(
+    "failover", "Rehearse an outage of the primary of PAIR, the failover, the failback restore and the failback "
+                "takeover, under a write load through the Service URI, on a fork of the pair (default: only the "
+                "fork's primary is hit) or --in-place; report and keep the figures with the pair.")
+
+
+@drill.command("history")
+@home_opt
+@offset_opt
+@api_url_opt
+@api_token_opt
+@click.argument("pair")
+@click.option("--project", default="pgcrdr", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Every drill's record and report as JSON.")
+def drill_history(pair: str, project: str, home: str | None, port_offset: int | None, api_url: str | None,
+                  api_token: str | None, as_json: bool) -> None:
+    """The drills kept with the pair whose primary is PAIR, oldest first."""
+    from pgcrdr.drill.api import ApiError
+
+    api = _drill_api(_settings(home, port_offset), project, api_url, api_token)
+    try:
+        drills = api.drills(pair)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        api.close()
+    if as_json:
+        click.echo(json.dumps(drills, indent=2))
+        return
+    if not drills:
+        click.echo(f"no drills kept with {pair}")
+        return
+    from pgcrdr.drill.report import history_lines
+
+    for line in history_lines(drills):
+        click.echo(line)
+
+
 @main.group()
 def terraform() -> None:
     """Terraform: pgcrdr's aiven/aiven provider."""

@@ -92,6 +92,9 @@ class ServiceRecord(BaseModel):
     status_time: float | None = None  # when ``status`` was last read from the region (epoch seconds)
     automatic_failover: AutomaticFailover | None = None  # on a pair's primary (pgcrdr extension)
     fork: ForkSource | None = None  # created from another service's backups
+    # A drill's fork of this production pair's primary (or the fork's recovery copy): such a pair
+    # is removed as a whole, in any state (pgcrdr drill; its Ctrl-C must not need a failback)
+    drill_of: str | None = None
 
     @property
     def primary_user(self) -> ServiceUser:
@@ -147,3 +150,22 @@ class OperationRecord(BaseModel):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+
+DrillKind = Literal["switchover", "failover"]
+
+
+class DrillRecord(BaseModel):
+    """A rehearsal of a pair's moves (``pgcrdr drill switchover|failover``) and its report, kept
+    with the production pair but apart from its operations: a drill on a fork ran no operation
+    on the pair itself, and its history must say so."""
+
+    drill_id: str
+    project: str
+    pair: str  # the production pair's primary service
+    kind: DrillKind
+    in_place: bool
+    state: Literal["done", "failed", "interrupted"]
+    create_time: str
+    finish_time: str | None = None
+    report: dict = Field(default_factory=dict)  # pgcrdr.drill.report.DrillReport, as JSON

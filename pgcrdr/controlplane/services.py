@@ -266,6 +266,10 @@ class ServiceManager:
             endpoint_direct_port=direct,
             endpoint_pooled_port=pooled,
         )
+        drill_of = self._drill_of(body.get("pgcrdr_drill_of"), fork_src)
+        if drill_of is None and dr_source is not None:
+            drill_of = dr_source.drill_of  # a drill fork's recovery copy belongs to the drill too
+        svc = svc.model_copy(update={"drill_of": drill_of})
         if fork_src is not None:
             svc = self._as_fork(svc, fork_src, user_config.get("recovery_target_time"))
         if dr_source is not None:
@@ -275,6 +279,22 @@ class ServiceManager:
         if not self.store.add_service(svc):
             raise Refused(409, f"Service {name} already exists")
         return svc
+
+    @staticmethod
+    def _drill_of(value: Any, fork_src: ServiceRecord | None) -> str | None:
+        """``pgcrdr_drill_of``: the production pair a drill's fork rehearses; it must be the
+        service the new one is forked from, and the primary of a pair."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise Refused(400, "pgcrdr_drill_of must be the name of the pair's primary service")
+        if fork_src is None or fork_src.name != value:
+            raise Refused(400, f"pgcrdr_drill_of={clip_repr(value)} goes with a fork of that service "
+                               f"(user_config service_to_fork_from={clip(value)})")
+        if fork_src.dr_kind != "primary":
+            raise Refused(400, f"{fork_src.name} is not the primary service of a disaster recovery pair: "
+                               "there is no pair to rehearse")
+        return value
 
     def _fork_source_of(self, project: str, user_config: dict[str, Any]) -> ServiceRecord | None:
         """The service named by ``service_to_fork_from`` (in ``project_to_fork_from``, default
@@ -453,6 +473,9 @@ class ServiceManager:
             self.store.update_service(
                 project, name, lambda cur: cur.model_copy(update={"deleting": True, "update_time": now_rfc3339()}))
             return
+        if svc.drill_of is not None:
+            self._delete_drill_pair(svc)
+            return
         # A pair member: only the passive side can go; the pair's Service URI and the writer stay.
         if svc.dr_role != "passive" or svc.dr_kind != "recovery":
             peer = self.store.get_service(project, svc.dr_peer)
@@ -497,6 +520,41 @@ class ServiceManager:
             tx.put_service(cur.model_copy(update={
                 "deleting": True, "dr_peer": None, "endpoint_direct_port": None, "endpoint_pooled_port": None,
                 "update_time": now_rfc3339()}))
+
+        self.store.transaction(terminate)
+
+    def _delete_drill_pair(self, svc: ServiceRecord) -> None:
+        """A drill's fork pair goes as a whole whatever its roles (a drill interrupted between a
+        failover and its failback must not need the failback to clean up), but never while an
+        operation moves it: a half-applied step would be left to a deleted pair."""
+        project, peer_name = svc.project, svc.dr_peer or ""
+
+        def terminate(tx: Tx) -> None:
+            peer = tx.service(project, peer_name)
+            pair = svc.name if svc.dr_kind == "primary" else peer_name
+            running = tx.running_operation(project, pair)
+            if running is not None and running.kind != "setup":
+                raise Refused(409, f"A {running.kind} operation is running on the drill's pair {pair}; "
+                                   "retry once it finished")
+            if running is not None:
+                tx.put_operation(running.model_copy(update={
+                    "state": "failed", "finish_time": now_rfc3339(),
+                    "message": f"cancelled: the drill's pair {pair} was terminated"}))
+            for integ in tx.integrations(project):
+                if {integ.source, integ.dest} & {svc.name, peer_name}:
+                    tx.delete_integration(project, integ.integration_id)
+            for member in (svc, peer):
+                if member is None:
+                    continue
+                cur = tx.service(project, member.name)
+                if cur is None:
+                    continue
+                ports: dict[str, Any] = {} if cur.dr_kind == "primary" else {
+                    "endpoint_direct_port": None, "endpoint_pooled_port": None}  # the primary's
+                tx.put_service(cur.model_copy(update={
+                    "deleting": True, "powered": False, "dr_role": None, "dr_peer": None,
+                    "standby_of": None, "permanent_slots": [], "generation": cur.generation + 1,
+                    "update_time": now_rfc3339(), **ports}))
 
         self.store.transaction(terminate)
 

@@ -83,6 +83,8 @@ def _scratch_home():
 #  - POST service: a recovery copy in its primary's own cloud. It must not be a 409: avn's
 #    `service create --no-fail-if-exists` takes any 409 as "already exists" and exits 0
 #    (api-contract.md 1.3), which would hide the refusal.
+#  - POST service, pgcrdr_drill_of (pgcrdr drill): it must name the service the new one is forked
+#    from (user_config), and that service must be a pair's primary. Not a 409, for the same reason.
 #  - POST integration: the same service twice, two services in one cloud, another project
 #    (source_project/dest_project are the path's project).
 STATE_DEPENDENT_400 = {
@@ -92,7 +94,10 @@ STATE_DEPENDENT_400 = {
         "Major version upgrades are not supported", "admin_username can only be set when the service is created",
         "failback_source applies to restoring a failed primary",
     ),
-    "POST /v1/project/{project}/service": ("A disaster recovery copy must run in another cloud",),
+    "POST /v1/project/{project}/service": (
+        "A disaster recovery copy must run in another cloud", "pgcrdr_drill_of=",
+        "{pgcrdr_drill_of} is not the primary service of a disaster recovery pair",
+    ),
     "POST /v1/project/{project}/integration": (
         "source_service and dest_service must be two different services", "source_project must be",
         "dest_project must be", "{source_service} and {dest_service} are both in",

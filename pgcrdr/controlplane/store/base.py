@@ -25,7 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import (
+    DrillRecord,
+    IntegrationRecord,
+    OperationRecord,
+    ProjectRecord,
+    ServiceRecord,
+)
 
 T = TypeVar("T")
 
@@ -180,6 +186,14 @@ class Tx(ABC):
         for event_type, desc in operation_events(before, op):
             self.add_event(op.project, SYSTEM_ACTOR, event_type, desc, service_name=op.service)
         return True
+
+    # drills ------------------------------------------------------------------------------
+    @abstractmethod
+    def drills(self, project: str, pair: str) -> list[DrillRecord]:
+        """Oldest first (by ``create_time``, then the order they were written)."""
+
+    @abstractmethod
+    def put_drill(self, rec: DrillRecord) -> None: ...
 
     # events ------------------------------------------------------------------------------
     @abstractmethod
@@ -457,6 +471,12 @@ class Store(ABC):
 
     def put_operation(self, op: OperationRecord) -> bool:
         return self.transaction(lambda tx: tx.put_operation(op))
+
+    def list_drills(self, project: str, pair: str) -> list[DrillRecord]:
+        return self.read(lambda tx: tx.drills(project, pair))
+
+    def put_drill(self, rec: DrillRecord) -> None:
+        self.transaction(lambda tx: tx.put_drill(rec))
 
 
 def _matching_tokens(tx: Tx, token_or_prefix: str) -> list[TokenRow]:

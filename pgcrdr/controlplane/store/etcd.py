@@ -7,6 +7,7 @@ Keys live under a prefix (default ``/pgcrdr/v1/``), one JSON document each::
     projects/<name>                     integrations/<project>/<integration id>
     tokens/<sha-256 of the token>       operations/<project>/<pair>/<operation id>
     operation-ids/<operation id>        -> {"project", "pair"} of the operation's key
+    drills/<project>/<pair>/<drill id>  a drill's record and report (pgcrdr drill)
     running-operations/<project>/<pair>/<operation id>   a copy of each running operation
     events/<project>/<10**19-1 - seq>   newest first in key order; event-seq/<project> holds seq
     deletions/<kind>                    changed by every delete of a key of that kind
@@ -39,7 +40,13 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import (
+    DrillRecord,
+    IntegrationRecord,
+    OperationRecord,
+    ProjectRecord,
+    ServiceRecord,
+)
 from pgcrdr.controlplane.store.base import (
     EVENTS_KEPT_PER_PROJECT,
     EventRow,
@@ -311,6 +318,14 @@ class EtcdTx(Tx):
             self._put(running, doc)
         elif self._get(running) is not None:
             self._delete("running-operations", op.project, op.pair, op.operation_id)
+
+    # drills --------------------------------------------------------------------------------
+    def drills(self, project: str, pair: str) -> list[DrillRecord]:
+        found = [(DrillRecord.model_validate_json(v), order) for v, order in self._scan("drills", project, pair)]
+        return [d for d, _ in sorted(found, key=lambda item: (item[0].create_time, item[1]))]
+
+    def put_drill(self, rec: DrillRecord) -> None:
+        self._put(self._key("drills", rec.project, rec.pair, rec.drill_id), rec.model_dump_json())
 
     # events --------------------------------------------------------------------------------
     def _event_key(self, project: str, seq: int) -> str:

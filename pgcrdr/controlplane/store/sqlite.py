@@ -11,7 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pgcrdr.controlplane.records import IntegrationRecord, OperationRecord, ProjectRecord, ServiceRecord
+from pgcrdr.controlplane.records import (
+    DrillRecord,
+    IntegrationRecord,
+    OperationRecord,
+    ProjectRecord,
+    ServiceRecord,
+)
 from pgcrdr.controlplane.store.base import (
     EVENTS_KEPT_PER_PROJECT,
     EventRow,
@@ -35,6 +41,9 @@ CREATE TABLE IF NOT EXISTS integrations (
 CREATE TABLE IF NOT EXISTS operations (
     operation_id TEXT PRIMARY KEY, project TEXT NOT NULL, pair TEXT NOT NULL, state TEXT NOT NULL,
     create_time TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drills (
+    drill_id TEXT PRIMARY KEY, project TEXT NOT NULL, pair TEXT NOT NULL, create_time TEXT NOT NULL,
+    doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, time TEXT NOT NULL, actor TEXT NOT NULL,
     event_type TEXT NOT NULL, service_name TEXT, event_desc TEXT NOT NULL);
@@ -146,6 +155,18 @@ class SQLiteTx(Tx):
         )
 
     # events
+    # drills
+    def drills(self, project: str, pair: str) -> list[DrillRecord]:
+        docs = self._docs("SELECT doc FROM drills WHERE project=? AND pair=? ORDER BY create_time, rowid",
+                          (project, pair))
+        return [DrillRecord.model_validate_json(d) for d in docs]
+
+    def put_drill(self, rec: DrillRecord) -> None:
+        self.db.execute(
+            "INSERT INTO drills(drill_id, project, pair, create_time, doc) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(drill_id) DO UPDATE SET doc=excluded.doc",
+            (rec.drill_id, rec.project, rec.pair, rec.create_time, rec.model_dump_json()))
+
     def add_event(self, project: str, actor: str, event_type: str, event_desc: str,
                   service_name: str | None = None, when: str | None = None,
                   keep: int = EVENTS_KEPT_PER_PROJECT) -> None:
