@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -11,9 +10,8 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import httpx
 import psycopg
 
 from pgcrdr.config import Settings
+from pgcrdr.drill.load import AckWriter, WriteLog  # noqa: F401 - WriteLog: the tests' too
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -176,65 +175,11 @@ def stop_platform(p: RunningPlatform) -> None:
 
 # --- the acknowledged-writes checker (../shared/docs/reliability.md) -------------------------
 
-@dataclass
-class WriteLog:
-    ok: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    ok_times: list[float] = field(default_factory=list)
-    last_error: str | None = None
-
-    def longest_gap(self) -> float:
-        t = sorted(self.ok_times)
-        return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
-
-
-class Writer(threading.Thread):
-    """Writes unique ids through a URI in a loop, logging each attempt's outcome."""
+class Writer(AckWriter):
+    """The acknowledged-writes checker (pgcrdr.drill.load.AckWriter) on the tests' table."""
 
     def __init__(self, uri: str, table: str = "acked_writes", interval: float = 0.02, **connect_kw: Any):
-        super().__init__(daemon=True)
-        self.uri, self.table, self.interval = uri, table, interval
-        self.connect_kw = connect_kw  # e.g. prepare_threshold=None behind a transaction pooler
-        self.log = WriteLog()
-        self._halt = threading.Event()
-
-    def stop(self) -> WriteLog:
-        self._halt.set()
-        self.join(timeout=30)
-        return self.log
-
-    def run(self) -> None:
-        conn: psycopg.Connection | None = None
-        while not self._halt.is_set():
-            wid = uuid.uuid4().hex
-            if conn is None or conn.closed:
-                try:
-                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True, **self.connect_kw)
-                except psycopg.Error as exc:
-                    self.log.failed.append(wid)
-                    self.log.last_error = f"connect: {exc}"
-                    time.sleep(0.2)
-                    continue
-            try:
-                conn.execute(f"INSERT INTO {self.table}(id) VALUES (%s)", (wid,))
-                self.log.ok.append(wid)
-                self.log.ok_times.append(time.monotonic())
-            except psycopg.OperationalError as exc:
-                # the connection broke while the commit may have been in flight
-                self.log.unknown.append(wid)
-                self.log.last_error = f"in flight: {exc}"
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
-                conn = None
-            except psycopg.Error as exc:
-                self.log.failed.append(wid)
-                self.log.last_error = f"refused: {exc}"
-            time.sleep(self.interval)
-        if conn is not None:
-            conn.close()
+        super().__init__(uri, table, interval, **connect_kw)
 
 
 class WriterProbe(threading.Thread):

@@ -4,10 +4,12 @@ while the commit may have been in flight), with the time of every acknowledgemen
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -21,6 +23,11 @@ class WriteLog:
     failed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     last_error: str | None = None
+
+    def longest_gap(self) -> float:
+        """The longest time between two acknowledged writes (s)."""
+        t = sorted(self.ok_times)
+        return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
 
 
 def prepare_table(uri: str) -> None:
@@ -39,9 +46,14 @@ def stored_ids(uri: str) -> set[str]:
 
 
 class AckWriter(threading.Thread):
-    def __init__(self, uri: str, interval: float = 0.02):
-        super().__init__(daemon=True, name="drill-writer")
-        self.uri, self.interval = uri, interval
+    """Writes unique ids into ``table`` through ``uri`` in a loop, logging each attempt's outcome
+    (the acknowledged-writes checker; the tests use it too). ``connect_kw``: psycopg's, e.g.
+    ``tcp_user_timeout`` or ``prepare_threshold=None`` behind a transaction pooler."""
+
+    def __init__(self, uri: str, table: str = TABLE, interval: float = 0.02, **connect_kw: Any):
+        super().__init__(daemon=True, name="ack-writer")
+        self.uri, self.table, self.interval = uri, table, interval
+        self.connect_kw = connect_kw
         self.log = WriteLog()
         self._halt = threading.Event()
         self._lock = threading.Lock()
@@ -66,19 +78,19 @@ class AckWriter(threading.Thread):
             wid = uuid.uuid4().hex
             if conn is None or conn.closed:
                 try:
-                    # tcp_user_timeout: a writer that vanished must not hold the client for minutes
-                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True, tcp_user_timeout=3000)
+                    conn = psycopg.connect(self.uri, connect_timeout=3, autocommit=True, **self.connect_kw)
                 except psycopg.Error as exc:
                     self.log.failed.append(wid)
                     self.log.last_error = f"connect: {exc}"
                     self._halt.wait(0.2)
                     continue
             try:
-                conn.execute(f"INSERT INTO {TABLE}(id) VALUES (%s)", (wid,))
+                conn.execute(f"INSERT INTO {self.table}(id) VALUES (%s)", (wid,))
                 with self._lock:
                     self.log.ok.append(wid)
                     self.log.ok_times.append(time.monotonic())
             except psycopg.OperationalError as exc:
+                # the connection broke while the commit may have been in flight
                 self.log.unknown.append(wid)
                 self.log.last_error = f"in flight: {exc}"
                 try:

@@ -8,11 +8,12 @@ acknowledged writes around each move, and the acknowledged writes missing at the
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from pgcrdr.controlplane.store.base import parse_rfc3339
 
 
 class Phase(BaseModel):
@@ -75,18 +76,9 @@ class DrillReport(BaseModel):
     cross_region_bytes: int | None = None  # the failback restore's record
 
 
-def parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def record_duration(op: dict[str, Any]) -> float | None:
     """An operation's duration as its own record says (both times from the control plane's clock)."""
-    start, end = parse_time(op.get("create_time")), parse_time(op.get("finish_time"))
+    start, end = parse_rfc3339(op.get("create_time")), parse_rfc3339(op.get("finish_time"))
     return round(end - start, 3) if start is not None and end is not None else None
 
 

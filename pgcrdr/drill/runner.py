@@ -233,7 +233,8 @@ class Drill:
                     return False  # the Service URI may still be starting
 
             self._wait("the Service URI to take writes", table, timeout=60)
-            self.writer = load.AckWriter(uri)
+            # tcp_user_timeout: a writer that vanished must not hold the client for minutes
+            self.writer = load.AckWriter(uri, tcp_user_timeout=3000)
             self.writer.start()
             writer = self.writer
             self._wait(f"{WRITES_BEFORE_MOVES} acknowledged writes",
