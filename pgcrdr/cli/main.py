@@ -473,14 +473,17 @@ def _run_drill(kind: str, pair: str, project: str, home: str | None, port_offset
         api.close()
 
 
+def _pair_target(f: Any) -> Any:
+    """The options naming a pair and the control plane to ask (every drill command has them)."""
+    for deco in reversed([home_opt, offset_opt, api_url_opt, api_token_opt, click.argument("pair"),
+                          click.option("--project", default="pgcrdr", show_default=True)]):
+        f = deco(f)
+    return f
+
+
 def _drill_command(kind: str, doc: str) -> Any:
     @drill.command(kind, help=doc)
-    @home_opt
-    @offset_opt
-    @api_url_opt
-    @api_token_opt
-    @click.argument("pair")
-    @click.option("--project", default="pgcrdr", show_default=True)
+    @_pair_target
     @click.option("--in-place", is_flag=True, help="Run on the pair itself, not on a fork of it (asks first).")
     @click.option("--yes", is_flag=True, help="With --in-place: do not ask.")
     @click.option("--keep", is_flag=True, help="Keep the fork pair after the drill (removed on Ctrl-C anyway).")
@@ -510,12 +513,7 @@ drill_failover = _drill_command(
 
 
 @drill.command("history")
-@home_opt
-@offset_opt
-@api_url_opt
-@api_token_opt
-@click.argument("pair")
-@click.option("--project", default="pgcrdr", show_default=True)
+@_pair_target
 @click.option("--json", "as_json", is_flag=True, help="Every drill's record and report as JSON.")
 def drill_history(pair: str, project: str, home: str | None, port_offset: int | None, api_url: str | None,
                   api_token: str | None, as_json: bool) -> None:
