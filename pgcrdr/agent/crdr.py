@@ -60,7 +60,7 @@ from pgcrdr.config import RegionConfig, Settings
 log = logging.getLogger(__name__)
 
 POLL_DOWN_S = 0.005  # demote: how often to look for the old writer's postmaster.pid
-POLL_PROMOTE_S = 0.02  # promote: how often to ask pg_is_in_recovery()
+POLL_PROMOTE_S = 0.005  # promote: how often to ask pg_is_in_recovery() (PostgreSQL promotes in ~30 ms)
 LOCK_WAIT_S = 10.0
 
 
@@ -350,7 +350,7 @@ class Crdr:
 
     def promote(self, cluster: str, req: PromoteRequest) -> PromoteResult:
         """Turn a standby cluster into the writer: remove its standby_cluster and poll
-        pg_is_in_recovery() every 20 ms (pg_promote(wait) would poll every 100 ms)."""
+        pg_is_in_recovery() every 5 ms (pg_promote(wait) would poll every 100 ms)."""
         return self._locked_request(cluster, req, self._promote)
 
     def _stop_stuck_writer(self, c: ClusterRuntime, deadline: float) -> dict[int, str]:
