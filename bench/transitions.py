@@ -75,6 +75,23 @@ def errors(w: Writer) -> int:
     return len(w.log.failed) + len(w.log.unknown)
 
 
+EVENTS: list[tuple[str, float, float]] = []  # (transition, request, done) on the monotonic clock
+
+
+def explain_lost(lost: set[str], writers: list[Writer]) -> list[str]:
+    """For each lost write: when it was acknowledged, relative to the nearest transition."""
+    out = []
+    for w in writers:
+        for i, wid in enumerate(w.log.ok):
+            if wid not in lost:
+                continue
+            t = w.log.ok_times[i]
+            kind, t0, t1 = min(EVENTS, key=lambda e: min(abs(t - e[1]), abs(t - e[2]))) if EVENTS else ("-", t, t)
+            out.append(f"{wid} acknowledged through {w.uri.split('@')[-1]} {t - t0:+.3f}s after the {kind} request "
+                       f"({t - t1:+.3f}s after it was done)")
+    return out
+
+
 def median(vals: list[float]) -> float:
     return statistics.median(vals) if vals else float("nan")
 
@@ -120,7 +137,10 @@ def main() -> int:
                 d_log, p_log = writers[1].log, writers[2].log
                 with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], connect_timeout=10) as conn:
                     stored = {r[0] for r in conn.execute("SELECT id FROM acked_writes")}
-                lost_total = len((set(d_log.ok) | set(p_log.ok)) - stored)
+                lost = (set(d_log.ok) | set(p_log.ok)) - stored
+                lost_total = len(lost)
+                for line in explain_lost(lost, writers[1:]):
+                    print(f"lost: {line}", file=sys.stderr)
             except (IndexError, psycopg.Error, httpx.HTTPError) as exc:
                 print(f"could not check lost writes: {exc}", file=sys.stderr)
                 lost_total = -1
@@ -184,6 +204,7 @@ def run_platform(p: RunningPlatform, pooled_uri: str, direct: Writer, pooled: Wr
         t0 = put_role(p, name, role)
         op = wait_done(p, name)
         t1 = time.monotonic()
+        EVENTS.append((kind, t0, t1))
         time.sleep(settle)
         r = rows.setdefault(kind, {})
         r.setdefault("pause pooled (s)", []).append(gap_around(pooled, t0, t1))
@@ -210,6 +231,7 @@ def run_platform(p: RunningPlatform, pooled_uri: str, direct: Writer, pooled: Wr
     n_ok = len(direct.log.ok)
     t_req = put_role(p, PRI, "failed")
     op = wait_done(p, PRI)
+    EVENTS.append(("failover (region killed)", t_down, time.monotonic()))
     wait_for("a write through the Service URI", lambda n=n_ok: len(direct.log.ok) > n, timeout=60, interval=0.01)
     first = next(t for t in sorted(direct.log.ok_times) if t > t_req)
     r = rows.setdefault("failover", {})
