@@ -165,7 +165,7 @@ def render_patroni_yaml(config: dict[str, Any]) -> str:
 # defaults, which dropped TCP_NODELAY; urllib3 2 writes a request's headers and its body in two
 # sends, so with Nagle on, every etcd write waits for the server's delayed ACK of the headers:
 # 44 ms per write instead of 1 ms (measured here, idle). A leader's HA cycle makes three writes
-# and PATCH /config one more, so Patroni took ~170 ms to *decide* a demote or a promote, before
+# and PATCH /config one more, so Patroni took ~135 ms after the PATCH to *decide* a demote or a promote, before
 # doing it (decisions.md, issue 14). This launcher adds TCP_NODELAY to those sockets and runs
 # Patroni unchanged; with another Patroni that has no such hook it runs Patroni as it is.
 PATRONI_LAUNCHER = """\
