@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = RegionRuntime(settings, region)
     runtime.prepare_dirs()
     problems = _check_node_user_access(settings, [
-        ("-x", settings.node_venv / "bin" / "patroni"),
+        ("-x", settings.node_venv / "bin" / "python"),  # runs Patroni (agent/patroni.py, PATRONI_LAUNCHER)
         ("-x", settings.pg_bin_dir / "postgres"),
         ("-x", runtime.layout.region_dir),
         ("-w", runtime.layout.etcd_dir),

@@ -68,7 +68,14 @@ from pgcrdr.agentapi.models import (
     RequestState,
     SessionsInfo,
 )
-from pgcrdr.agent.patroni import get_patroni, patroni_argv, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.patroni import (
+    PATRONI_LAUNCHER,
+    PATRONI_LAUNCHER_NAME,
+    get_patroni,
+    patroni_argv,
+    render_patroni_config,
+    render_patroni_yaml,
+)
 from pgcrdr.agent.postgres import (
     basebackup_progress,
     endpoint_target,
@@ -605,6 +612,7 @@ class RegionRuntime:
         if lay.data_dir(name).exists():
             proc.chown_for_node(s, lay.data_dir(name), 0o700)
         proc.write_node_file(s, lay.patroni_yml(name), self._patroni_yaml(c, index))
+        proc.write_node_file(s, lay.patroni_yml(name).parent / PATRONI_LAUNCHER_NAME, PATRONI_LAUNCHER)
         popen = proc.spawn(s, patroni_argv(s.node_venv, lay.patroni_yml(name)),
                            pid_file=lay.patroni_pid(name), log_file=lay.patroni_log(name), cwd=node_dir)
         nr = c.nodes[index]

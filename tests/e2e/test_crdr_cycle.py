@@ -141,6 +141,93 @@ def test_switchover_and_switchback_lose_nothing(platform: RunningPlatform):
     assert pooled_errors == 0, "the pooled URI must carry planned moves without a client error"
 
 
+def patroni_views(p: RunningPlatform) -> dict[str, dict]:
+    """GET /patroni of every node of both services: {node: {role, timeline, postmaster_start_time,
+    state}} (only what a restart of Patroni must leave as it was)."""
+    from pgcrdr.agentapi.client import AgentClient
+
+    settings = p.settings()
+    out = {}
+    for name, cloud in ((PRI, PRI_CLOUD), (REC, REC_CLOUD)):
+        region = settings.region(cloud)
+        assert region is not None
+        client = AgentClient(settings.agent_url(region), p.agent_token(), timeout=5, verify=settings.agent_verify)
+        try:
+            nodes = client.get_cluster(cluster_id(PROJECT, name)).nodes
+        finally:
+            client.close()
+        for n in nodes:
+            try:
+                v = httpx.get(f"http://{n.host}:{n.rest_port}/patroni", timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                v = {}
+            out[n.name] = {k: v.get(k) for k in ("role", "timeline", "postmaster_start_time", "state")}
+    return out
+
+
+def patroni_pids(p: RunningPlatform) -> dict[str, int]:
+    """{node: pid of its Patroni} from the agents' pid files (run/<node>.patroni.pid)."""
+    out = {}
+    for cloud in (PRI_CLOUD, REC_CLOUD):
+        region = p.settings().region(cloud)
+        assert region is not None
+        for f in (p.settings().region_dir(region) / "run").glob("*.patroni.pid"):
+            out[f.name.removesuffix(".patroni.pid")] = int(f.read_text().split()[0])
+    return out
+
+
+def test_patroni_restarted_right_after_a_move_changes_nothing(platform: RunningPlatform):
+    """Our view and Patroni's agree after a move: every Patroni of both services SIGKILLed right
+    after a switchover (PostgreSQL keeps running; the agents start Patroni again) changes no
+    role, restarts no writer, rewinds nothing, and costs no write."""
+    import os
+    import signal
+
+    p = platform
+    load = start_load(p)
+    p.avn("service", "update", REC, "--disaster-recovery-role", "active", "--project", PROJECT)
+    wait_operation(p, REC, "switchover")
+    logs = [log for cloud in (PRI_CLOUD, REC_CLOUD)
+            for log in (p.settings().region_dir(p.settings().region(cloud)) / "clusters")  # type: ignore[arg-type]
+            .glob("*/nodes/*/patroni.log")]
+    killed = patroni_pids(p)
+    for pid in killed.values():
+        os.kill(pid, signal.SIGKILL)
+    offsets = {log: log.stat().st_size for log in logs}  # what Patroni logs from here on is checked
+
+    def settled() -> dict | None:
+        pids = patroni_pids(p)
+        if any(pids.get(n) in (None, old) for n, old in killed.items()):
+            return None  # not every Patroni started again yet
+        v = patroni_views(p)
+        roles = sorted((n.startswith(cluster_id(PROJECT, REC)), x["role"]) for n, x in v.items())
+        return v if all(x["state"] == "running" for x in v.values()) and roles == sorted(
+            [(False, "standby_leader"), (False, "replica"), (True, "primary"), (True, "replica")]) else None
+
+    before = wait_for("every Patroni back, the roles of the switchover", settled, timeout=90)
+    time.sleep(5)  # a few HA loops of the restarted Patronis
+    after = patroni_views(p)
+    assert after == before, f"something changed after the restart: {before} -> {after}"
+    writer = next(n for n, x in after.items() if x["role"] == "primary")
+    assert after[writer]["postmaster_start_time"] is not None
+    for log, offset in offsets.items():
+        with open(log, errors="replace") as f:
+            f.seek(offset)
+            recent = f.read().splitlines()
+        # "promoted self to a standby leader" is Patroni taking the standby leader role back in its
+        # own bookkeeping after a restart (its postmaster keeps running): not a role change.
+        bad = [ln for ln in recent if "rewind" in ln.lower() or "promoted self to leader" in ln or "Demoting" in ln]
+        assert not bad, f"{log.parent.name}: {bad[:3]}"
+    n = len(load[1].log.ok)
+    wait_for("pooled writes to continue", lambda: len(load[1].log.ok) > n + 20, timeout=60)
+    p.avn("service", "update", PRI, "--disaster-recovery-role", "active", "--project", PROJECT)
+    wait_operation(p, PRI, "switchback")
+    pooled_errors = len(load[1].log.failed) + len(load[1].log.unknown)
+    stop_load(*load)
+    assert_nothing_lost(p)
+    assert pooled_errors == 0
+
+
 def test_api_tab_switchover_with_bearer_token(platform: RunningPlatform):
     """The seed's API tab: PUT .../service/NAME {"disaster_recovery_role": ...} with a Bearer token."""
     p = platform

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,15 @@ import yaml
 
 from pgcrdr.agent.layout import RegionLayout, node_index
 from pgcrdr.agentapi.models import ClusterSpec, DbUser, TLSMaterial
-from pgcrdr.agent.patroni import NodePaths, pg_hba, render_patroni_config, render_patroni_yaml
+from pgcrdr.agent.patroni import (
+    PATRONI_LAUNCHER,
+    PATRONI_LAUNCHER_NAME,
+    NodePaths,
+    patroni_argv,
+    pg_hba,
+    render_patroni_config,
+    render_patroni_yaml,
+)
 from pgcrdr.agent.ports import BLOCK_SIZE, ClusterPorts, allocate, choose_block, load_ports
 from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config
 from pgcrdr.agent.validation import spec_problems
@@ -149,3 +158,35 @@ def test_last_error_prefers_postgres_fatal(tmp_path: Path) -> None:
     patroni.write_text("Traceback (most recent call last):\nKeyError: 'x'\n")
     assert last_error_line([pglog, patroni]) == "KeyError: 'x'"
     assert last_error_line([tmp_path / "missing"]) is None
+
+
+NODE_PYTHON = Path("/opt/pgcrdr/node-venv/bin/python")
+
+
+def test_patroni_runs_through_the_launcher_with_its_yml_on_the_command_line(tmp_path: Path) -> None:
+    yml = tmp_path / "n1" / "patroni.yml"
+    argv = patroni_argv(Path("/venv"), yml)
+    assert argv == ["/venv/bin/python", str(tmp_path / "n1" / PATRONI_LAUNCHER_NAME), str(yml)]
+
+
+@pytest.mark.skipif(not NODE_PYTHON.exists(), reason="no node virtualenv with Patroni")
+def test_launcher_gives_patronis_etcd3_sockets_tcp_nodelay(tmp_path: Path) -> None:
+    """Without it every etcd write of Patroni waits ~40 ms for a delayed ACK (decisions.md,
+    issue 14). Imported (not run as __main__, as multiprocessing "spawn" does), the launcher
+    patches Patroni's etcd3 socket hook and starts no Patroni."""
+    launcher = tmp_path / PATRONI_LAUNCHER_NAME
+    launcher.write_text(PATRONI_LAUNCHER)
+    probe = (
+        "import importlib.util, socket, types\n"
+        f"spec = importlib.util.spec_from_file_location('launcher', {str(launcher)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "from patroni.dcs.etcd3 import Etcd3\n"
+        "me = types.SimpleNamespace(ttl=20, loop_wait=1, _retry=types.SimpleNamespace(deadline=5))\n"
+        "s = socket.socket()\n"
+        "Etcd3.set_socket_options(me, s, None)\n"
+        "print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),\n"
+        "      s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))\n"
+    )
+    out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]  # TCP_NODELAY added, Patroni's keepalive kept
