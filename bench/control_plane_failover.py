@@ -125,7 +125,28 @@ def _failovers(p: LabPlatform, api_url: str) -> list[dict]:
     return [o for o in d["history"] if o["kind"] == "failover"] if d["operation"] is None else []
 
 
-def partition_run(p: LabPlatform, multi: str) -> tuple[str, bool, float, float | None, float | None]:
+def lead_from(p: LabPlatform, host: str) -> None:
+    """Make the replica on ``host`` the leader: the leader is stopped with SIGTERM (it hands over at
+    once to whichever replica campaigns first) and started again, until ``host``'s leads."""
+    d = p.deployment
+    assert d is not None
+    names = {p.lab.host(h).netns: h for h in REPLICAS}
+    url = d.replica_settings(host).api_url
+    for _ in range(12):
+        leader = names.get(wait_for("a leader", lambda: leader_at(url), timeout=30, interval=0.05) or "")
+        if leader == host:
+            return
+        assert leader is not None
+        os.kill(d.replica_pid(leader) or 0, signal.SIGTERM)
+        wait_for(f"the replica on {leader} to stop", lambda lead=leader: d.replica_pid(lead) is None, timeout=60)
+        d.start_replica(leader)
+        wait_for(f"the replica on {leader} to answer again",
+                 lambda lead=leader: leader_at(d.replica_settings(lead).api_url), timeout=60)
+    raise RuntimeError(f"the replica on {host} never became the leader")
+
+
+def partition_run(p: LabPlatform, multi: str, leader_there: bool) -> tuple[str, bool, float, float | None,
+                                                                            float | None]:
     """Cut the active region off; returns (region cut, the leader was there, s to the first write in
     the other region, the failover's writer-lease wait, its duration)."""
     d = p.deployment
@@ -134,6 +155,8 @@ def partition_run(p: LabPlatform, multi: str) -> tuple[str, bool, float, float |
     cut = HOST_OF[cloud]  # the primary's region, its writer active
     survivor = next(h for h in REPLICAS if h != cut)
     url = d.replica_settings(survivor).api_url
+    if leader_there:
+        lead_from(p, cut)
     before = len(_failovers(p, url))
     leader = leader_at(url)
     writer = Writer(multi, tcp_user_timeout=2000)
@@ -185,6 +208,8 @@ def main() -> None:
     ap.add_argument("--grace", type=int, default=2, help="automatic failover's grace period (seconds)")
     ap.add_argument("--skip-leader-loss", action="store_true")
     ap.add_argument("--skip-partition", action="store_true")
+    ap.add_argument("--leader-there", action="store_true",
+                    help="before each partition, make the replica in the region to be cut off the leader")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("the lab needs root (network namespaces)")
@@ -197,7 +222,7 @@ def main() -> None:
         if not args.skip_partition:
             multi = make_pair(p, args.grace)
             for _ in range(args.runs):
-                cuts.append(partition_run(p, multi))
+                cuts.append(partition_run(p, multi, args.leader_there))
     if cuts:
         t = Table(title=f"active region cut off -> first write in the other region, automatic failover "
                         f"(grace {args.grace} s, writer lease 10 s, leader lease {args.ttl} s)")
