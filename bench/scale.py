@@ -103,6 +103,15 @@ def main() -> int:
     print(f"{'region loss: first write, median (s)':<44} {s['median_s']:>10.3f}")
     print(f"{'region loss: first write, max (s)':<44} {s['max_s']:>10.3f}")
     print(f"{'region loss: acknowledged writes lost':<44} {s['lost']:>10}")
+    # where a failover's time goes, when many run at once: each step's median over the pairs
+    steps: dict[str, list[float]] = {}
+    for r in results:
+        for st in (r.op or {}).get("steps", []):
+            if st.get("duration_s") is not None:
+                steps.setdefault(st["name"], []).append(st["duration_s"])
+    for name, took in steps.items():
+        label = f"failover step {name}, median / max (s)"
+        print(f"{label:<44} {statistics.median(took):>10.3f} / {max(took):.3f}")
     return 0
 
 
