@@ -211,12 +211,9 @@ class Settings:
     def store_tls(self) -> StoreTLS | None:
         """The TLS files this part presents to the global etcd (https members): the deployment's CA
         and the client certificate of its secrets bundle; None without a bundle."""
-        from pgcrdr.etcdv3 import StoreTLS
+        from pgcrdr.security.deployment import store_client_tls
 
-        if self.secrets_dir is None:
-            return None
-        return StoreTLS(ca_file=self.secrets_dir / "ca.crt", cert_file=self.secrets_dir / "store-client.crt",
-                        key_file=self.secrets_dir / "store-client.key")
+        return store_client_tls(self.secrets_dir) if self.secrets_dir is not None else None
 
     @property
     def agent_token_path(self) -> Path:

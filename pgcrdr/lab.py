@@ -192,6 +192,15 @@ def topology_text(lab: Lab, cloud_names: list[str] | None = None, api_port: int 
     return "\n".join(out)
 
 
+def _copy_bundle(bundle: Path, dest: Path) -> None:
+    """A bundle of ``pgcrdr secrets`` copied as a user copies it to a host: modes kept, 0700 dir."""
+    from pgcrdr.security.files import write_secret
+
+    for f in sorted(bundle.iterdir()):
+        write_secret(dest / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
+    dest.chmod(0o700)
+
+
 # --- entering a host from this process ---------------------------------------------------------
 
 _CLONE_NEWNET = 0x40000000
@@ -307,7 +316,6 @@ class LabDeployment:
     def prepare(self) -> None:
         """Topology, secrets and homes (idempotent)."""
         from pgcrdr.security.deployment import ensure_deployment_secrets, member_bundle
-        from pgcrdr.security.files import write_secret
         from pgcrdr.topology import load_topology
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -324,18 +332,12 @@ class LabDeployment:
             home.mkdir(exist_ok=True)
             home.chmod(0o755)
             # "copy the region's bundle to its host": the files the agent reads, nothing else
-            bundle = self.secrets_dir / cloud
-            for f in sorted(bundle.iterdir()):
-                write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
-            (home / "secrets").chmod(0o700)
+            _copy_bundle(self.secrets_dir / cloud, home / "secrets")
         for host in self.store_hosts:
             # and each member's TLS bundle to its host
             bundle = member_bundle(self.secrets_dir, host)
             if bundle.is_dir():
-                home = self.home(host, "store")
-                for f in sorted(bundle.iterdir()):
-                    write_secret(home / "secrets" / f.name, f.read_bytes(), f.stat().st_mode & 0o777)
-                (home / "secrets").chmod(0o700)
+                _copy_bundle(bundle, self.home(host, "store") / "secrets")
 
     def _spawn(self, host: str, home: Path, name: str, argv: list[str],
                env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -385,10 +387,9 @@ class LabDeployment:
         that use it refuse to start without an answer."""
         import httpx
 
-        from pgcrdr.etcdv3 import StoreTLS
+        from pgcrdr.security.deployment import store_client_tls
 
-        tls = StoreTLS(self.secrets_dir / "ca.crt", self.secrets_dir / "store-client.crt",
-                       self.secrets_dir / "store-client.key")
+        tls = store_client_tls(self.secrets_dir)
         deadline = time.monotonic() + timeout
         with in_host(self.lab, "ctl"):
             for member in self._topology().store_members:

@@ -410,8 +410,8 @@ class PauseFollower:
 
 
 class CoordinatedEndpoints:
-    """The endpoints as the leader's operation runner sees them: its own, and through intents
-    every other live replica's. Everything but pause, repoint and resume is the local manager's."""
+    """The endpoints as the leader's operation runner sees them (pause, repoint, resume): its
+    own, and through intents every other live replica's."""
 
     def __init__(self, local: Any, board: PauseBoard, follower: PauseFollower, term: Callable[[], str]):
         self.local = local
@@ -419,9 +419,6 @@ class CoordinatedEndpoints:
         self.follower = follower
         self.term = term
         self._notes: dict[str, str] = {}
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.local, attr)
 
     def note(self, name: str) -> str:
         """What the last pause of ``name`` says of the other replicas (for the step's detail)."""

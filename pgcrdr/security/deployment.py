@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from pgcrdr.etcdv3 import StoreTLS
 from pgcrdr.security.files import write_secret
 from pgcrdr.security.tls import CertPair, issue_server_cert, make_ca
 from pgcrdr.security.tokens import new_token
@@ -39,6 +40,11 @@ STORE_CLIENT_CERT = "store-client.crt"
 STORE_CLIENT_KEY = "store-client.key"
 MEMBER_CERT = "member.crt"
 MEMBER_KEY = "member.key"
+
+
+def store_client_tls(bundle: Path) -> StoreTLS:
+    """The files a part presents to the global etcd: its bundle's CA and store client pair."""
+    return StoreTLS(ca_file=bundle / CA_CERT, cert_file=bundle / STORE_CLIENT_CERT, key_file=bundle / STORE_CLIENT_KEY)
 
 
 def member_bundle(out: Path, name: str) -> Path:

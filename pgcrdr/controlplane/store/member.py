@@ -32,8 +32,10 @@ def tls_flags(member: StoreMember, bundle: Path | None) -> list[str]:
     network without one can neither read nor write the control plane's state)."""
     if not member.tls:
         return []
+    from pgcrdr.security.deployment import CA_CERT, MEMBER_CERT, MEMBER_KEY
+
     files = {}
-    for name in ("ca.crt", "member.crt", "member.key"):
+    for name in (CA_CERT, MEMBER_CERT, MEMBER_KEY):
         path = bundle / name if bundle is not None else None
         if path is None or not path.is_file():
             raise MemberSecretsError(
@@ -41,10 +43,9 @@ def tls_flags(member: StoreMember, bundle: Path | None) -> list[str]:
                 f"secrets with `pgcrdr secrets --topology FILE --out DIR` and copy DIR/store-{member.name} "
                 "to this host, then pass it with --secrets")
         files[name] = str(path)
-    return ["--cert-file", files["member.crt"], "--key-file", files["member.key"],
-            "--trusted-ca-file", files["ca.crt"], "--client-cert-auth",
-            "--peer-cert-file", files["member.crt"], "--peer-key-file", files["member.key"],
-            "--peer-trusted-ca-file", files["ca.crt"], "--peer-client-cert-auth"]
+    cert, key, ca = files[MEMBER_CERT], files[MEMBER_KEY], files[CA_CERT]
+    return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"]
 
 
 def member_argv(topology: Topology, member: StoreMember, data_dir: Path, bundle: Path | None = None) -> list[str]:
