@@ -137,8 +137,12 @@ def create_app(runtime: RegionRuntime, token: str) -> FastAPI:
             raise ApiError(400, str(exc)) from None
 
     @app.get("/clusters/{cluster}/lsn")
-    def get_lsn(cluster: str) -> LsnInfo:
-        return crdr_call(cluster, runtime.lsn)
+    def get_lsn(cluster: str, at_least: str | None = Query(None, pattern=r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"),
+                wait: float = Query(0.0, ge=0, le=10)) -> LsnInfo:
+        """The leader's positions; with ``at_least``, answered as soon as the leader has
+        received (a standby) or written (a writer) that far, or after ``wait`` seconds with
+        whatever it has then (the caller compares)."""
+        return crdr_call(cluster, runtime.lsn, at_least, wait)
 
     @app.get("/clusters/{cluster}/sessions")
     def get_sessions(cluster: str) -> SessionsInfo:

@@ -50,16 +50,28 @@ from pgcrdr.agentapi.models import (
     SessionsInfo,
 )
 from pgcrdr.agent.patroni import get_patroni, render_patroni_config
+from pgcrdr.agent.proxy import server_running
 from pgcrdr.agent.postgres import connect_superuser, lsn_info, one_value, timeline_switch_point
 from pgcrdr.agent.region_etcd import RegionEtcd
 from pgcrdr.agent.sessions import read_sessions
-from pgcrdr.agent.wal import ControlData, commits_after, controldata_or_none, disk_position, max_lsn, most_advanced
+from pgcrdr.agent.wal import (
+    DB_SHUTDOWNED,
+    ControlData,
+    commits_after,
+    controldata_or_none,
+    disk_position,
+    max_lsn,
+    most_advanced,
+    raw_cluster_state,
+)
 from pgcrdr.agentapi.lsn import parse_lsn
 from pgcrdr.config import RegionConfig, Settings
+from pgcrdr.haproxy import haproxy_command
 
 log = logging.getLogger(__name__)
 
 POLL_DOWN_S = 0.005  # demote: how often to look for the old writer's postmaster.pid
+POLL_LSN_S = 0.002  # lsn(at_least): how often to read the position (a local query, ~0.3 ms)
 POLL_PROMOTE_S = 0.005  # promote: how often to ask pg_is_in_recovery() (PostgreSQL promotes in ~30 ms)
 LOCK_WAIT_S = 10.0
 POLL_ROUTED_S = 0.01  # promote: how often to try the writer endpoint until it reaches the new writer
@@ -183,6 +195,11 @@ class Crdr:
 
     # --- LSN, checkpoint ---------------------------------------------------------------------
 
+    def _connect_node(self, c: ClusterRuntime, idx: int, connect_timeout: int = 3) -> psycopg.Connection:
+        """A superuser connection to node ``idx`` over its Unix socket (it runs on this host)."""
+        return connect_superuser(c.spec, c.ports.pg(idx), self.settings.host, connect_timeout=connect_timeout,
+                                 socket_dir=c.layout.socket_dir(node_name(c.spec.cluster, idx)))
+
     def _on_leader(self, cluster: str, what: str, read: Any) -> Any:
         """``read(conn, node)`` on the cluster's leader (writer or standby leader); 409 when none answers."""
         c = self.clusters.get(cluster)
@@ -190,11 +207,27 @@ class Crdr:
         if idx is None:
             raise Conflict(f"cluster {cluster} has no leader answering (phase "
                                f"{c.status.phase if c.status else 'unknown'}); {what}")
-        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
+        with self._connect_node(c, idx) as conn:
             return read(conn, node_name(cluster, idx))
 
-    def lsn(self, cluster: str) -> LsnInfo:
-        return self._on_leader(cluster, "nothing to read the LSN from", lsn_info)
+    def lsn(self, cluster: str, at_least: str | None = None, wait: float = 0.0) -> LsnInfo:
+        """The leader's positions. With ``at_least``: read every few ms on one local connection
+        until the leader has received (a standby) or written (a writer) that far, at most
+        ``wait`` seconds; the last reading either way (the caller compares)."""
+        if at_least is None or wait <= 0:
+            return self._on_leader(cluster, "nothing to read the LSN from", lsn_info)
+        want = parse_lsn(at_least)
+        deadline = time.monotonic() + wait
+
+        def reached(conn: psycopg.Connection, node: str) -> LsnInfo:
+            while True:
+                info = lsn_info(conn, node)
+                pos = info.receive_lsn if info.in_recovery else info.current_lsn
+                if (pos is not None and parse_lsn(pos) >= want) or time.monotonic() >= deadline:
+                    return info
+                time.sleep(POLL_LSN_S)
+
+        return self._on_leader(cluster, "nothing to read the LSN from", reached)
 
     def sessions(self, cluster: str) -> SessionsInfo:
         """Client sessions of the leader that are active or hold a transaction open."""
@@ -205,7 +238,7 @@ class Crdr:
         idx = self._leader_index(c)
         if idx is None:
             raise Conflict(f"cluster {cluster} has no leader answering; cannot CHECKPOINT")
-        with connect_superuser(c.spec, c.ports.pg(idx), self.settings.host) as conn:
+        with self._connect_node(c, idx) as conn:
             conn.execute("CHECKPOINT")  # a restartpoint on a standby leader: harmless
             return lsn_info(conn, node_name(cluster, idx))
 
@@ -258,8 +291,9 @@ class Crdr:
     # --- demote --------------------------------------------------------------------------------
 
     def demote(self, cluster: str, req: DemoteRequest) -> DemoteResult:
-        """Make the cluster a standby cluster of ``req.standby_of``; return once its writer's
-        postmaster is gone (not when Patroni has restarted it as a standby, ~2 s later)."""
+        """Make the cluster a standby cluster of ``req.standby_of``; return once its writer can
+        write no more: its shutdown checkpoint is in pg_control (or its postmaster is gone), not
+        when Patroni has restarted it as a standby, ~2 s later."""
         return self._locked_request(cluster, req, self._demote)
 
     def _locked_request(self, cluster: str, req: Any, fn: Any) -> Any:
@@ -316,13 +350,24 @@ class Crdr:
         log.info("%s: demoting writer %s to a standby cluster of %s:%s (%s)", cluster, name,
                  req.standby_of.host, req.standby_of.port, how)
         pid_file = data_dir / "postmaster.pid"
+        cd = None
         while pid_file.exists() and proc.is_running(pm):
+            if raw_cluster_state(data_dir) == DB_SHUTDOWNED:
+                cd = controldata_or_none(self.settings.pg_bin_dir, data_dir)
+                if cd is not None and cd.state == "shut down":
+                    # The shutdown checkpoint is written: its record is the writer's last WAL, its
+                    # clients are gone and new ones are refused. Waiting for the postmaster to exit
+                    # as well would add its walsenders' and archiver's last pass (30-70 ms measured),
+                    # which the target's confirm_lsn overlaps instead.
+                    steps["shutdown checkpoint"] = time.monotonic() - t0
+                    break
             if time.monotonic() >= deadline:
                 raise Timeout(f"writer {name} of {cluster} still running {req.timeout:.0f} s after it was told "
                               "to become a standby; the cluster is left as it is (standby_of set)")
             time.sleep(POLL_DOWN_S)
         down_s = time.monotonic() - t0
-        cd = controldata_or_none(self.settings.pg_bin_dir, data_dir)
+        if cd is None or cd.state != "shut down":
+            cd = controldata_or_none(self.settings.pg_bin_dir, data_dir)
         final = cd.checkpoint_lsn if cd else None
         if cd is None or cd.state != "shut down":
             # not a clean shutdown (killed?): the end of WAL is the honest final position
@@ -385,9 +430,9 @@ class Crdr:
             if c.last_promote is not None and c.last_promote.node == node_name(cluster, writers[0]):
                 return c.last_promote
             name = node_name(cluster, writers[0])
-            with connect_superuser(c.spec, c.ports.pg(writers[0]), self.settings.host) as conn:
-                info = lsn_info(conn, name)
-                switch = timeline_switch_point(conn, info.timeline or 1)
+            with self._connect_node(c, writers[0]) as wconn:
+                info = lsn_info(wconn, name)
+                switch = timeline_switch_point(wconn, info.timeline or 1)
             return PromoteResult(node=name, promoted_s=0.0, switch_lsn=switch, timeline=info.timeline)
         leaders = [i for i, r in sorted(roles.items()) if r == "standby_leader"]
         if not leaders and req.stop_stuck_writer and not writers:
@@ -401,35 +446,38 @@ class Crdr:
                            f"(roles {roles or 'none running'}); power it on and wait until it streams")
         idx = leaders[0]
         name = node_name(cluster, idx)
-        port = c.ports.pg(idx)
-        conn = connect_superuser(c.spec, port, self.settings.host)
-        steps["connected"] = time.monotonic() - t0
+        current, _ = dcs.read_config(self.region, cluster, self.settings.host)
+        steps["config read"] = time.monotonic() - t0
+        old_spec = c.spec
+        new_spec = c.spec.model_copy(update={"standby_of": None})
+        # Persist first: an agent restarted after the PATCH must not demote it again.
+        persist_spec(c.layout, new_spec)
+        c.spec = new_spec
+        patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
         try:
-            before = one_value(conn, "SELECT pg_last_wal_replay_lsn()::text")
-            current, _ = dcs.read_config(self.region, cluster, self.settings.host)
-            steps["config read"] = time.monotonic() - t0
-            old_spec = c.spec
-            new_spec = c.spec.model_copy(update={"standby_of": None})
-            # Persist first: an agent restarted after the PATCH must not demote it again.
-            persist_spec(c.layout, new_spec)
-            c.spec = new_spec
-            patch = dcs.dcs_patch(new_spec, current or {}) or {"standby_cluster": None}
-            try:
-                how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
-            except Exception:
-                persist_spec(c.layout, old_spec)
-                c.spec = old_spec
-                raise
-            steps["patched"] = time.monotonic() - t0
-            log.info("%s: promoting standby leader %s (%s)", cluster, name, how)
+            how = self._apply_dcs(c, patch, current or {}, prefer_rest=c.ports.rest(idx))
+        except Exception:
+            persist_spec(c.layout, old_spec)
+            c.spec = old_spec
+            raise
+        steps["patched"] = time.monotonic() - t0
+        log.info("%s: promoting standby leader %s (%s)", cluster, name, how)
+        # Connected after the PATCH, not before: Patroni and PostgreSQL promote (~40 ms) while the
+        # connection is made (10-25 ms measured on a busy machine).
+        conn: psycopg.Connection | None = None
+        before: str | None = None  # the replay position: the fork point when the history file is unreadable
+        try:
             while True:
                 try:
-                    if conn.closed:
-                        conn = connect_superuser(c.spec, port, self.settings.host, connect_timeout=1)
+                    if conn is None or conn.closed:
+                        conn = self._connect_node(c, idx, connect_timeout=1)
+                        steps.setdefault("connected", time.monotonic() - t0)
+                        before = before or one_value(conn, "SELECT pg_last_wal_replay_lsn()::text")
                     if not one_value(conn, "SELECT pg_is_in_recovery()"):
                         break
                 except psycopg.Error:
-                    conn.close()
+                    if conn is not None:
+                        conn.close()
                 if time.monotonic() >= deadline:
                     raise Timeout(f"{name} of {cluster} still in recovery {req.timeout:.0f} s after its "
                                   "standby_cluster was removed; left as it is (standby_of cleared)")
@@ -438,7 +486,8 @@ class Crdr:
             info = lsn_info(conn, name)
             switch = timeline_switch_point(conn, info.timeline or 1) or before
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         self._wait_routed(c, name, min(deadline, time.monotonic() + ROUTE_WAIT_S))
         steps["routed"] = time.monotonic() - t0
         result = PromoteResult(node=name, promoted_s=round(promoted_s, 4), switch_lsn=switch,
@@ -449,13 +498,35 @@ class Crdr:
                  info.timeline, switch, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in steps.items()))
         return result
 
+    def _mark_up(self, c: ClusterRuntime, name: str) -> bool:
+        """Tell the cluster's HAProxy, through its runtime API, that ``name`` (just promoted:
+        pg_is_in_recovery() is false) is up in the writer endpoint, instead of waiting for its
+        next check of a down server (every 100 ms), and read back that it is. HAProxy's own
+        checks go on: a server wrongly marked up is marked down after two failed checks (fall 2).
+        False when the runtime API cannot say so (an HAProxy started without the socket)."""
+        sock = c.layout.proxy_socket
+        try:
+            said = haproxy_command(sock, f"set server primary_nodes/{name} health up", timeout=1.0).strip()
+            if said:
+                log.info("%s: HAProxy refused to mark %s up: %s", c.spec.cluster, name, said)
+                return False
+            return server_running(haproxy_command(sock, "show servers state primary_nodes", timeout=1.0), name)
+        except OSError as exc:
+            log.info("%s: HAProxy runtime API not reachable (%s); waiting for its health check", c.spec.cluster, exc)
+            return False
+
     def _wait_routed(self, c: ClusterRuntime, name: str, limit: float) -> bool:
-        """Wait until the cluster's writer endpoint (its HAProxy, which checks Patroni's GET
-        /primary every 100 ms while a server is down) routes to the promoted writer. Returning
-        earlier, the control plane repoints and RESUMEs the pooler at once, PgBouncer's first
-        server login can reach HAProxy before its check flips, fail, and PgBouncer then waits
-        server_login_retry (1 s) before trying again: measured, 4 of 9 planned moves held pooled
-        writes ~1 s longer. Bounded: past ``limit`` it returns False (the move goes on as before)."""
+        """Make sure the cluster's writer endpoint (its HAProxy, which checks Patroni's GET
+        /primary every 100 ms while a server is down) routes to the promoted writer before the
+        promote returns. Returning earlier, the control plane repoints and RESUMEs the pooler at
+        once, PgBouncer's first server login can reach HAProxy before its check flips, fail, and
+        PgBouncer then waits server_login_retry (1 s) before trying again: measured, 4 of 9
+        planned moves held pooled writes ~1 s longer. The writer is marked up through HAProxy's
+        runtime API (``_mark_up``, ~1 ms); without it, a connection through the endpoint is tried
+        every 10 ms (one TLS connection each, 20-50 ms on a busy machine). Bounded: past
+        ``limit`` it returns False (the move goes on as before)."""
+        if self._mark_up(c, name):
+            return True
         while True:
             try:
                 with connect_superuser(c.spec, c.ports.primary, self.settings.host, connect_timeout=1) as conn:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 # A Unix socket path may not exceed 107 bytes; ".s.PGSQL.NNNNN.lock" needs 20 of them.
 _MAX_SOCKET_DIR = 85
+_MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes
 
 
 def node_name(cluster: str, index: int) -> str:
@@ -121,6 +122,20 @@ class ClusterLayout:
     @property
     def proxy_pid(self) -> Path:
         return self.region.run_dir / f"{self.name}.proxy.pid"
+
+    @property
+    def proxy_socket(self) -> Path:
+        """HAProxy's runtime API (stats socket, mode 600) in a directory of the node user's
+        (HAProxy runs as it): ``run/`` of the cluster directory when the path fits a Unix
+        socket's, else a hashed directory under the region's run dir or /tmp."""
+        own = self.dir / "run" / "haproxy.sock"
+        if len(str(own)) <= _MAX_SOCKET_PATH:
+            return own
+        digest = hashlib.sha256(str(own).encode()).hexdigest()[:12]
+        short = self.region.run_dir / f"h-{digest}" / "haproxy.sock"
+        if len(str(short)) <= _MAX_SOCKET_PATH:
+            return short
+        return Path("/tmp") / f"pgcrdr-haproxy-{digest}" / "haproxy.sock"
 
     def node_dir(self, node: str) -> Path:
         return self.dir / "nodes" / node

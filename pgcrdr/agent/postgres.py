@@ -113,7 +113,15 @@ SELECT pg_is_in_recovery(),
 
 
 def connect_superuser(spec: ClusterSpec, port: int, host: str = "127.0.0.1",
-                      connect_timeout: int = 3) -> psycopg.Connection:
+                      connect_timeout: int = 3, socket_dir: Path | None = None) -> psycopg.Connection:
+    """A superuser connection: over TCP with TLS to ``host``, or, with ``socket_dir``, over the
+    node's Unix socket (the agent runs on the node's host; no TLS handshake: 10-50 ms less per
+    connection on a busy machine, which the LSN checks and the promote of a move make)."""
+    if socket_dir is not None:
+        return psycopg.connect(
+            host=str(socket_dir), port=port, user=SUPERUSER, password=spec.superuser_password, dbname="postgres",
+            sslmode="disable", connect_timeout=connect_timeout, autocommit=True,
+        )
     return psycopg.connect(
         host=host, port=port, user=SUPERUSER, password=spec.superuser_password, dbname="postgres",
         sslmode="require", connect_timeout=connect_timeout, autocommit=True,

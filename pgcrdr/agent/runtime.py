@@ -277,6 +277,8 @@ class RegionRuntime:
                 if not c.layout.socket_dir(name).is_relative_to(c.layout.dir):
                     shutil.rmtree(c.layout.socket_dir(name), ignore_errors=True)
             c.layout.proxy_pid.unlink(missing_ok=True)
+            if not c.layout.proxy_socket.is_relative_to(c.layout.dir):
+                shutil.rmtree(c.layout.proxy_socket.parent, ignore_errors=True)
             shutil.rmtree(c.layout.dir, ignore_errors=True)
             self.backups.delete_stanza(cluster)
         log.info("deleted cluster %s (killed %s)", cluster, killed)
@@ -308,8 +310,8 @@ class RegionRuntime:
 
     # --- delegated to the parts ------------------------------------------------------------------
 
-    def lsn(self, cluster: str) -> LsnInfo:
-        return self.crdr.lsn(cluster)
+    def lsn(self, cluster: str, at_least: str | None = None, wait: float = 0.0) -> LsnInfo:
+        return self.crdr.lsn(cluster, at_least, wait)
 
     def sessions(self, cluster: str) -> SessionsInfo:
         return self.crdr.sessions(cluster)
@@ -457,7 +459,8 @@ class RegionRuntime:
             ProxyNode(node_name(c.spec.cluster, i), c.ports.pg(i), c.ports.rest(i))
             for i in range(1, c.spec.node_count + 1)
         ]
-        return render_haproxy_config(c.spec.cluster, c.ports.primary, c.ports.replica, nodes, self.settings.host)
+        return render_haproxy_config(c.spec.cluster, c.ports.primary, c.ports.replica, nodes, self.settings.host,
+                                     runtime_socket=c.layout.proxy_socket)
 
     def _observe(self, c: ClusterRuntime) -> ClusterObs:
         now = time.monotonic()
@@ -648,6 +651,7 @@ class RegionRuntime:
     def _start_proxy(self, c: ClusterRuntime) -> None:
         s, lay = self.settings, c.layout
         proc.write_node_file(s, lay.proxy_cfg, self._proxy_cfg(c), 0o600)
+        proc.make_node_dir(s, lay.proxy_socket.parent, 0o700)
         popen = proc.spawn(s, haproxy_argv(str(lay.proxy_cfg)), pid_file=lay.proxy_pid, log_file=lay.proxy_log,
                            cwd=lay.dir)
         c.proxy_pid = popen.pid

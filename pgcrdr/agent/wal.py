@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,27 @@ def controldata(pg_bin: Path, data_dir: Path) -> ControlData:
     if r.returncode != 0:
         raise RuntimeError(f"pg_controldata {data_dir} failed: {r.stderr.strip() or r.stdout.strip()}")
     return ControlData.from_fields(parse_controldata(r.stdout))
+
+
+# pg_control (native byte order) starts with system_identifier (uint64), pg_control_version and catalog_version_no
+# (uint32 each), then the cluster state (DBState, an int), at the same offset since PostgreSQL 9.x.
+_STATE_OFFSET = 16
+DB_SHUTDOWNED = 1
+
+
+def raw_cluster_state(data_dir: Path) -> int | None:
+    """The cluster state field of ``global/pg_control`` read straight from the file (no process:
+    cheap enough to poll every few ms); None when it cannot be read. PostgreSQL writes pg_control
+    in one write of its first 512 bytes, so this field is never seen half-written; callers still
+    confirm with ``controldata`` (which checks the file's CRC) before relying on it."""
+    try:
+        with open(data_dir / "global" / "pg_control", "rb") as f:
+            head = f.read(_STATE_OFFSET + 4)
+    except OSError:
+        return None
+    if len(head) < _STATE_OFFSET + 4:
+        return None
+    return int.from_bytes(head[_STATE_OFFSET:_STATE_OFFSET + 4], sys.byteorder, signed=True)
 
 
 def controldata_or_none(pg_bin: Path, data_dir: Path) -> ControlData | None:

@@ -178,10 +178,16 @@ class AgentClient:
         return KillResult.model_validate(resp.json())
 
     # --- CRDR primitives ------------------------------------------------------------------
-    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None) -> LsnInfo:
-        kw: dict[str, float] = {"timeout": timeout} if timeout is not None else {}
+    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None,
+            at_least: str | None = None, wait: float = 0.0) -> LsnInfo:
+        """The leader's positions. With ``at_least`` and ``wait``, the agent answers as soon as
+        the leader holds that position, or after ``wait`` seconds (compare the answer): one call
+        instead of a poll loop across the network. ``timeout`` should exceed ``wait``."""
+        kw: dict[str, object] = {"timeout": timeout} if timeout is not None else {}
         if connect_timeout is not None:
             kw["connect_timeout"] = connect_timeout
+        if at_least is not None and wait > 0:
+            kw["params"] = {"at_least": at_least, "wait": f"{wait:.3f}"}
         return LsnInfo.model_validate(self._request("GET", f"/clusters/{cluster}/lsn", **kw).json())
 
     def sessions(self, cluster: str, timeout: float | None = None) -> SessionsInfo:

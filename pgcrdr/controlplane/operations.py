@@ -707,7 +707,11 @@ class OperationRunner:
         seen: str | None = None
         while True:
             try:
-                info = self._agent(dst).lsn(dst.cluster, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+                # The agent waits on its side (reading locally every 2 ms) and answers as soon as
+                # the target holds the final LSN: one call, not a poll loop across the network.
+                wait = max(0.0, min(2.0, deadline - time.monotonic()))
+                info = self._agent(dst).lsn(dst.cluster, timeout=max(0.2, wait + 1.0),
+                                            at_least=op.data["final_lsn"], wait=wait)
                 seen = info.receive_lsn
                 if (lsn_int(info.receive_lsn) or 0) >= final:
                     return f"{dst.name} received {info.receive_lsn} >= {op.data['final_lsn']}"

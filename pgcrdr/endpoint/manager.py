@@ -23,7 +23,8 @@ from typing import Any
 from pgcrdr import processes as proc
 from pgcrdr.agentapi.models import Endpoint
 from pgcrdr.config import Settings
-from pgcrdr.endpoint.control import PgBouncerAdmin, haproxy_command, resolve_ip
+from pgcrdr.endpoint.control import PgBouncerAdmin, resolve_ip
+from pgcrdr.haproxy import haproxy_command
 from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus, PauseTimeout
 from pgcrdr.endpoint.render import (
     ADMIN_USER,

@@ -28,6 +28,7 @@ from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.agent.layout import RegionLayout
 from pgcrdr.agentapi.models import ClusterStatus, LsnInfo, PreserveRequest, PreserveResult
 from pgcrdr.agentapi.sessions import describe_sessions
+from pgcrdr.agent.wal import controldata
 from pgcrdr.processes import postmaster_pid, processes_under
 from pgcrdr.agentapi.lsn import parse_lsn
 from tests.component.conftest import Agent, make_spec, region_agents, wait_for
@@ -256,12 +257,14 @@ def test_planned_switch_a_to_b_loses_no_acknowledged_write(pair: Pair) -> None:
         demoted = pair.post(pair.a, "/clusters/pga/demote",
                             {"standby_of": source(pair.b, "pgb", "crdr_a"), "timeout": 20})
         final = parse_lsn(demoted["final_lsn"])
+        # answered once the shutdown checkpoint is in pg_control (the postmaster may still be
+        # finishing its walsenders and archiver): the writer writes no more from then on
+        data_a = RegionLayout(pair.a.region_dir).cluster("pga").data_dir(demoted["node"])
+        assert controldata(pair.a.settings.pg_bin_dir, data_a).state == "shut down"
 
-        def received() -> bool:
-            info = pair.lsn(pair.b, "pgb")
-            return max(parse_lsn(info.receive_lsn or "0/0"), parse_lsn(info.replay_lsn or "0/0")) >= final
-
-        wait_for("pgb to hold pga's final LSN", received, 10, interval=0.01)
+        # the agent waits on its side until pgb holds the final LSN (at most `wait` seconds)
+        held = pair.client(pair.b).lsn("pgb", timeout=12, at_least=demoted["final_lsn"], wait=10)
+        assert parse_lsn(held.receive_lsn or "0/0") >= final, (held, demoted)
         proven = time.monotonic()
         promoted = pair.post(pair.b, "/clusters/pgb/promote", {"timeout": 20})
         switch_s = time.monotonic() - t0

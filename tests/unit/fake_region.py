@@ -125,7 +125,9 @@ class FakeAgent:
         return out
 
     # --- the client's surface ---------------------------------------------------------------
-    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None) -> LsnInfo:
+    def lsn(self, cluster: str, timeout: float | None = None, connect_timeout: float | None = None,
+            at_least: str | None = None, wait: float = 0.0) -> LsnInfo:
+        # answers at once (an agent that does not wait): the caller's loop compares and asks again
         return self._call("lsn", cluster, lambda: self._c(cluster).info())
 
     def checkpoint(self, cluster: str, timeout: float | None = None) -> LsnInfo:

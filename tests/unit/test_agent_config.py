@@ -20,7 +20,8 @@ from pgcrdr.agent.patroni import (
     render_patroni_yaml,
 )
 from pgcrdr.agent.ports import BLOCK_SIZE, ClusterPorts, allocate, choose_block, load_ports
-from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config
+from pgcrdr.agent.proxy import ProxyNode, render_haproxy_config, server_running
+from pgcrdr.agent.wal import DB_SHUTDOWNED, raw_cluster_state
 from pgcrdr.agent.validation import spec_problems
 from pgcrdr.security.tls import issue_server_cert, make_ca
 
@@ -81,6 +82,35 @@ def test_haproxy_config_routes_by_patroni_health() -> None:
     # a 1-node cluster still answers on the replica port: falls back to the primary backend
     assert "use_backend replica_nodes if { nbsrv(replica_nodes) gt 0 }" in text
     assert "mode tcp" in text
+    assert "stats socket" not in text  # no runtime API unless a socket is given
+
+
+def test_haproxy_runtime_socket_and_server_state(tmp_path: Path) -> None:
+    text = render_haproxy_config("pg1", 100, 101, [ProxyNode("pg1-1", 102, 103)],
+                                 runtime_socket=tmp_path / "run" / "haproxy.sock")
+    assert f"    stats socket {tmp_path}/run/haproxy.sock mode 600 level admin\n" in text
+    # `show servers state primary_nodes` of HAProxy 2.6: srv_op_state 2 is up, 0 down
+    header = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight\n")
+    up = header + "3 primary_nodes 1 pg1-1 127.0.0.1 2 0 1 1\n3 primary_nodes 2 pg1-2 127.0.0.1 0 0 1 1\n"
+    assert server_running(up, "pg1-1")
+    assert not server_running(up, "pg1-2")
+    assert not server_running(up, "pg1-3")  # unknown server
+    assert not server_running("No such backend.\n", "pg1-1")
+    assert not server_running("", "pg1-1")
+
+
+def test_raw_cluster_state_reads_pg_control_without_a_process(tmp_path: Path) -> None:
+    import sys
+    (tmp_path / "global").mkdir()
+    control = tmp_path / "global" / "pg_control"
+    for state in (6, DB_SHUTDOWNED):  # in production, shut down
+        control.write_bytes((7).to_bytes(8, sys.byteorder) + (1300).to_bytes(4, sys.byteorder)
+                            + (202209061).to_bytes(4, sys.byteorder) + state.to_bytes(4, sys.byteorder)
+                            + bytes(8192 - 20))
+        assert raw_cluster_state(tmp_path) == state
+    control.write_bytes(b"\0" * 10)  # truncated
+    assert raw_cluster_state(tmp_path) is None
+    assert raw_cluster_state(tmp_path / "missing") is None
 
 
 def test_port_blocks() -> None:
