@@ -220,3 +220,38 @@ def test_launcher_gives_patronis_etcd3_sockets_tcp_nodelay(tmp_path: Path) -> No
     out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]  # TCP_NODELAY added, Patroni's keepalive kept
+
+
+@pytest.mark.skipif(not NODE_PYTHON.exists(), reason="no node virtualenv with Patroni")
+def test_launcher_remembers_the_archive_settings_per_configuration(tmp_path: Path) -> None:
+    """A demote to a standby cluster asks `postgres -C` for archive_mode and archive_command
+    (15-25 ms each, decisions.md, issue 14): the launcher answers again from memory while the
+    configuration files are unchanged, and asks again once one changed."""
+    launcher = tmp_path / PATRONI_LAUNCHER_NAME
+    launcher.write_text(PATRONI_LAUNCHER)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "postgresql.conf").write_text("archive_mode = on\n")
+    calls = tmp_path / "calls"
+    fake_postgres = tmp_path / "postgres"
+    fake_postgres.write_text(f"#!/bin/sh\necho \"$4\" >> {calls}\necho value-of-$4\n")
+    fake_postgres.chmod(0o755)
+    probe = (
+        "import importlib.util, os, types\n"
+        f"spec = importlib.util.spec_from_file_location('launcher', {str(launcher)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "from patroni.postgresql import Postgresql\n"
+        f"pg = types.SimpleNamespace(data_dir={str(data)!r}, _data_dir={str(data)!r},\n"
+        f"    config=types.SimpleNamespace(postgresql_conf={str(data / 'postgresql.conf')!r}),\n"
+        f"    pgcommand=lambda cmd: {str(fake_postgres)!r})\n"
+        "a = [Postgresql.get_guc_value(pg, 'archive_command') for _ in range(3)]\n"
+        "Postgresql.get_guc_value(pg, 'port'); Postgresql.get_guc_value(pg, 'port')\n"
+        f"open({str(data / 'postgresql.conf')!r}, 'a').write('archive_timeout = 60s\\n')\n"
+        "b = Postgresql.get_guc_value(pg, 'archive_command')\n"
+        "print(a[0], b)\n"
+    )
+    out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["value-of-archive_command", "value-of-archive_command"]
+    # archive_command asked once for three reads, then again after the change; other settings each time
+    assert calls.read_text().split() == ["archive_command", "port", "port", "archive_command"]
