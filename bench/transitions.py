@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,12 @@ def errors(w: Writer) -> int:
     return len(w.log.failed) + len(w.log.unknown)
 
 
+# Each move's pooled pause over the median of the floor moves of its own run: the machine's load
+# changes from run to run (other sessions' work on 2 shared cores) and slows a platform of many
+# Python processes more than two bare PostgreSQL instances; pairing each move with the floor
+# measured minutes before it compares them under the same conditions.
+PAIRED = "pause pooled / its run's floor"
+
 EVENTS: list[tuple[str, float, float]] = []  # (transition, request, done) on the monotonic clock
 
 
@@ -108,6 +115,7 @@ def main() -> int:
     op_steps: dict[str, dict[str, list[float]]] = {}  # transition -> operation step -> seconds
     floor_rows: dict[str, list[float]] = {}
     lost_total = floor_lost = 0
+    loads: list[float] = []  # 1-minute load average at the start of each run (2 cores)
     writers: list[Writer] = []
     with contextlib.ExitStack() as stack:
         # The floor first: its processes are stopped by the ExitStack whatever fails later.
@@ -121,10 +129,13 @@ def main() -> int:
             direct, pooled, pooled_uri = setup_platform(p, args.plan)
             writers += [direct, pooled]
             for i in range(args.runs):
-                print(f"run {i + 1}/{args.runs}", file=sys.stderr)
-                for k, v in measure_floor(floor, floor_writer, moves=2).items():
+                loads.append(os.getloadavg()[0])
+                print(f"run {i + 1}/{args.runs} (load average {loads[-1]:.1f})", file=sys.stderr)
+                this_floor = measure_floor(floor, floor_writer, moves=2)
+                for k, v in this_floor.items():
                     floor_rows.setdefault(k, []).extend(v)
-                run_platform(p, pooled_uri, direct, pooled, rows, op_steps, args.no_failover)
+                run_platform(p, pooled_uri, direct, pooled, rows, op_steps, args.no_failover,
+                             run_floor=median(this_floor.get("pause pooled (s)", [])))
         finally:
             for w in writers:
                 w.stop()
@@ -159,6 +170,9 @@ def main() -> int:
             ratio = f"{median(vals) / floor_pause:>9.2f}" if m == "pause pooled (s)" else ""
             print(f"{kind:<20}{m:<34}{median(vals):>9.3f}{min(vals):>9.3f}{max(vals):>9.3f}{len(vals):>4}{ratio}")
     print(f"{'all':<20}{'acknowledged writes lost':<34}{lost_total:>9}")
+    if loads:
+        print(f"load average at each run's start: {' '.join(f'{x:.1f}' for x in loads)} (2 cores); "
+              f"'{PAIRED}' is each move over its own run's floor median")
     print("(failover loses at most the un-replicated tail the operation reports as bytes given up)")
     print()
     print("operation steps (s, median over runs; from the operation record)")
@@ -195,9 +209,10 @@ def setup_platform(p: RunningPlatform, plan: str) -> tuple[Writer, Writer, str]:
 
 def run_platform(p: RunningPlatform, pooled_uri: str, direct: Writer, pooled: Writer,
                  rows: dict[str, dict[str, list[float]]], op_steps: dict[str, dict[str, list[float]]],
-                 no_failover: bool) -> None:
+                 no_failover: bool, run_floor: float = float("nan")) -> None:
     """One run of the platform's transitions. The planned moves run under pgbench through the
-    pooled URI (a new pgbench for the takeover: pgbench's clients end at the failover's errors)."""
+    pooled URI (a new pgbench for the takeover: pgbench's clients end at the failover's errors).
+    ``run_floor``: the median pooled pause of this run's floor moves, for the paired ratio."""
 
     def measure(kind: str, name: str, role: str, settle: float = 1.0) -> dict:
         e_d, e_p = errors(direct), errors(pooled)
@@ -208,6 +223,7 @@ def run_platform(p: RunningPlatform, pooled_uri: str, direct: Writer, pooled: Wr
         time.sleep(settle)
         r = rows.setdefault(kind, {})
         r.setdefault("pause pooled (s)", []).append(gap_around(pooled, t0, t1))
+        r.setdefault(PAIRED, []).append(r["pause pooled (s)"][-1] / run_floor)
         r.setdefault("pause direct (s)", []).append(gap_around(direct, t0, t1))
         r.setdefault("errors pooled", []).append(errors(pooled) - e_p)
         r.setdefault("errors direct", []).append(errors(direct) - e_d)
