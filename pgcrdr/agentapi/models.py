@@ -270,7 +270,9 @@ class DemoteRequest(BaseModel):
 class DemoteResult(BaseModel):
     node: str  # the writer that was shut down
     final_lsn: str  # pg_controldata "Latest checkpoint location" of that writer after its clean shutdown
-    writer_down_s: float  # from the request to the writer's postmaster being gone
+    # from the request to the writer writing no more: its shutdown checkpoint in pg_control (or its
+    # postmaster gone)
+    writer_down_s: float
 
 
 class PromoteRequest(BaseModel):
