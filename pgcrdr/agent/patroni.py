@@ -241,10 +241,17 @@ def patroni_argv(node_venv: Path, yml: Path) -> list[str]:
     return [str(node_venv / "bin" / "python"), str(yml.parent / PATRONI_LAUNCHER_NAME), str(yml)]
 
 
-def get_patroni(rest_port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> dict[str, Any] | None:
-    """GET /patroni of a node: its role, state and WAL positions; None if unreachable."""
+def get_patroni(rest_port: int, host: str = "127.0.0.1", timeout: float = 1.0,
+                prompt: bool = False) -> dict[str, Any] | None:
+    """GET /patroni of a node: its role, state and WAL positions; None if unreachable.
+
+    ``prompt``: the same status through GET /health, which Patroni answers at once. GET /patroni
+    retries its query once a second while PostgreSQL does not accept connections, so during a
+    start it does not answer within ``timeout`` and the start is seen a tick late (a recovery
+    copy's ~0.5 s, decisions.md). Without that retry a running node's passing query failure reads
+    as state "unknown": only for a cluster being created, whose readiness it delays by a tick."""
     try:
-        r = LOCAL.get(f"http://{host}:{rest_port}/patroni", timeout=timeout)
+        r = LOCAL.get(f"http://{host}:{rest_port}/{'health' if prompt else 'patroni'}", timeout=timeout)
         data = r.json()
         return data if isinstance(data, dict) else None
     except (httpx.HTTPError, ValueError):

@@ -494,7 +494,8 @@ class RegionRuntime:
                 log.warning("%s: Patroni (pid %s) exited unexpectedly (%s in a row)", name, nr.pid, nr.failures)
             if not running:
                 nr.pid = None
-            rest = get_patroni(c.ports.rest(i), self.settings.host) if running else None
+            creating = c.created_at is not None and not c.ever_ready
+            rest = get_patroni(c.ports.rest(i), self.settings.host, prompt=creating) if running else None
             if rest and rest.get("state") == "running":
                 nr.failures = 0
             yml = c.layout.patroni_yml(name)
