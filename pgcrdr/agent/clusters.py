@@ -49,6 +49,8 @@ class ClusterRuntime:
     ensure_error: str | None = None
     action_error: str | None = None
     ever_ready: bool = False
+    created_at: float | None = None  # monotonic time its first spec was PUT (None: resumed from disk)
+    copying: bool = False  # a node is being copied from its source (pg_basebackup under Patroni)
     # (leader, streaming replicas) for which both endpoints were seen routing correctly
     endpoint_verified: tuple[str, tuple[str, ...]] | None = None
     status: ClusterStatus | None = None

@@ -41,6 +41,12 @@ OBSERVE_TIMEOUT_S = 5.0  # one region's GET /clusters
 OBSERVE_WAIT_S = 2.0  # how long a tick waits for the regions' observations before going on
 NO_WRITER_GRACE_S = 3.0  # a pair seen without a writer this long (no operation running) is repaired
 AFTER_OPERATION_S = 10.0  # ... and not within this long of an operation having run on it
+# While a setup or a failback restore waits for its new passive side to stream, that one cluster
+# is asked this often (GET /clusters/NAME, the agent's last status) between ticks; the tick runs at
+# once when it is ready, instead of at the next interval (a recovery copy's end was seen up to a
+# second late, decisions.md). Bounded by the operation: nothing is polled once it has ended.
+AWAIT_PASSIVE_POLL_S = 0.2
+AWAIT_PASSIVE_TIMEOUT_S = 1.0
 
 
 def owned_by_operations(ops: list[OperationRecord]) -> set[tuple[str, str]]:
@@ -149,8 +155,57 @@ class Reconciler:
                 log.warning("reconciler tick stopped: %s", exc)
             except Exception:  # a bug in one tick must not stop the loop; it is logged
                 log.exception("reconciler tick failed")
-            self._wake.wait(self._next_wait())
+            self._wait_next_tick(self._next_wait())
             self._wake.clear()
+
+    def _wait_next_tick(self, wait_s: float) -> None:
+        """Until the next tick is due or ``wake`` is called; meanwhile a passive side that a
+        setup or a failback restore waits for is asked after every ``AWAIT_PASSIVE_POLL_S``, and
+        the tick runs as soon as it is ready."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                return
+            awaited = self._awaited_passives()
+            if self._wake.wait(min(left, AWAIT_PASSIVE_POLL_S) if awaited else left):
+                return
+            if awaited and self._any_ready(awaited):
+                return
+
+    def _awaited_passives(self) -> list[ServiceRecord]:
+        """Passive sides being built by a running setup or failback restore that were not yet
+        seen ready (only by the leader: a replica that does not lead calls no region)."""
+        if not self.leading():
+            return []
+        out = []
+        try:
+            for op in self.store.running_operations():
+                if op.kind not in ("setup", "failback_restore"):
+                    continue
+                step = next((st for st in op.steps if st.state in ("pending", "running")), None)
+                if step is None or step.name != "wait_passive_in_sync":
+                    continue
+                svc = self.store.get_service(op.project, op.service)
+                if svc is not None and not (svc.status is not None and svc.status.ready and svc.status.standby):
+                    out.append(svc)
+        except Exception:  # noqa: BLE001 - the store is read again at the next tick
+            log.exception("reading the operations awaiting a passive side failed")
+            return []
+        return out
+
+    def _any_ready(self, services: list[ServiceRecord]) -> bool:
+        for svc in services:
+            agent = self.agents.get(svc.cloud)
+            if agent is None:
+                continue
+            try:
+                st = agent.get_cluster(svc.cluster, timeout=AWAIT_PASSIVE_TIMEOUT_S)
+            except AgentError:
+                continue  # the tick observes it and says what is wrong
+            if st is not None and st.ready and st.standby:
+                return True
+        return False
 
     def _next_wait(self) -> float:
         """The tick interval, shortened so that the watchdog runs right when a pause window ends."""

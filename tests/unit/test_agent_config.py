@@ -199,17 +199,34 @@ def test_patroni_runs_through_the_launcher_with_its_yml_on_the_command_line(tmp_
     assert argv == ["/venv/bin/python", str(tmp_path / "n1" / PATRONI_LAUNCHER_NAME), str(yml)]
 
 
+def _load_launcher(path: Path) -> str:
+    """Python lines that import the launcher as multiprocessing "spawn" does (not as __main__)."""
+    return ("import importlib.util, socket, sys, time, types\n"
+            f"spec = importlib.util.spec_from_file_location('launcher', {str(path)!r})\n"
+            "launcher = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(launcher)\n")
+
+
+@pytest.mark.skipif(not NODE_PYTHON.exists(), reason="no node virtualenv with Patroni")
+def test_launcher_imported_by_spawn_imports_no_patroni(tmp_path: Path) -> None:
+    """Patroni's "spawn" child (which only starts the postmaster) imports the launcher again:
+    it must not pay for importing Patroni's etcd3 client there, nor start a Patroni."""
+    launcher = tmp_path / PATRONI_LAUNCHER_NAME
+    launcher.write_text(PATRONI_LAUNCHER)
+    probe = _load_launcher(launcher) + "print(sorted(m for m in sys.modules if m.startswith('patroni')))\n"
+    out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.skipif(not NODE_PYTHON.exists(), reason="no node virtualenv with Patroni")
 def test_launcher_gives_patronis_etcd3_sockets_tcp_nodelay(tmp_path: Path) -> None:
     """Without it every etcd write of Patroni waits ~40 ms for a delayed ACK (decisions.md,
-    issue 14). Imported (not run as __main__, as multiprocessing "spawn" does), the launcher
-    patches Patroni's etcd3 socket hook and starts no Patroni."""
+    issue 14)."""
     launcher = tmp_path / PATRONI_LAUNCHER_NAME
     launcher.write_text(PATRONI_LAUNCHER)
-    probe = (
-        "import importlib.util, socket, types\n"
-        f"spec = importlib.util.spec_from_file_location('launcher', {str(launcher)!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+    probe = _load_launcher(launcher) + (
+        "launcher._tcp_nodelay()\n"
         "from patroni.dcs.etcd3 import Etcd3\n"
         "me = types.SimpleNamespace(ttl=20, loop_wait=1, _retry=types.SimpleNamespace(deadline=5))\n"
         "s = socket.socket()\n"
@@ -236,10 +253,8 @@ def test_launcher_remembers_the_archive_settings_per_configuration(tmp_path: Pat
     fake_postgres = tmp_path / "postgres"
     fake_postgres.write_text(f"#!/bin/sh\necho \"$4\" >> {calls}\necho value-of-$4\n")
     fake_postgres.chmod(0o755)
-    probe = (
-        "import importlib.util, os, types\n"
-        f"spec = importlib.util.spec_from_file_location('launcher', {str(launcher)!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+    probe = _load_launcher(launcher) + (
+        "launcher._remember_archive_settings()\n"
         "from patroni.postgresql import Postgresql\n"
         f"pg = types.SimpleNamespace(data_dir={str(data)!r}, _data_dir={str(data)!r},\n"
         f"    config=types.SimpleNamespace(postgresql_conf={str(data / 'postgresql.conf')!r}),\n"
@@ -255,3 +270,41 @@ def test_launcher_remembers_the_archive_settings_per_configuration(tmp_path: Pat
     assert out.stdout.split() == ["value-of-archive_command", "value-of-archive_command"]
     # archive_command asked once for three reads, then again after the change; other settings each time
     assert calls.read_text().split() == ["archive_command", "port", "port", "archive_command"]
+
+
+@pytest.mark.skipif(not NODE_PYTHON.exists(), reason="no node virtualenv with Patroni")
+def test_launcher_sees_postgresql_started_within_a_fraction_of_a_second(tmp_path: Path) -> None:
+    """Patroni asks pg_isready once a second while PostgreSQL starts; through the launcher the
+    pause grows from 50 ms to Patroni's 1 s, with Patroni's answers (started, failed, timed out)."""
+    launcher = tmp_path / PATRONI_LAUNCHER_NAME
+    launcher.write_text(PATRONI_LAUNCHER)
+    probe = _load_launcher(launcher) + (
+        "launcher._prompt_startup()\n"
+        "from patroni.postgresql import Postgresql\n"
+        "from patroni.postgresql.misc import PostgresqlState\n"
+        "class Starting:  # PostgreSQL accepts connections at the 3rd check\n"
+        "    def __init__(self, ready_at, state=PostgresqlState.RUNNING):\n"
+        "        self.checks, self.ready_at, self.end = 0, ready_at, state\n"
+        "        self.state = PostgresqlState.STARTING\n"
+        "        self.cancellable = types.SimpleNamespace(is_cancelled=False)\n"
+        "        self.t0 = time.monotonic()\n"
+        "    def is_starting(self): return self.state == PostgresqlState.STARTING\n"
+        "    def time_in_state(self): return time.monotonic() - self.t0\n"
+        "    def check_startup_state_changed(self):\n"
+        "        self.checks += 1\n"
+        "        if self.checks >= self.ready_at:\n"
+        "            self.state = self.end\n"
+        "            return True\n"
+        "        return False\n"
+        "t = time.monotonic(); a = Starting(3); r1 = Postgresql.wait_for_startup(a); d1 = time.monotonic() - t\n"
+        "b = Starting(3, PostgresqlState.START_FAILED); r2 = Postgresql.wait_for_startup(b)\n"
+        "t = time.monotonic(); c = Starting(10**6); r3 = Postgresql.wait_for_startup(c, timeout=2)\n"
+        "d3 = time.monotonic() - t\n"
+        "print(r1, round(d1, 2), a.checks, r2, r3, round(d3), c.checks)\n"
+    )
+    out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    started, took, checks, failed, timed_out, waited, slow_checks = out.stdout.split()
+    assert (started, checks, failed, timed_out) == ("True", "3", "False", "None")
+    assert float(took) < 0.5  # 50 + 100 ms of pauses, where Patroni alone waits 2 s
+    assert int(waited) in (2, 3) and int(slow_checks) <= 8  # then once a second, as Patroni
