@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pgcrdr.agentapi.client import AgentClient, AgentError  # noqa: E402
 from pgcrdr.agentapi.lsn import parse_lsn  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
-from pgcrdr.lab import cap_bandwidth  # noqa: E402
+from pgcrdr.lab import cap_bandwidth, link_bytes  # noqa: E402
 from tests.helpers import (  # noqa: E402
     RunningPlatform,
     dr_status,
@@ -147,6 +147,7 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
         nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
         for d in nodes.glob("*/data"):
             shutil.rmtree(d)
+    link0 = link_bytes(p.lab, "r0") if isinstance(p, LabPlatform) else None
     t0 = time.monotonic()
     body = {"disaster_recovery_role": "passive"}
     if source != "auto":
@@ -162,13 +163,18 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
 
     op = done(wait_for("the failback restore", restored, timeout=3600, interval=0.5))
     elapsed = time.monotonic() - t0
+    # what crossed the primary region's link (both ways, every process): the record's count checked
+    link = None if link0 is None else sum(link_bytes(p.lab, "r0")) - sum(link0)
     rec = op["details"]["restore"]
     api_put(p, PRI, {"disaster_recovery_role": "active"})
     done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
     if source != "auto" and op["details"]["restore"].get("source") != source:
         raise RuntimeError(f"asked for {source}, rebuilt by {op['details']['restore'].get('source')}")
+    steps = {st["name"]: st.get("duration_s") or 0.0 for st in op["steps"]}
+    tried = {a["source"]: a.get("duration_s") or 0.0 for a in rec.get("attempts", [])}
     return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0, "wal_since_fork": wal_since_fork,
-            "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
+            "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"], "link_bytes": link,
+            "steps": steps, "tried": tried, "reason": rec.get("reason") or ""}
 
 
 def main() -> int:
@@ -228,8 +234,13 @@ def run_all(p: RunningPlatform, args: argparse.Namespace, changes: list[float],
                 r = one_run(p, source, change, accounts)
                 results.setdefault((change, source), []).append(r)
                 print(f"change {change:g}% source {source} run {i + 1}: {r['time_s']:.1f} s, "
-                      f"{r['cross_bytes'] / 2**20:.1f} MiB across regions, "
-                      f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository", flush=True)
+                      f"{r['cross_bytes'] / 2**20:.1f} MiB across regions "
+                      f"(WAL since the fork {r['wal_since_fork'] / 2**20:.1f} MiB), "
+                      f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository"
+                      + (f", {r['link_bytes'] / 2**20:.1f} MiB on the link" if r["link_bytes"] is not None else "")
+                      + "; steps: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
+                      + "; tried: " + ", ".join(f"{k} {v:.1f}" for k, v in r["tried"].items())
+                      + f"; {r['reason']}", flush=True)
     return size, results
 
 
@@ -239,7 +250,8 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
     link = f"; cross-region link capped at {args.bandwidth} (lab)" if args.bandwidth else ""
     print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs{link}")
     print(f"{'change':>7} {'source':>13} {'time s':>8} {'vs full copy':>13} {'cross-region MiB':>17} "
-          f"{'vs full copy':>13} {'vs WAL since fork':>18} {'local MiB':>10}")
+          f"{'vs full copy':>13} {'vs WAL since fork':>18} {'local MiB':>10}"
+          + (f" {'link MiB':>9}" if args.bandwidth else ""))
     for change in changes:
         full = results.get((change, "basebackup"))
         full_bytes = statistics.median(r["cross_bytes"] for r in full) if full else None
@@ -256,8 +268,10 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
             wal = statistics.median(r["wal_since_fork"] for r in rs)
             w_ratio = f"{b / wal:.2f}x" if wal > 0 else "-"
             label = source if source != "auto" else "auto:" + "/".join(sorted({r["source"] for r in rs}))
+            links = [r["link_bytes"] for r in rs if r["link_bytes"] is not None]
+            on_link = f" {statistics.median(links) / 2**20:>9.1f}" if links else ""
             print(f"{change:>6g}% {label:>13} {t:>8.1f} {t_ratio:>13} {b / 2**20:>17.1f} {ratio:>13} "
-                  f"{w_ratio:>18} {loc / 2**20:>10.1f}")
+                  f"{w_ratio:>18} {loc / 2**20:>10.1f}{on_link}")
 
 
 if __name__ == "__main__":
