@@ -365,8 +365,9 @@ class Rebuilds:
                 attempt.duration_s = round(time.monotonic() - t0, 3)
                 attempts.append(attempt)
                 self._set(c, attempts=list(attempts))
-                log.info("%s: rebuild by %s: %s (%s)", c.spec.cluster, source,
-                         "ok" if attempt.ok else ("skipped" if attempt.skipped else "failed"), attempt.reason)
+                log.info("%s: rebuild by %s: %s in %.1f s (%s)", c.spec.cluster, source,
+                         "ok" if attempt.ok else ("skipped" if attempt.skipped else "failed"), attempt.duration_s,
+                         attempt.reason)
                 if attempt.ok:
                     chosen = source
                     break
@@ -602,9 +603,10 @@ class Rebuilds:
         src = req.source
         with psycopg.connect(host=src.host, port=src.port, user=REWIND_USER, password=c.spec.rewind_password,
                              dbname="postgres", sslmode="require", connect_timeout=10, autocommit=True) as conn:
-            # the four-argument form is the one Patroni grants to the rewind role (pg_rewind uses it)
+            # the four-argument form is the one Patroni grants to the rewind role (pg_rewind uses it);
+            # a binary result: as text, bytea crosses as hex, twice the segment's size
             row = conn.execute("SELECT pg_read_binary_file(%s, 0, %s, false)",
-                               (f"pg_wal/{name}", backrest.WAL_SEGMENT)).fetchone()
+                               (f"pg_wal/{name}", backrest.WAL_SEGMENT), binary=True).fetchone()
         data = bytes(row[0]) if row and row[0] is not None else b""
         if len(data) != backrest.WAL_SEGMENT:
             raise RuntimeError(f"{name} on the active service has {len(data)} bytes")
