@@ -24,6 +24,7 @@ half-way reports the rebuild as interrupted when it comes back, and the control 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -641,13 +642,20 @@ class Rebuilds:
 
     def _kept_wal(self, c: ClusterRuntime, req: RebuildRequest) -> tuple[Path | None, str | None]:
         """pg_wal of the old data directory ``preserve`` kept for this fork, and the end of its
-        valid WAL (None, None: nothing kept)."""
+        valid WAL (None, None: nothing kept, or kept from a node that was not on the timeline
+        the active service forked from)."""
         job = c.preserve
         if job is None or job.state != "done" or job.fork_lsn != req.fork_lsn or job.result is None \
                 or not job.result.path:
             return None, None
-        wal = Path(job.result.path) / "pg_wal"
-        return (wal, job.result.end_lsn) if wal.is_dir() else (None, None)
+        kept = Path(job.result.path)
+        try:
+            timeline = json.loads((kept.parent / "preserve.json").read_text()).get("timeline")
+        except (OSError, ValueError):
+            return None, None
+        if timeline != req.fork_timeline - 1 or not (kept / "pg_wal").is_dir():
+            return None, None
+        return kept / "pg_wal", job.result.end_lsn
 
     def _fetch_wal_from_active(self, c: ClusterRuntime, req: RebuildRequest, name: str, dest: Path) -> None:
         """Copy one WAL segment of the old timeline from the active service's pg_wal (the rewind
