@@ -18,7 +18,10 @@ source, forced with the ``failback_source`` extension:
 Then the primary is promoted back (failback takeover) and backed up on its new timeline before
 the next run. Prints, per change and source, the median time of the restore (request to RUNNING
 passive) and the median bytes moved across regions, and their ratio to a full copy and to the WAL
-the active service wrote since the fork (the least a failback must bring over).
+the active service wrote from the fork until the restored side had caught up (the least a failback
+must bring over; more than the change's own WAL, also printed). Before each outage the primary
+writes WAL until its end lies ``--fork-offset-mib`` (8) into a segment, as for a region lost at a
+random moment.
 
 With ``--bandwidth RATE`` (e.g. 200mbit; root) it runs on a lab of hosts instead (pgcrdr.lab:
 the control plane and each region on its own network namespace, the agents over TLS), with the
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pgcrdr.agentapi.client import AgentClient, AgentError  # noqa: E402
 from pgcrdr.agentapi.lsn import parse_lsn  # noqa: E402
 from pgcrdr.controlplane.services import cluster_id  # noqa: E402
-from pgcrdr.lab import cap_bandwidth  # noqa: E402
+from pgcrdr.lab import cap_bandwidth, link_bytes  # noqa: E402
 from tests.helpers import (  # noqa: E402
     RunningPlatform,
     dr_status,
@@ -131,22 +134,54 @@ def region_dir(p: RunningPlatform, cloud: str) -> Path:
     return s.region_dir(region)
 
 
-def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -> dict:
+def place_fork(p: RunningPlatform, offset_mib: float) -> None:
+    """Write WAL on the primary until its end lies ``offset_mib`` into a segment, and wait until
+    the recovery copy has received it: the fork is then there. Left alone, the fork lies right
+    after the WAL switch that ended the backup this bench waits for, where streaming from the
+    start of the fork's segment costs nothing; a region lost at a random moment forks half-way
+    through a segment on average."""
+    with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], autocommit=True, connect_timeout=10) as conn:
+        seg = int(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
+        lsn = parse_lsn(str(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]))
+        target = lsn - lsn % seg + int(offset_mib * 2**20)
+        if target <= lsn + 2**16:
+            target += seg
+        # a non-transactional logical message: WAL of the wanted size, no table touched
+        conn.execute("SELECT pg_logical_emit_message(false, 'bench-fork', repeat('x', %s))",
+                     (max(0, target - lsn - 100),))
+        end = parse_lsn(str(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]))
+    a = agent(p, REC_CLOUD)
+    try:
+        def received() -> bool:
+            st = a.get_cluster(cluster_id(PROJECT, REC))
+            got = st.lsn.receive_lsn if st is not None and st.lsn is not None else None
+            return got is not None and parse_lsn(got) >= end
+
+        wait_for("the recovery copy to receive the WAL before the fork", received, timeout=300, interval=0.2)
+    finally:
+        a.close()
+
+
+def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int, fork_offset_mib: float) -> dict:
     wait_backup_on_current_timeline(p)
+    if fork_offset_mib > 0:
+        place_fork(p, fork_offset_mib)
     region_down(p, PRI_CLOUD)
     api_put(p, PRI, {"disaster_recovery_role": "failed"})
     failover = done(wait_operation(p, PROJECT, PRI, "failover", timeout=300))
     n = int(accounts * change_pct / 100)
     with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (n,))
-        # the WAL the active service wrote since the fork: what a failback has to bring over at least
+        # the WAL of the change itself
         now_lsn = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
-    wal_since_fork = parse_lsn(now_lsn) - parse_lsn(failover["details"]["switch_lsn"])
+    fork_lsn = parse_lsn(failover["details"]["switch_lsn"])
+    change_wal = parse_lsn(now_lsn) - fork_lsn
     region_up(p, PRI_CLOUD)
     if source not in ("rewind", "auto"):
         nodes = region_dir(p, PRI_CLOUD) / "clusters" / cluster_id(PROJECT, PRI) / "nodes"
         for d in nodes.glob("*/data"):
             shutil.rmtree(d)
+    link0 = link_bytes(p.lab, "r0") if isinstance(p, LabPlatform) else None
     t0 = time.monotonic()
     body = {"disaster_recovery_role": "passive"}
     if source != "auto":
@@ -162,13 +197,27 @@ def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int) -
 
     op = done(wait_for("the failback restore", restored, timeout=3600, interval=0.5))
     elapsed = time.monotonic() - t0
+    # The WAL the active service wrote from the fork until the restored side had caught up: what
+    # a failback has to bring over at least. More than the change's own WAL: the recovery
+    # region's first backup after the failover, autovacuum, and every WAL switch (the backup's
+    # end, archive_timeout) whose segment's rest streams as it is.
+    with psycopg.connect(p.service(PROJECT, REC)["service_uri"], autocommit=True, connect_timeout=10) as conn:
+        end_lsn = parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
+    caught_up = op["details"]["restore"].get("caught_up_lsn")
+    wal_since_fork = (parse_lsn(caught_up) if caught_up else end_lsn) - fork_lsn
+    # what crossed the primary region's link (both ways, every process): the record's count checked
+    link = sum(link_bytes(p.lab, "r0")) - sum(link0) if isinstance(p, LabPlatform) and link0 else None
     rec = op["details"]["restore"]
     api_put(p, PRI, {"disaster_recovery_role": "active"})
     done(wait_operation(p, PROJECT, PRI, "failback_promote", timeout=300))
     if source != "auto" and op["details"]["restore"].get("source") != source:
         raise RuntimeError(f"asked for {source}, rebuilt by {op['details']['restore'].get('source')}")
+    steps = {st["name"]: st.get("duration_s") or 0.0 for st in op["steps"]}
+    tried = {a["source"]: a.get("duration_s") or 0.0 for a in rec.get("attempts", [])}
     return {"time_s": elapsed, "cross_bytes": rec.get("cross_region_bytes") or 0, "wal_since_fork": wal_since_fork,
-            "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"]}
+            "change_wal": change_wal, "wal_at_end": end_lsn - fork_lsn,
+            "local_bytes": rec.get("local_bytes") or 0, "source": rec["source"], "link_bytes": link,
+            "steps": steps, "tried": tried, "reason": rec.get("reason") or ""}
 
 
 def main() -> int:
@@ -178,6 +227,9 @@ def main() -> int:
     ap.add_argument("--changes", default="1,10", help="percentages of pgbench_accounts changed after failover")
     ap.add_argument("--sources", default=",".join(SOURCES))
     ap.add_argument("--port-offset", type=int, default=18000)
+    ap.add_argument("--fork-offset-mib", type=float, default=8.0,
+                    help="place the fork this far into a WAL segment (0: where the bench leaves it, right "
+                         "after a WAL switch)")
     ap.add_argument("--bandwidth", help="run on a lab of hosts with the primary region's link capped at RATE "
                                         "(tc tbf, e.g. 200mbit; needs root)")
     args = ap.parse_args()
@@ -225,11 +277,18 @@ def run_all(p: RunningPlatform, args: argparse.Namespace, changes: list[float],
     for change in changes:
         for source in sources:
             for i in range(args.runs):
-                r = one_run(p, source, change, accounts)
+                r = one_run(p, source, change, accounts, args.fork_offset_mib)
                 results.setdefault((change, source), []).append(r)
                 print(f"change {change:g}% source {source} run {i + 1}: {r['time_s']:.1f} s, "
-                      f"{r['cross_bytes'] / 2**20:.1f} MiB across regions, "
-                      f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository", flush=True)
+                      f"{r['cross_bytes'] / 2**20:.1f} MiB across regions "
+                      f"(WAL since the fork {r['wal_since_fork'] / 2**20:.1f} MiB until caught up, "
+                      f"{r['wal_at_end'] / 2**20:.1f} MiB until done, the change's own {r['change_wal'] / 2**20:.1f} "
+                      "MiB), "
+                      f"{r['local_bytes'] / 2**20:.1f} MiB from the local repository"
+                      + (f", {r['link_bytes'] / 2**20:.1f} MiB on the link" if r["link_bytes"] is not None else "")
+                      + "; steps: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
+                      + "; tried: " + ", ".join(f"{k} {v:.1f}" for k, v in r["tried"].items())
+                      + f"; {r['reason']}", flush=True)
     return size, results
 
 
@@ -239,7 +298,8 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
     link = f"; cross-region link capped at {args.bandwidth} (lab)" if args.bandwidth else ""
     print(f"database {size / 2**20:.0f} MiB (pgbench scale {args.scale}); median of {args.runs} runs{link}")
     print(f"{'change':>7} {'source':>13} {'time s':>8} {'vs full copy':>13} {'cross-region MiB':>17} "
-          f"{'vs full copy':>13} {'vs WAL since fork':>18} {'local MiB':>10}")
+          f"{'vs full copy':>13} {'vs WAL since fork':>18} {'local MiB':>10}"
+          + (f" {'link MiB':>9}" if args.bandwidth else "") + f" {'WAL MiB':>8} {'change MiB':>11}")
     for change in changes:
         full = results.get((change, "basebackup"))
         full_bytes = statistics.median(r["cross_bytes"] for r in full) if full else None
@@ -256,8 +316,11 @@ def print_table(args: argparse.Namespace, size: int, changes: list[float], sourc
             wal = statistics.median(r["wal_since_fork"] for r in rs)
             w_ratio = f"{b / wal:.2f}x" if wal > 0 else "-"
             label = source if source != "auto" else "auto:" + "/".join(sorted({r["source"] for r in rs}))
+            links = [r["link_bytes"] for r in rs if r["link_bytes"] is not None]
+            on_link = f" {statistics.median(links) / 2**20:>9.1f}" if links else ""
             print(f"{change:>6g}% {label:>13} {t:>8.1f} {t_ratio:>13} {b / 2**20:>17.1f} {ratio:>13} "
-                  f"{w_ratio:>18} {loc / 2**20:>10.1f}")
+                  f"{w_ratio:>18} {loc / 2**20:>10.1f}{on_link} {wal / 2**20:>8.1f} "
+                  f"{statistics.median(r['change_wal'] for r in rs) / 2**20:>11.1f}")
 
 
 if __name__ == "__main__":

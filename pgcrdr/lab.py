@@ -18,6 +18,7 @@ Planning is pure (``plan_lab``); ``lab_up``/``lab_down`` run ``ip``/``tc`` and n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -165,6 +166,14 @@ def bandwidth_commands(lab: Lab, host: str, rate: str | None) -> list[list[str]]
 def cap_bandwidth(lab: Lab, host: str, rate: str | None) -> None:
     for cmd in bandwidth_commands(lab, host, rate):
         _run(cmd, check=rate is not None)
+
+
+def link_bytes(lab: Lab, host: str) -> tuple[int, int]:
+    """Bytes received and sent so far on ``host``'s link (its eth0): what crossed between it and
+    the other hosts, whatever the process."""
+    out = _run(["ip", "-n", lab.host(host).netns, "-j", "-s", "link", "show", "eth0"]).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
 
 
 def exec_argv(lab: Lab, host: str, argv: list[str]) -> list[str]:

@@ -687,11 +687,14 @@ class Crdr:
             dest = root / stamp
             dest.mkdir(parents=True)
             root.chmod(0o700)
+            t0 = time.monotonic()
             shutil.copytree(c.layout.data_dir(name), dest / "data", symlinks=True)
             (dest / "data" / "postmaster.pid").unlink(missing_ok=True)
             size = sum(f.stat().st_size for f in (dest / "data").rglob("*") if f.is_file() and not f.is_symlink())
+            t1 = time.monotonic()
             commits, wal_end = commits_after(self.settings.pg_bin_dir, dest / "data" / "pg_wal", cd.timeline,
                                              fork_lsn)
+            t2 = time.monotonic()
             result = PreserveResult(path=str(dest / "data"), bytes=size, end_lsn=max_lsn(end, wal_end),
                                     commits=commits)
             meta = dest / "preserve.json"
@@ -701,8 +704,9 @@ class Crdr:
                 "result": result.model_dump(mode="json"),
             }))
             tmp.replace(meta)  # written last: a copy without it is incomplete
-            log.info("%s: preserved %s of %s at %s (%d bytes); %d commits after %s", cluster,
-                     c.layout.data_dir(name), name, dest, size, len(commits), fork_lsn)
+            log.info("%s: preserved %s of %s at %s (%d bytes, copied in %.1f s); %d commits after %s "
+                     "(listed in %.1f s)", cluster, c.layout.data_dir(name), name, dest, size, t1 - t0,
+                     len(commits), fork_lsn, t2 - t1)
             self._set_preserve(c, state="done", finished=now_iso(), result=result,
                                message=f"kept at {result.path}; {len(commits)} commits after {fork_lsn}")
         except Exception as exc:

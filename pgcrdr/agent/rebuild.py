@@ -5,9 +5,11 @@ cheapest correct source, and say which one and what it cost.
    service only the blocks that changed since the fork (plus the new WAL).
 2. ``restore``: the newest backup of the cluster's own region repository that is consistent
    before the fork (delta restore when files exist), plus the archived WAL up to the segment
-   before the fork; from there the standby streams from the active service, so the cross-region
-   bytes are about the WAL written since the failover. WAL of the old timeline at or after the
-   fork segment is never taken from the archive: it may hold the old writer's divergent commits.
+   before the fork (what the archive lacks: from the old data directory ``preserve`` kept, else
+   from the active service); from there the standby streams from the active service, so the
+   cross-region bytes are about the WAL written since the failover. WAL of the old timeline at or
+   after the fork segment is never taken from the archive or the old data directory: it may hold
+   the old writer's divergent commits.
 3. ``basebackup``: a full copy from the active service (cross-region), when neither works.
 
 The same machinery restores a **fork** (a new cluster whose spec has ``restore_from``): its first
@@ -22,12 +24,14 @@ half-way reports the rebuild as interrupted when it comes back, and the control 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +44,7 @@ from pgcrdr.agent.layout import node_name
 from pgcrdr.agentapi.models import RebuildAttempt, RebuildRequest, RebuildSource, RebuildState
 from pgcrdr.agent.patroni import REPLICATION_USER, REWIND_USER
 from pgcrdr.agent.postgres import last_error_line
-from pgcrdr.agent.wal import controldata_or_none, most_advanced
+from pgcrdr.agent.wal import WAL_SEGMENT, controldata_or_none, most_advanced, segno_of
 from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 from pgcrdr.agentapi.times import parse_time
 from pgcrdr.config import RegionConfig, Settings
@@ -86,6 +90,32 @@ def order_by_estimate(sources: list[RebuildSource], estimates: dict[str, int]) -
     when tried). Pure."""
     known = sorted((s for s in sources if s in estimates), key=lambda s: (estimates[s], sources.index(s)))
     return known + [s for s in sources if s not in estimates]
+
+
+def kept_wal_segments(first: int, fork_seg: int, kept_end_lsn: str | None) -> range:
+    """The segments (numbers) a failback restore may take from the old data directory kept by
+    ``preserve`` instead of the active service: those wholly before the fork's segment (the same
+    bytes the active service received: the old timeline diverges only at the fork) and wholly
+    before the end of the valid WAL the kept copy holds (a standby's last segment may be partly
+    received, the rest of the file stale). Pure."""
+    if not kept_end_lsn:
+        return range(first, first)
+    return range(first, max(first, min(fork_seg, segno_of(kept_end_lsn))))
+
+
+def copy_wal_segment(src: Path, dest: Path, own: Callable[[Path], None]) -> bool:
+    """Copy one whole WAL segment file, made the node user's (``own``) before it takes its name
+    (False: there is no file of a segment's size at ``src``)."""
+    try:
+        if not src.is_file() or src.stat().st_size != WAL_SEGMENT:
+            return False
+    except OSError:
+        return False
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    own(tmp)
+    tmp.replace(dest)
+    return True
 
 
 def postmaster_status(data_dir: Path) -> str | None:
@@ -365,8 +395,9 @@ class Rebuilds:
                 attempt.duration_s = round(time.monotonic() - t0, 3)
                 attempts.append(attempt)
                 self._set(c, attempts=list(attempts))
-                log.info("%s: rebuild by %s: %s (%s)", c.spec.cluster, source,
-                         "ok" if attempt.ok else ("skipped" if attempt.skipped else "failed"), attempt.reason)
+                log.info("%s: rebuild by %s: %s in %.1f s (%s)", c.spec.cluster, source,
+                         "ok" if attempt.ok else ("skipped" if attempt.skipped else "failed"), attempt.duration_s,
+                         attempt.reason)
                 if attempt.ok:
                     chosen = source
                     break
@@ -422,7 +453,9 @@ class Rebuilds:
             if b is not None:
                 fork_seg = backrest.segno_of(req.fork_lsn)
                 have = backrest.wal_segno(newest)[1] if newest else 0
-                missing = max(0, fork_seg - 1 - have)
+                kept_dir, kept_end = self._kept_wal(c, req)
+                kept = len(kept_wal_segments(have + 1, fork_seg, kept_end)) if kept_dir else 0
+                missing = max(0, fork_seg - 1 - have - kept)
                 out["restore"] = since_fork + missing * backrest.WAL_SEGMENT
             else:
                 unusable["restore"] = (f"no backup in the {self.region.cloud_name} repository on timeline "
@@ -568,9 +601,21 @@ class Rebuilds:
                         f"needed by backup {b.label}: {why_stopped}")
             return
         # The old writer's last WAL before the fork may never have reached its archive (it died
-        # before archive_timeout): the active service received it by streaming and still keeps
-        # it; those segments cross regions.
-        remote = 0
+        # before archive_timeout). When its disk survived, the copy ``preserve`` kept holds it;
+        # otherwise the active service received it by streaming and still keeps it, and those
+        # segments cross regions.
+        kept_dir, kept_end = self._kept_wal(c, req)
+        kept = remote = 0
+        keepable = kept_wal_segments(seg, fork_seg, kept_end)
+        while seg in keepable:
+            name = backrest.wal_name(old_tl, seg)
+            assert kept_dir is not None
+            if not copy_wal_segment(kept_dir / name, wal_dir / name,
+                                    lambda f: proc.chown_for_node(self.settings, f, 0o600)):
+                break
+            kept += 1
+            seg += 1
+            self._set(c, progress_current=seg - first)
         while seg < fork_seg:
             name = backrest.wal_name(old_tl, seg)
             try:
@@ -584,15 +629,33 @@ class Rebuilds:
             self._set(c, progress_current=seg - first)
         a.ok = True
         a.backup_label = b.label
-        a.local_bytes = b.size + fetched * backrest.WAL_SEGMENT
+        a.local_bytes = b.size + (fetched + kept) * backrest.WAL_SEGMENT
         a.stream_start_lsn = format_lsn(seg * backrest.WAL_SEGMENT)
         # so far; the WAL streamed from here on is counted once the standby has caught up
         a.cross_region_bytes = remote * backrest.WAL_SEGMENT
         a.reason = (f"restored backup {b.label} ({b.type}, {b.stop_time}) from the {self.region.cloud_name} "
                     f"repository and {fetched} archived WAL segments"
+                    + (f", {kept} more from the old data directory kept aside" if kept else "")
                     + (f", {remote} more from the active service" if remote else "")
                     + f"; streaming from {a.stream_start_lsn}"
                     + (f" (start WAL timeline {start_tl})" if start_tl != old_tl else ""))
+
+    def _kept_wal(self, c: ClusterRuntime, req: RebuildRequest) -> tuple[Path | None, str | None]:
+        """pg_wal of the old data directory ``preserve`` kept for this fork, and the end of its
+        valid WAL (None, None: nothing kept, or kept from a node that was not on the timeline
+        the active service forked from)."""
+        job = c.preserve
+        if job is None or job.state != "done" or job.fork_lsn != req.fork_lsn or job.result is None \
+                or not job.result.path:
+            return None, None
+        kept = Path(job.result.path)
+        try:
+            timeline = json.loads((kept.parent / "preserve.json").read_text()).get("timeline")
+        except (OSError, ValueError):
+            return None, None
+        if timeline != req.fork_timeline - 1 or not (kept / "pg_wal").is_dir():
+            return None, None
+        return kept / "pg_wal", job.result.end_lsn
 
     def _fetch_wal_from_active(self, c: ClusterRuntime, req: RebuildRequest, name: str, dest: Path) -> None:
         """Copy one WAL segment of the old timeline from the active service's pg_wal (the rewind
@@ -602,9 +665,10 @@ class Rebuilds:
         src = req.source
         with psycopg.connect(host=src.host, port=src.port, user=REWIND_USER, password=c.spec.rewind_password,
                              dbname="postgres", sslmode="require", connect_timeout=10, autocommit=True) as conn:
-            # the four-argument form is the one Patroni grants to the rewind role (pg_rewind uses it)
+            # the four-argument form is the one Patroni grants to the rewind role (pg_rewind uses it);
+            # a binary result: as text, bytea crosses as hex, twice the segment's size
             row = conn.execute("SELECT pg_read_binary_file(%s, 0, %s, false)",
-                               (f"pg_wal/{name}", backrest.WAL_SEGMENT)).fetchone()
+                               (f"pg_wal/{name}", backrest.WAL_SEGMENT), binary=True).fetchone()
         data = bytes(row[0]) if row and row[0] is not None else b""
         if len(data) != backrest.WAL_SEGMENT:
             raise RuntimeError(f"{name} on the active service has {len(data)} bytes")

@@ -7,7 +7,9 @@ The tests run in order on one pair of services of the session's platform:
 2. region outage, failover: the recovery region's repository takes over;
 3. failback with the old data directory deleted: rebuilt from the primary region's backups, the
    cross-region bytes are the WAL written since the failover, no acknowledged write is lost;
-4. a second outage, with the primary region's repository corrupted as well: the failback falls
+4. a second outage, the disk kept: the WAL the archive lacks comes from the old data directory
+   kept aside, not across regions;
+5. a third outage, with the primary region's repository corrupted as well: the failback falls
    back to a full copy from the active service and says why.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
 from tests.helpers import RunningPlatform, Writer, role_of, wait_for, wait_operation
 
@@ -82,11 +85,32 @@ def lose_primary_disk(p: RunningPlatform) -> None:
         shutil.rmtree(d)
 
 
-def failback(p: RunningPlatform) -> tuple[dict, dict]:
+def drop_newest_archived_segment_before_the_fork(p: RunningPlatform) -> str:
+    """The old writer died before its last segment reached the archive: the newest archived
+    segment before the fork is dropped. (Older ones may predate the recovery service's own copy:
+    then the restore cannot work and the failback falls back to a full copy, which the last test
+    shows.) Returns the fork's LSN."""
+    fork = wait_operation(p, PROJECT, PRI, "failover")["details"]["switch_lsn"]
+    archive = region_dir(p, PRI_CLOUD) / "backrest" / "repo" / "archive" / cluster_id(PROJECT, PRI)
+    tl = f"{wait_operation(p, PROJECT, PRI, 'failover')['details']['timeline'] - 1:08X}"
+    before_fork = sorted(f for f in archive.rglob(f"{tl}*-*")
+                         if f.name[24:25] == "-" and int(f.name[8:24], 16) < lsn(fork) // 2**24)
+    assert len(before_fork) >= 3, before_fork
+    before_fork[-1].unlink()
+    return fork
+
+
+def failback(p: RunningPlatform, source: str | None = None) -> tuple[dict, dict]:
     writer = Writer(p.service(PROJECT, REC)["service_uri"])
     writer.start()
     wait_for("writes on the recovery service", lambda: len(writer.log.ok) > 20, timeout=60)
-    p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
+    if source is None:
+        p.avn("service", "update", PRI, "--disaster-recovery-role", "passive", "--project", PROJECT)
+    else:
+        with p.api() as c:
+            r = c.put(f"/v1/project/{PROJECT}/service/{PRI}",
+                      json={"disaster_recovery_role": "passive", "failback_source": source})
+            assert r.status_code == 200, r.text
     seen_progress = []
 
     def restored() -> dict | None:
@@ -155,16 +179,8 @@ def test_failover_moves_backups_to_the_recovery_region(platform: RunningPlatform
 def test_failback_with_the_disk_lost_restores_from_the_primary_regions_backups(platform: RunningPlatform):
     p = platform
     lose_primary_disk(p)
-    # The old writer died before its last segment reached the archive: drop the newest archived
-    # segment before the fork; the active service received it by streaming and hands it over.
-    # (Older ones may predate the recovery service's own copy: then the restore cannot work and
-    # the failback falls back to a full copy, which the last test shows.)
-    fork = wait_operation(p, PROJECT, PRI, "failover")["details"]["switch_lsn"]
-    archive = region_dir(p, PRI_CLOUD) / "backrest" / "repo" / "archive" / cluster_id(PROJECT, PRI)
-    before_fork = sorted(f for f in archive.rglob("00000001*-*")
-                         if f.name[24:25] == "-" and int(f.name[8:24], 16) < lsn(fork) // 2**24)
-    assert len(before_fork) >= 3, before_fork
-    before_fork[-1].unlink()
+    # the segment the archive lacks: the active service received it by streaming and hands it over
+    fork = drop_newest_archived_segment_before_the_fork(p)
     restore, seen = failback(p)
     details = restore["details"]["restore"]
     print(f"failback restore: {json.dumps({k: v for k, v in details.items() if k != 'attempts'})}; "
@@ -182,6 +198,49 @@ def test_failback_with_the_disk_lost_restores_from_the_primary_regions_backups(p
     assert details["cross_region_bytes"] < state["db_size"], (details, state["db_size"])
     step = next(s for s in restore["steps"] if s["name"] == "restore")
     assert "restore" in step["detail"] and "rewind" in step["detail"], step
+
+
+def wal_archived_after_a_backup(p: RunningPlatform) -> None:
+    """A backup of the primary on its current timeline, then complete segments written and
+    archived after it: one of them can go missing from the archive without the backup needing it."""
+    s = p.settings()
+    region = s.region(PRI_CLOUD)
+    assert region is not None
+    agent = AgentClient(s.agent_url(region), p.agent_token(), timeout=30, verify=s.agent_verify)
+    try:
+        def backed_up() -> bool:
+            st = agent.get_cluster(cluster_id(PROJECT, PRI))
+            if st is None or st.lsn is None or st.backup is None or st.backup.running is not None:
+                return False
+            return any(b.timeline == st.lsn.timeline for b in st.backup.backups)
+
+        wait_for("a backup of the primary on its timeline", backed_up, timeout=180, interval=1)
+    finally:
+        agent.close()
+    with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], connect_timeout=10, autocommit=True) as conn:
+        # ~50 MB of WAL: complete segments after the backup (the service's user may not switch WAL)
+        conn.execute("INSERT INTO bulk SELECT g, md5(g::text) || md5((g * 7)::text) "
+                     "FROM generate_series(1, 400000) g")
+        done = str(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn() - 16777216)").fetchone()[0])
+        wait_for("the segments written after the backup to be archived",
+                 lambda: str(conn.execute("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+                             .fetchone()[0]) >= done, timeout=120, interval=0.5)
+
+
+def test_failback_with_the_disk_kept_takes_what_the_archive_lacks_from_the_old_data(platform: RunningPlatform):
+    p = platform
+    wal_archived_after_a_backup(p)
+    outage_and_failover(p)
+    # the disk survived: the segment the archive lacks is in the old data directory kept aside,
+    # wholly before the fork, and need not cross regions again
+    fork = drop_newest_archived_segment_before_the_fork(p)
+    restore, _ = failback(p, source="restore")
+    details = restore["details"]["restore"]
+    assert details["source"] == "restore", json.dumps(details, indent=1)
+    assert "1 more from the old data directory kept aside" in details["reason"], details["reason"]
+    assert "from the active service" not in details["reason"], details["reason"]
+    since_failover = lsn(details["caught_up_lsn"]) - lsn(fork)
+    assert details["cross_region_bytes"] <= since_failover + 16 * 2**20, (details, fork)
 
 
 def test_failback_with_a_corrupt_repository_falls_back_to_a_full_copy(platform: RunningPlatform):

@@ -20,7 +20,7 @@ from pgcrdr.agentapi.models import (
     WalArchiveStatus,
 )
 from pgcrdr.agent.patroni import NodePaths, render_patroni_config
-from pgcrdr.agent.rebuild import kb_progress, strip_recovery_settings
+from pgcrdr.agent.rebuild import copy_wal_segment, kb_progress, kept_wal_segments, strip_recovery_settings
 from pgcrdr.agentapi.lsn import format_lsn, parse_lsn
 from pgcrdr.controlplane.decide import Observation, backup_policy, service_view
 from tests.unit import test_api_crdr as crdr_api
@@ -221,6 +221,27 @@ def test_failback_sources_are_tried_cheapest_first():
     assert order_by_estimate(default, {"basebackup": 1200}) == ["basebackup", "rewind", "restore"]
     assert order_by_estimate(default, {}) == default
     assert order_by_estimate(default, {"rewind": 5, "restore": 5}) == default  # ties keep the order
+
+
+def test_a_failback_restore_takes_from_the_kept_old_data_only_whole_segments_before_the_fork(tmp_path):
+    seg = backrest.WAL_SEGMENT
+    # before the fork's segment and before the end of the kept copy's valid WAL
+    assert list(kept_wal_segments(5, 9, format_lsn(12 * seg + 100))) == [5, 6, 7, 8]
+    assert list(kept_wal_segments(5, 9, format_lsn(7 * seg + 100))) == [5, 6]  # segment 7 partly valid
+    assert list(kept_wal_segments(5, 9, format_lsn(7 * seg))) == [5, 6]
+    assert list(kept_wal_segments(5, 9, format_lsn(3 * seg))) == []
+    assert list(kept_wal_segments(5, 9, None)) == []
+    owned: list[Path] = []
+    src, dest = tmp_path / "kept", tmp_path / "pg_wal"
+    src.mkdir()
+    dest.mkdir()
+    (src / "whole").write_bytes(b"\1" * seg)
+    (src / "short").write_bytes(b"\1" * 100)
+    assert copy_wal_segment(src / "whole", dest / "whole", owned.append)
+    assert (dest / "whole").read_bytes() == b"\1" * seg and owned == [dest / ".whole.tmp"]
+    assert not copy_wal_segment(src / "short", dest / "short", owned.append)
+    assert not copy_wal_segment(src / "missing", dest / "missing", owned.append)
+    assert sorted(f.name for f in dest.iterdir()) == ["whole"]
 
 
 def test_newer_timelines_in_a_wal_directory(tmp_path):
