@@ -259,7 +259,9 @@ def test_launcher_remembers_the_archive_settings_per_configuration(tmp_path: Pat
         f"pg = types.SimpleNamespace(data_dir={str(data)!r}, _data_dir={str(data)!r},\n"
         f"    config=types.SimpleNamespace(postgresql_conf={str(data / 'postgresql.conf')!r}),\n"
         f"    pgcommand=lambda cmd: {str(fake_postgres)!r})\n"
-        "a = [Postgresql.get_guc_value(pg, 'archive_command') for _ in range(3)]\n"
+        "a = [Postgresql.get_guc_value(pg, 'archive_command') for _ in range(2)]\n"
+        f"open({str(data / 'postgresql.conf')!r}, 'a').write(\"synchronous_standby_names = 'n2'\\n\")\n"
+        "a.append(Postgresql.get_guc_value(pg, 'archive_command'))\n"
         "Postgresql.get_guc_value(pg, 'port'); Postgresql.get_guc_value(pg, 'port')\n"
         f"open({str(data / 'postgresql.conf')!r}, 'a').write('archive_timeout = 60s\\n')\n"
         "b = Postgresql.get_guc_value(pg, 'archive_command')\n"
@@ -268,7 +270,8 @@ def test_launcher_remembers_the_archive_settings_per_configuration(tmp_path: Pat
     out = subprocess.run([str(NODE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["value-of-archive_command", "value-of-archive_command"]
-    # archive_command asked once for three reads, then again after the change; other settings each time
+    # archive_command asked once for three reads (a synchronous_standby_names line written between
+    # them changes nothing), then again after another change; other settings each time
     assert calls.read_text().split() == ["archive_command", "port", "port", "archive_command"]
 
 
