@@ -56,6 +56,7 @@ from tests.helpers import (  # noqa: E402
     dr_status,
     start_platform,
     stop_platform,
+    wait_backup_on_current_timeline,
     wait_for,
     wait_operation,
 )
@@ -112,21 +113,6 @@ def region_up(p: RunningPlatform, cloud: str) -> None:
         p.pgcrdr("region", "up", cloud)
 
 
-def wait_backup_on_current_timeline(p: RunningPlatform) -> None:
-    """The restore source needs a backup of the writer's timeline taken before the fork."""
-    a = agent(p, PRI_CLOUD)
-    try:
-        def ready() -> bool:
-            st = a.get_cluster(cluster_id(PROJECT, PRI))
-            if st is None or st.lsn is None or st.backup is None or st.backup.running is not None:
-                return False
-            return any(b.timeline == st.lsn.timeline for b in st.backup.backups)
-
-        wait_for("a backup of the primary on its timeline", ready, timeout=1800, interval=2)
-    finally:
-        a.close()
-
-
 def region_dir(p: RunningPlatform, cloud: str) -> Path:
     s = p.deployment.settings("r0") if isinstance(p, LabPlatform) and p.deployment else p.settings()
     region = s.region(cloud)
@@ -163,7 +149,8 @@ def place_fork(p: RunningPlatform, offset_mib: float) -> None:
 
 
 def one_run(p: RunningPlatform, source: str, change_pct: float, accounts: int, fork_offset_mib: float) -> dict:
-    wait_backup_on_current_timeline(p)
+    # the restore source needs a backup of the writer's timeline taken before the fork
+    wait_backup_on_current_timeline(p, PROJECT, PRI, PRI_CLOUD, timeout=1800, interval=2)
     if fork_offset_mib > 0:
         place_fork(p, fork_offset_mib)
     region_down(p, PRI_CLOUD)

@@ -268,3 +268,26 @@ def first_after(times: list[float], t: float) -> float | None:
 def role_of(p: RunningPlatform, project: str, name: str) -> dict:
     svc = p.service(project, name)
     return {"state": svc["state"], "disaster_recovery_role": svc["disaster_recovery_role"]}
+
+
+def wait_backup_on_current_timeline(p: RunningPlatform, project: str, service: str, cloud: str,
+                                    timeout: float, interval: float = 1.0) -> None:
+    """Until ``service``'s region (``cloud``) holds a finished backup of its writer's current
+    timeline, which a failback restore from that region needs; asked of the region's agent."""
+    from pgcrdr.agentapi.client import AgentClient
+    from pgcrdr.controlplane.services import cluster_id
+
+    s = p.settings()
+    region = s.region(cloud)
+    assert region is not None
+    agent = AgentClient(s.agent_url(region), p.agent_token(), timeout=30, verify=s.agent_verify)
+    try:
+        def backed_up() -> bool:
+            st = agent.get_cluster(cluster_id(project, service))
+            if st is None or st.lsn is None or st.backup is None or st.backup.running is not None:
+                return False
+            return any(b.timeline == st.lsn.timeline for b in st.backup.backups)
+
+        wait_for("a backup of the primary on its timeline", backed_up, timeout=timeout, interval=interval)
+    finally:
+        agent.close()

@@ -22,9 +22,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgcrdr.agentapi.client import AgentClient
 from pgcrdr.controlplane.services import cluster_id
-from tests.helpers import RunningPlatform, Writer, role_of, wait_for, wait_operation
+from tests.helpers import (
+    RunningPlatform,
+    Writer,
+    role_of,
+    wait_backup_on_current_timeline,
+    wait_for,
+    wait_operation,
+)
 
 PROJECT = "pgcrdr"
 PRI, REC = "pg-bk", "pg-bk-dr"
@@ -203,20 +209,7 @@ def test_failback_with_the_disk_lost_restores_from_the_primary_regions_backups(p
 def wal_archived_after_a_backup(p: RunningPlatform) -> None:
     """A backup of the primary on its current timeline, then complete segments written and
     archived after it: one of them can go missing from the archive without the backup needing it."""
-    s = p.settings()
-    region = s.region(PRI_CLOUD)
-    assert region is not None
-    agent = AgentClient(s.agent_url(region), p.agent_token(), timeout=30, verify=s.agent_verify)
-    try:
-        def backed_up() -> bool:
-            st = agent.get_cluster(cluster_id(PROJECT, PRI))
-            if st is None or st.lsn is None or st.backup is None or st.backup.running is not None:
-                return False
-            return any(b.timeline == st.lsn.timeline for b in st.backup.backups)
-
-        wait_for("a backup of the primary on its timeline", backed_up, timeout=180, interval=1)
-    finally:
-        agent.close()
+    wait_backup_on_current_timeline(p, PROJECT, PRI, PRI_CLOUD, timeout=180)
     with psycopg.connect(p.service(PROJECT, PRI)["service_uri"], connect_timeout=10, autocommit=True) as conn:
         # ~50 MB of WAL: complete segments after the backup (the service's user may not switch WAL)
         conn.execute("INSERT INTO bulk SELECT g, md5(g::text) || md5((g * 7)::text) "
