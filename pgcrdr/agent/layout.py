@@ -31,7 +31,7 @@ from pathlib import Path
 
 # A Unix socket path may not exceed 107 bytes; ".s.PGSQL.NNNNN.lock" needs 20 of them.
 _MAX_SOCKET_DIR = 85
-_MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes
+_MAX_SOCKET_PATH = 90  # sun_path holds 107 bytes; HAProxy binds "<path>.<pid>.tmp" first (its limit: 97)
 
 
 def node_name(cluster: str, index: int) -> str:

@@ -150,6 +150,20 @@ def test_long_paths_get_a_short_socket_dir(tmp_path: Path) -> None:
     assert short.socket_dir("c-1") == short.node_dir("c-1")
 
 
+def test_haproxy_runtime_socket_fits_haproxys_limit(tmp_path: Path) -> None:
+    """HAProxy refuses a stats socket path over 97 bytes (it binds "<path>.<pid>.tmp" first):
+    a lab's cluster directory was 98 (the copy's HAProxy never started)."""
+    short = RegionLayout(Path("/r")).cluster("c")
+    assert short.proxy_socket == short.dir / "run" / "haproxy.sock"
+    lab = RegionLayout(Path("/tmp/pgcrdr-lab-rp509-mbmovqle/r1/regions/rp-america")).cluster("rp-primary-dr-5d29d0")
+    assert lab.proxy_socket.parent == Path("/tmp/pgcrdr-lab-rp509-mbmovqle/r1/regions/rp-america/run") / \
+        lab.proxy_socket.parent.name
+    very = RegionLayout(tmp_path / ("x" * 90)).cluster("c" * 60)
+    assert str(very.proxy_socket).startswith("/tmp/pgcrdr-haproxy-")
+    for lay in (short, lab, very):
+        assert len(str(lay.proxy_socket)) <= 90
+
+
 def test_valid_spec_has_no_problems() -> None:
     assert spec_problems(spec(), "pg1") == []
 
