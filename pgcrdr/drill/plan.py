@@ -115,8 +115,10 @@ def fork_backup_wait(pair: str, backups: list[dict[str, Any]], history: list[dic
     own region and replays that region's archive; after the primary became the writer again
     (switchback, failback), the WAL of its new timeline's start is only in the region that was
     active meanwhile, so the fork needs a backup taken after that move (the agent takes a full
-    one on every new timeline)."""
-    last = max((o.get("finish_time") or "" for o in history
+    one on every new timeline). The new timeline starts when the move's promote step ended, not
+    when the move ended (it then waits for the other side to stream, seconds later): the agent's
+    backup of the new timeline often ends before the move does, in the same second even."""
+    last = max((_promoted_at(o) for o in history
                 if o.get("kind") in WRITER_AGAIN and o.get("to") == pair and o.get("state") == "done"), default="")
     newest = max((b.get("backup_time") or "" for b in backups), default="")
     if not newest:
@@ -124,6 +126,12 @@ def fork_backup_wait(pair: str, backups: list[dict[str, Any]], history: list[dic
     if last and _instant(newest) <= _instant(last):
         return f"waiting for a backup of {pair} taken after its move back at {last} (its newest: {newest})"
     return None
+
+
+def _promoted_at(op: dict[str, Any]) -> str:
+    """When ``op`` made its target writable: its promote step's end, else the operation's end."""
+    step = next((st for st in op.get("steps") or [] if st.get("name") == "promote" and st.get("finished")), None)
+    return str(step["finished"]) if step else str(op.get("finish_time") or "")
 
 
 def _instant(value: str) -> float:

@@ -173,3 +173,12 @@ def test_a_fork_waits_for_a_backup_after_the_primary_became_the_writer_again():
     undone = [{**back[0], "state": "undone"}]
     assert fork_backup_wait("pg-a", backups, undone) is None
     assert fork_backup_wait("pg-a", [], []) == "pg-a has no backup yet"
+    # the agent's backup of the new timeline ended in the second the move ended (it waited for the
+    # other side to stream after its promote step): counted from the promote step's end
+    steps = [{"name": "promote", "finished": "2026-11-30T18:39:56Z"}, {"name": "wait_passive_in_sync",
+                                                                        "finished": "2026-11-30T18:39:59Z"}]
+    fast = [{"kind": "switchback", "to": "pg-a", "state": "done", "finish_time": "2026-11-30T18:39:59Z",
+             "steps": steps}]
+    assert fork_backup_wait("pg-a", [{"backup_time": "2026-11-30T18:39:59Z"}], fast) is None
+    assert "after its move back at 2026-11-30T18:39:56Z" in (
+        fork_backup_wait("pg-a", [{"backup_time": "2026-11-30T18:39:56Z"}], fast) or "")
