@@ -128,14 +128,8 @@ class ClusterLayout:
         """HAProxy's runtime API (stats socket, mode 600) in a directory of the node user's
         (HAProxy runs as it): ``run/`` of the cluster directory when the path fits a Unix
         socket's, else a hashed directory under the region's run dir or /tmp."""
-        own = self.dir / "run" / "haproxy.sock"
-        if len(str(own)) <= _MAX_SOCKET_PATH:
-            return own
-        digest = hashlib.sha256(str(own).encode()).hexdigest()[:12]
-        short = self.region.run_dir / f"h-{digest}" / "haproxy.sock"
-        if len(str(short)) <= _MAX_SOCKET_PATH:
-            return short
-        return Path("/tmp") / f"pgcrdr-haproxy-{digest}" / "haproxy.sock"
+        own = self.dir / "run"
+        return _short_dir(own, self.region.run_dir, "h-", "pgcrdr-haproxy-", _MAX_SOCKET_PATH, "haproxy.sock")
 
     def node_dir(self, node: str) -> Path:
         return self.dir / "nodes" / node
@@ -162,10 +156,18 @@ class ClusterLayout:
         """Where PostgreSQL puts its Unix socket: the node directory when its path is short
         enough, else a hashed directory under the region's run dir, else under /tmp."""
         d = self.node_dir(node)
-        if len(str(d)) <= _MAX_SOCKET_DIR:
-            return d
-        digest = hashlib.sha256(str(d).encode()).hexdigest()[:12]
-        short = self.region.run_dir / f"s-{digest}"
-        if len(str(short)) <= _MAX_SOCKET_DIR:
-            return short
-        return Path("/tmp") / f"pgcrdr-sock-{digest}"
+        return _short_dir(d, self.region.run_dir, "s-", "pgcrdr-sock-", _MAX_SOCKET_DIR)
+
+
+def _short_dir(own: Path, run_dir: Path, run_prefix: str, tmp_prefix: str, limit: int, leaf: str = "") -> Path:
+    """``own / leaf`` (``own`` without a leaf) when that path fits in ``limit`` bytes (a Unix
+    socket's path), else the same under a directory named by a hash of it in ``run_dir``, else
+    in /tmp."""
+    wanted = own / leaf if leaf else own
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:12]
+    for d in (own, run_dir / f"{run_prefix}{digest}"):
+        path = d / leaf if leaf else d
+        if len(str(path)) <= limit:
+            return path
+    d = Path("/tmp") / f"{tmp_prefix}{digest}"
+    return d / leaf if leaf else d
