@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 WORKER_TICK_S = 2.0
 INFO_REFRESH_S = 30.0
 RETRY_AFTER_FAILURE_S = 30.0
+# A backup yields to the region's serving processes: pgBackRest and its workers run at a lower CPU
+# priority and the lowest best-effort I/O priority (when many writers are promoted at once, e.g.
+# a region lost, each starts a full backup of its new timeline right after its promotion; at full
+# priority those backups took the CPU the other pairs' promotions needed).
+BACKUP_PRIORITY = ["nice", "-n", "10", "ionice", "-c", "2", "-n", "7"]
 
 
 def _ts(iso: str) -> float:
@@ -290,7 +295,8 @@ class Backups:
         self.write_conf()
         pgpass = c.layout.dir / "backrest.pgpass"
         proc.write_node_file(self.settings, pgpass, f"*:*:*:postgres:{c.spec.superuser_password}\n", 0o600)
-        argv = [*backrest.base_args(self.repo, c.spec.cluster), f"--pg1-path={c.layout.data_dir(name)}",
+        argv = [*BACKUP_PRIORITY, *backrest.base_args(self.repo, c.spec.cluster),
+                f"--pg1-path={c.layout.data_dir(name)}",
                 f"--pg1-port={c.ports.pg(index)}", f"--pg1-socket-path={c.layout.socket_dir(name)}",
                 "--pg1-user=postgres", f"--type={kind}", "--log-level-console=detail", "backup"]
         size = backrest.data_size(c.layout.data_dir(name))

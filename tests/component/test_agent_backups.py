@@ -9,6 +9,7 @@ unreadable is reported, and writes go on.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -155,6 +156,11 @@ def test_a_broken_repository_is_reported_and_writes_go_on(agent: Agent, cluster:
 
 
 
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])  # field 19: nice
+
+
 def _backup_processes(stanza: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -181,6 +187,10 @@ def test_a_backup_killed_half_way_is_reported_cleaned_up_and_retried(agent: Agen
     with agent.http() as c:
         assert c.post(f"/clusters/{cluster}/backups", params={"type": "full"}).status_code == 200
     pids = wait_for("pgbackrest backup to run", lambda: _backup_processes(cluster), timeout=30, interval=0.05)
+    # it yields to the serving processes: a lower CPU priority and the lowest best-effort I/O one
+    assert _nice(pids[0]) == 10
+    assert subprocess.run(["ionice", "-p", str(pids[0])], capture_output=True, text=True).stdout.strip() \
+        == "best-effort: prio 7"
     for pid in pids:  # as if the host died under it
         os.kill(pid, signal.SIGKILL)
     st = wait_for("the killed backup to be reported",
