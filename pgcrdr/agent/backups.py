@@ -44,6 +44,19 @@ def _ts(iso: str) -> float:
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
+def _writer_gone(c: ClusterRuntime, stop: threading.Event) -> str | None:
+    """Why the cluster's backup has no writer to finish on, on purpose; None: it still has one."""
+    if stop.is_set():
+        return "the agent stops"
+    if c.deleted:
+        return "the service was deleted"
+    if c.spec.standby_of is not None:
+        return "its writer was demoted to a standby cluster"
+    if not c.spec.powered:
+        return "its cluster was powered off (fenced)"
+    return None
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -312,7 +325,7 @@ class Backups:
                                  **backrest.as_node_user(self.node_ids(), env, self.repo.dir))
         c.backup_pid = p.pid
         while p.poll() is None:
-            if self._stop.wait(1.0) or c.deleted or c.spec.standby_of is not None or not c.spec.powered:
+            if self._stop.wait(1.0) or _writer_gone(c, self._stop) is not None:
                 # The agent stops, or the writer is being demoted/fenced: the backup is abandoned
                 # (pgBackRest cleans the partial backup up on the next run).
                 _signal_group(p.pid, signal.SIGTERM)  # pgbackrest and its local worker processes
@@ -330,10 +343,16 @@ class Backups:
         output = backrest.tail(out_file, 4000)
         c.backup_pid = None
         c.backup_status = c.backup_status.model_copy(update={"running": None})
+        gone = _writer_gone(c, self._stop)
         if p.returncode == 0:
             c.backup_failed_at = None
             log.info("%s: %s backup done in %.1fs", c.spec.cluster, kind, time.monotonic() - t0)
             c.backup_status = c.backup_status.model_copy(update={"last_error": None})
+        elif gone is not None:
+            # Not a failure of the backup or of the repository: its writer went on purpose (a
+            # planned move demoted it, a failover fenced it) or the agent stops. Nothing to show
+            # as an error, nor to hold the next backup back once the cluster writes again.
+            log.info("%s: %s backup abandoned after %.1fs: %s", c.spec.cluster, kind, time.monotonic() - t0, gone)
         else:
             c.backup_failed_at = time.time()
             why = (f"pgbackrest was killed by signal {-p.returncode}" if p.returncode < 0

@@ -200,3 +200,24 @@ def test_a_backup_killed_half_way_is_reported_cleaned_up_and_retried(agent: Agen
     st = wait_for("the retried backup", lambda: (b := backups(agent, cluster)).backups[-1].label not in before
                   and b.backups[-1].type == "full" and not b.last_error and b, timeout=150)
     assert st.ok and not any(b.error for b in st.backups)
+
+
+def test_a_backup_whose_writer_is_fenced_is_abandoned_not_failed(agent: Agent, cluster: str,
+                                                                 tls: dict[str, str]) -> None:
+    """A failover fences the old writer (powers its cluster off) while a backup runs: the backup
+    stops, and neither its status nor the next backup's schedule treats that as a failure."""
+    with agent.http() as c:
+        assert c.post(f"/clusters/{cluster}/backups", params={"type": "full"}).status_code == 200
+    wait_for("pgbackrest backup to run", lambda: _backup_processes(cluster), timeout=30, interval=0.05)
+    with agent.http() as c:
+        r = c.put(f"/clusters/{cluster}", json=make_spec(cluster, 1, tls, powered=False, generation=2))
+        assert r.status_code == 200, r.text
+    wait_for("the backup to stop", lambda: not _backup_processes(cluster), timeout=30, interval=0.1)
+    st = wait_for("the backup no longer running", lambda: (b := backups(agent, cluster)).running is None and b,
+                  timeout=30)
+    assert st.last_error is None and st.ok, st
+    assert "bk: full backup abandoned after" in agent.log_path.read_text(errors="replace")
+    with agent.http() as c:
+        r = c.put(f"/clusters/{cluster}", json=make_spec(cluster, 1, tls, generation=3))
+        assert r.status_code == 200, r.text
+    wait_ready(agent, cluster)
