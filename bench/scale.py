@@ -11,7 +11,10 @@ local-europe-west1, recovery copies in local-us-east1), all requested at once. P
   by the services of the region;
 - region loss: the primaries' region killed, one failover request per pair at once, and each
   pair's time from its request to its first acknowledged write (``tests/region_loss.py``):
-  with pairs in parallel, the median should not grow with N.
+  with pairs in parallel, the median should not grow with N;
+- where the CPU goes, by kind of process (Patroni, PostgreSQL, agents, HAProxy, etcd, ...): on
+  the idle platform (and per cluster), and during the failovers; on a machine of few cores this
+  says why the region-loss time grows with N.
 
     .venv/bin/python bench/scale.py --pairs 25
 """
@@ -19,8 +22,10 @@ local-europe-west1, recovery copies in local-us-east1), all requested at once. P
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +81,86 @@ def memory_by_service(p: RunningPlatform, names: list[str]) -> dict[str, float]:
     return out
 
 
+KINDS = ("patroni", "pgbackrest", "haproxy", "etcd", "pgbouncer")
+
+
+def _kind(pid: int, cmd: str) -> str:
+    """What a process is, for the CPU table: a platform part, PostgreSQL, this bench, or other."""
+    if pid == os.getpid():
+        return "bench (writers)"
+    for k in KINDS:
+        if k in cmd:
+            return k
+    if cmd.startswith("postgres") or "bin/postgres" in cmd:
+        return "postgres"
+    if "-m pgcrdr.agent" in cmd or " -m pgcrdr agent" in cmd:
+        return "agent"
+    if "-m pgcrdr" in cmd or "bin/pgcrdr" in cmd:
+        return "control plane"
+    return "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[int, str]]:
+    """pid -> (CPU ticks used so far, kind) for every process."""
+    out: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (int(f[11]) + int(f[12]), _kind(int(d.name), cmd))  # utime + stime
+    return out
+
+
+def cores_by_kind(a: dict[int, tuple[int, str]], b: dict[int, tuple[int, str]], seconds: float) -> dict[str, float]:
+    """Cores each kind of process kept busy between two snapshots (processes born in between
+    count from zero; those that died in between are not seen)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid, (ticks, kind) in b.items():
+        used = ticks - a[pid][0] if pid in a and a[pid][1] == kind else ticks
+        out[kind] = out.get(kind, 0.0) + used / hz / seconds
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+class CpuSampler:
+    """A snapshot every ``every`` seconds in a thread, to read the CPU of any window afterwards."""
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        self.samples: list[tuple[float, dict[int, tuple[int, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), cpu_snapshot()))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def window(self, start: float, end: float) -> tuple[float, dict[str, float]]:
+        """(seconds, cores by kind) between the last sample at or before ``start`` and the
+        first at or after ``end``."""
+        before = [s for s in self.samples if s[0] <= start] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= end] or self.samples[-1:]
+        (t0, a), (t1, b) = before[-1], after[0]
+        return t1 - t0, cores_by_kind(a, b, max(t1 - t0, 1e-3))
+
+
+IDLE_S = 10.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=25)
@@ -90,7 +175,13 @@ def main() -> int:
         build_s = time.monotonic() - t0
         time.sleep(5)  # settle: backends of the first writes gone, Patroni's loops idle
         memory = memory_by_service(p, names)
-        results = lose_region_and_fail_over(p, names)
+        a, t = cpu_snapshot(), time.monotonic()
+        time.sleep(IDLE_S)
+        idle = cores_by_kind(a, cpu_snapshot(), time.monotonic() - t)
+        with CpuSampler() as sampler:
+            results = lose_region_and_fail_over(p, names)
+        first = [r.requested_at + r.first_write_s for r in results if r.first_write_s is not None]
+        window, busy = sampler.window(min(r.requested_at for r in results), max(first))
     finally:
         stop_platform(p)
     mem = sorted(memory.values())
@@ -112,6 +203,19 @@ def main() -> int:
     for name, took in steps.items():
         label = f"failover step {name}, median / max (s)"
         print(f"{label:<44} {statistics.median(took):>10.3f} / {max(took):.3f}")
+    # where the CPU goes: what the idle platform already takes, and during the failovers (from the
+    # first request to the last pair's first write); 2 cores here
+    clusters = 2 * args.pairs
+    print(f"\nCPU (cores busy) by kind of process, of {os.cpu_count()}")
+    print(f"{'kind':<20} {'idle':>8} {'per cluster':>12} {'failovers':>10}")
+    for kind in dict.fromkeys([*idle, *busy]):
+        i, b = idle.get(kind, 0.0), busy.get(kind, 0.0)
+        if i >= 0.005 or b >= 0.005:
+            print(f"{kind:<20} {i:>8.2f} {i / clusters:>12.4f} {b:>10.2f}")
+    print(f"{'all':<20} {sum(idle.values()):>8.2f} {sum(idle.values()) / clusters:>12.4f} "
+          f"{sum(busy.values()):>10.2f}")
+    print(f"(idle: {IDLE_S:.0f} s after the build settled; failovers: the {window:.1f} s from the first request "
+          "to the last pair's first write)")
     return 0
 
 

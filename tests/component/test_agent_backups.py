@@ -206,6 +206,10 @@ def test_a_backup_whose_writer_is_fenced_is_abandoned_not_failed(agent: Agent, c
                                                                  tls: dict[str, str]) -> None:
     """A failover fences the old writer (powers its cluster off) while a backup runs: the backup
     stops, and neither its status nor the next backup's schedule treats that as a failure."""
+    port = agent.status(cluster).primary.port
+    with psycopg.connect(dsn(port), autocommit=True) as conn:  # enough data that a full takes a moment
+        conn.execute("CREATE TABLE IF NOT EXISTS filler AS SELECT g, md5(g::text) || md5((g + 1)::text) AS pad "
+                     "FROM generate_series(1, 600000) g")
     with agent.http() as c:
         assert c.post(f"/clusters/{cluster}/backups", params={"type": "full"}).status_code == 200
     wait_for("pgbackrest backup to run", lambda: _backup_processes(cluster), timeout=30, interval=0.05)
