@@ -20,3 +20,19 @@ def haproxy_command(sock_path: Path, command: str, timeout: float = 5.0) -> str:
                 break
             chunks.append(data)
     return b"".join(chunks).decode(errors="replace")
+
+
+def server_sessions(stat_csv: str, backend: str, server: str) -> int | None:
+    """The current sessions (``scur``) of ``backend/server`` in the output of ``show stat``
+    (a ``# pxname,svname,...`` header, then one CSV row per frontend, server and backend);
+    None when it is not listed. Pure."""
+    lines = [ln for ln in stat_csv.splitlines() if ln.strip()]
+    header = next((ln.lstrip("# ").split(",") for ln in lines if ln.startswith("#")), None)
+    if not header or not {"pxname", "svname", "scur"} <= set(header):
+        return None
+    px, sv, cur = header.index("pxname"), header.index("svname"), header.index("scur")
+    for ln in lines:
+        row = ln.split(",")
+        if not ln.startswith("#") and len(row) > max(px, sv, cur) and row[px] == backend and row[sv] == server:
+            return int(row[cur] or 0)
+    return None

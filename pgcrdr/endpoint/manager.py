@@ -24,7 +24,7 @@ from pgcrdr import processes as proc
 from pgcrdr.agentapi.models import Endpoint
 from pgcrdr.config import Settings
 from pgcrdr.endpoint.control import PgBouncerAdmin, resolve_ip
-from pgcrdr.haproxy import haproxy_command
+from pgcrdr.haproxy import haproxy_command, server_sessions
 from pgcrdr.endpoint.models import EndpointError, EndpointSpec, EndpointStatus, PauseTimeout
 from pgcrdr.endpoint.render import (
     ADMIN_USER,
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+# With no target, how long a repoint waits for HAProxy to have shut every session to the old one.
+SESSION_CUT_WAIT_S = 2.0
 
 
 def _last_lines(path: Path, n: int = 5) -> str:
@@ -227,6 +229,29 @@ class EndpointManager:
                if ln.strip() and "changed from" not in ln and "no need to change" not in ln]
         if bad:
             raise EndpointError(f"HAProxy runtime API refused the repoint: {' | '.join(bad)}")
+        if target is None:
+            self._wait_sessions_cut(lay)
+
+    def _wait_sessions_cut(self, lay: EndpointLayout) -> None:
+        """With no target, return once HAProxy holds no session to the old one: ``shutdown
+        sessions`` is carried out by HAProxy's next event-loop pass, so a client's query sent
+        right after the command could still reach the old target (seen once in the suite under
+        load). The server is in maintenance, so no new session can start meanwhile. Bounded by
+        SESSION_CUT_WAIT_S; the shutdown is asked again every 100 ms."""
+        deadline = time.monotonic() + SESSION_CUT_WAIT_S
+        asked = time.monotonic()
+        while True:
+            left = server_sessions(haproxy_command(lay.haproxy_sock, "show stat", 1.0), HAPROXY_BACKEND,
+                                   HAPROXY_SERVER)
+            if not left:  # 0, or a stats output without the server (nothing to wait for)
+                return
+            if time.monotonic() >= deadline:
+                raise EndpointError(f"HAProxy still holds {left} session(s) to the old target "
+                                    f"{SESSION_CUT_WAIT_S:.0f} s after they were shut")
+            if time.monotonic() - asked >= 0.1:
+                haproxy_command(lay.haproxy_sock, f"shutdown sessions server {HAPROXY_BACKEND}/{HAPROXY_SERVER}")
+                asked = time.monotonic()
+            time.sleep(0.005)
 
     # -- API -----------------------------------------------------------------------------------
 

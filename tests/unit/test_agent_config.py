@@ -325,3 +325,16 @@ def test_launcher_sees_postgresql_started_within_a_fraction_of_a_second(tmp_path
     assert (started, checks, failed, timed_out) == ("True", "3", "False", "None")
     assert float(took) < 0.5  # 50 + 100 ms of pauses, where Patroni alone waits 2 s
     assert int(waited) in (2, 3) and int(slow_checks) <= 8  # then once a second, as Patroni
+
+
+def test_server_sessions_reads_scur_of_one_server_from_show_stat() -> None:
+    from pgcrdr.haproxy import server_sessions
+
+    stat = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot\n"
+            "f,FRONTEND,,,7,9,2000,40\n"
+            "target,pg,0,0,3,5,,30\n"
+            "target,BACKEND,0,0,3,5,200,30\n\n")
+    assert server_sessions(stat, "target", "pg") == 3
+    assert server_sessions(stat.replace(",3,5,,30", ",0,5,,30"), "target", "pg") == 0
+    assert server_sessions(stat, "target", "other") is None
+    assert server_sessions("Unknown command\n", "target", "pg") is None
