@@ -22,17 +22,30 @@ def haproxy_command(sock_path: Path, command: str, timeout: float = 5.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+
+def runtime_rows(output: str, sep: str | None = None) -> list[dict[str, str]]:
+    """The rows of a runtime API table (``show stat``: CSV, ``sep=","``; ``show servers state``:
+    whitespace) as {column: value}, the columns named by its ``# name name ...`` header line;
+    lines before the header (a version) are skipped; [] without a header. Pure."""
+    header: list[str] | None = None
+    rows = []
+    for ln in output.splitlines():
+        if not ln.strip():
+            continue
+        if ln.startswith("#"):
+            header = [h.strip() for h in ln.lstrip("# ").split(sep)]
+        elif header is not None:
+            values = ln.split(sep)
+            if len(values) >= len([h for h in header if h]):
+                rows.append(dict(zip(header, values, strict=False)))
+    return rows
+
+
 def server_sessions(stat_csv: str, backend: str, server: str) -> int | None:
-    """The current sessions (``scur``) of ``backend/server`` in the output of ``show stat``
-    (a ``# pxname,svname,...`` header, then one CSV row per frontend, server and backend);
+    """The current sessions (``scur``) of ``backend/server`` in the output of ``show stat``;
     None when it is not listed. Pure."""
-    lines = [ln for ln in stat_csv.splitlines() if ln.strip()]
-    header = next((ln.lstrip("# ").split(",") for ln in lines if ln.startswith("#")), None)
-    if not header or not {"pxname", "svname", "scur"} <= set(header):
-        return None
-    px, sv, cur = header.index("pxname"), header.index("svname"), header.index("scur")
-    for ln in lines:
-        row = ln.split(",")
-        if not ln.startswith("#") and len(row) > max(px, sv, cur) and row[px] == backend and row[sv] == server:
-            return int(row[cur] or 0)
+    for row in runtime_rows(stat_csv, ","):
+        if row.get("pxname") == backend and row.get("svname") == server:
+            cur = row.get("scur") or "0"
+            return int(cur) if cur.isdigit() else None
     return None

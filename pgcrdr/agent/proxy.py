@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgcrdr.haproxy import runtime_rows
+
 
 @dataclass(frozen=True)
 class ProxyNode:
@@ -97,15 +99,8 @@ def server_running(state: str, server: str) -> bool:
     """Whether ``server`` is up in the output of ``show servers state <backend>`` (a version
     line, a ``# be_id be_name srv_id srv_name srv_addr srv_op_state ...`` header, a line per
     server). Pure."""
-    lines = [ln.split() for ln in state.splitlines() if ln.strip()]
-    header = next((ln[1:] for ln in lines if ln[0] == "#"), None)
-    if not header or "srv_name" not in header or "srv_op_state" not in header:
-        return False
-    name_at, state_at = header.index("srv_name"), header.index("srv_op_state")
-    for ln in lines:
-        if ln[0] != "#" and len(ln) > max(name_at, state_at) and ln[name_at] == server:
-            return ln[state_at] == SRV_RUNNING
-    return False
+    return any(row.get("srv_name") == server and row.get("srv_op_state") == SRV_RUNNING
+               for row in runtime_rows(state))
 
 
 def haproxy_argv(cfg: str) -> list[str]:

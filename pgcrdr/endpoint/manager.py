@@ -47,6 +47,7 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 # With no target, how long a repoint waits for HAProxy to have shut every session to the old one.
 SESSION_CUT_WAIT_S = 2.0
+_SERVER = f"{HAPROXY_BACKEND}/{HAPROXY_SERVER}"  # the endpoint's one server, in runtime API commands
 
 
 def _last_lines(path: Path, n: int = 5) -> str:
@@ -215,15 +216,14 @@ class EndpointManager:
         return pids
 
     def _haproxy_repoint(self, lay: EndpointLayout, target: Endpoint | None) -> None:
-        srv = f"{HAPROXY_BACKEND}/{HAPROXY_SERVER}"
         if target is None:
-            cmds = [f"set server {srv} state maint", f"shutdown sessions server {srv}"]
+            cmds = [f"set server {_SERVER} state maint", f"shutdown sessions server {_SERVER}"]
         else:
             ip = resolve_ip(target.host)
             # New connections go to the new address at once; then every session still open to
             # the old target is cut (the window between the two is one event-loop pass).
-            cmds = [f"set server {srv} addr {ip} port {target.port}", f"set server {srv} state ready",
-                    f"shutdown sessions server {srv}"]
+            cmds = [f"set server {_SERVER} addr {ip} port {target.port}", f"set server {_SERVER} state ready",
+                    f"shutdown sessions server {_SERVER}"]
         out = haproxy_command(lay.haproxy_sock, ";".join(cmds))
         bad = [ln for ln in out.splitlines()
                if ln.strip() and "changed from" not in ln and "no need to change" not in ln]
@@ -249,7 +249,7 @@ class EndpointManager:
                 raise EndpointError(f"HAProxy still holds {left} session(s) to the old target "
                                     f"{SESSION_CUT_WAIT_S:.0f} s after they were shut")
             if time.monotonic() - asked >= 0.1:
-                haproxy_command(lay.haproxy_sock, f"shutdown sessions server {HAPROXY_BACKEND}/{HAPROXY_SERVER}")
+                haproxy_command(lay.haproxy_sock, f"shutdown sessions server {_SERVER}")
                 asked = time.monotonic()
             time.sleep(0.005)
 
