@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -39,6 +38,7 @@ from pgcrdr.endpoint.render import (
     render_pgbouncer_ini,
     render_userlist,
 )
+from pgcrdr.security.files import write_secret
 from pgcrdr.security.tokens import new_token
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,28 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _pgbouncer_db_names(admin: PgBouncerAdmin) -> set[str]:
+    """Every database name PgBouncer serves or holds clients of: SHOW DATABASES misses the
+    ``*`` databases it has moved to its idle list (see ``_pgbouncer_reload``), so the names
+    of the pools and of the clients are added. The admin console's own is left out."""
+    names = {r["name"] or "" for r in admin.command("SHOW DATABASES")}
+    names |= {r["database"] or "" for r in admin.command("SHOW POOLS")}
+    names |= {r["database"] or "" for r in admin.command("SHOW CLIENTS")}
+    return names - {"", "pgbouncer"}
+
+
+def _known_db(admin: PgBouncerAdmin, command: str) -> bool:
+    """Run an admin command naming one database; False when PgBouncer no longer knows that
+    database (it dropped an idle ``*`` database, or none was ever created under that name)."""
+    try:
+        admin.command(command)
+    except EndpointError as exc:
+        if "no such database" in str(exc):
+            return False
+        raise
+    return True
+
+
 def stop_all_endpoints(settings: Settings) -> list[int]:
     """Stop every endpoint process under ``settings.home`` by PID, from files alone (usable
     after a crash, with no manager object). Files stay: a later ``ensure`` starts them again.
@@ -132,11 +154,8 @@ class EndpointManager:
             raise EndpointError(f"endpoint {name} not found") from None
 
     def _save(self, lay: EndpointLayout, state: dict[str, Any]) -> None:
-        tmp = lay.state.with_name(".state.json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=1)
-        tmp.replace(lay.state)
+        # holds the admin password: created 0600, fsynced, renamed into place
+        write_secret(lay.state, json.dumps(state, indent=1))
 
     def _admin(self, lay: EndpointLayout, state: dict[str, Any]) -> PgBouncerAdmin:
         """The kept admin connection of this endpoint's PgBouncer (per PgBouncer process)."""
@@ -352,22 +371,58 @@ class EndpointManager:
         """RELOAD (new ini, auth file, TLS files). PgBouncer updates the databases it already
         created from ``*`` when ``*`` changes, but keeps them when ``*`` is removed: so with no
         target each of them is DISABLEd (new logins refused) and KILLed (sessions to the old
-        target cut); with a target they are ENABLEd again."""
+        target cut); with a target they are ENABLEd again.
+
+        SHOW DATABASES does not list them all: PgBouncer moves a ``*`` database that had no
+        pool at its last maintenance pass (~1/3 s) to a hidden idle list, still DISABLEd, and
+        brings it back when a client names it. Seen here (PgBouncer 1.18): a killed database
+        went hidden, the next target's ENABLE missed it and logins failed with "database is
+        disabled"; and a database with a client logged in was hidden, so that client was not
+        cut. The names are therefore also taken from the pools and the clients, and the names
+        disabled are kept in the endpoint's state (``disabled_dbs``) until ENABLEd; ENABLE,
+        DISABLE and KILL by name find a hidden database."""
         admin = self._admin(lay, state)
         admin.command("RELOAD")
         if not target_changed:
             return
-        dbs = [r for r in admin.command("SHOW DATABASES") if r.get("name") not in (None, "pgbouncer")]
+        remembered = set(state.get("disabled_dbs") or [])
         if state["spec"]["target"] is None:
-            for row in dbs:
-                db = _ident(row["name"] or "")
-                admin.command(f"DISABLE {db}")
+            names = remembered | _pgbouncer_db_names(admin)
+            state["disabled_dbs"] = sorted(names)
+            self._save(lay, state)  # first: a crash from here on still ENABLEs them later
+            for name in sorted(names):
+                db = _ident(name)
+                if not _known_db(admin, f"DISABLE {db}"):
+                    continue  # gone (never used since PgBouncer started): nothing to cut
                 admin.command(f"KILL {db}")
                 admin.command(f"RESUME {db}")  # a KILLed database waits for RESUME; DISABLE still refuses
+            self._wait_clients_cut(admin)
         else:
-            for row in dbs:
-                if row.get("disabled") == "1":
-                    admin.command(f"ENABLE {_ident(row['name'] or '')}")
+            disabled = {r["name"] or "" for r in admin.command("SHOW DATABASES") if r.get("disabled") == "1"}
+            for name in sorted((remembered | disabled) - {"", "pgbouncer"}):
+                _known_db(admin, f"ENABLE {_ident(name)}")
+            if remembered:
+                state.pop("disabled_dbs", None)
+                self._save(lay, state)
+
+    def _wait_clients_cut(self, admin: PgBouncerAdmin) -> None:
+        """With no target, return once PgBouncer holds no client of a served database: KILL
+        closes them at once, this proves it (and KILLs again whatever a hidden database still
+        held). Bounded by SESSION_CUT_WAIT_S."""
+        deadline = time.monotonic() + SESSION_CUT_WAIT_S
+        while True:
+            left = sorted({r["database"] or "" for r in admin.command("SHOW CLIENTS")} - {"pgbouncer"})
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                raise EndpointError(f"PgBouncer still holds clients of {', '.join(left)} "
+                                    f"{SESSION_CUT_WAIT_S:.0f} s after they were killed")
+            for name in left:
+                db = _ident(name)
+                if _known_db(admin, f"DISABLE {db}"):
+                    admin.command(f"KILL {db}")
+                    admin.command(f"RESUME {db}")
+            time.sleep(0.01)
 
     def pause(self, name: str, timeout: float = 10.0) -> float:
         """PgBouncer PAUSE: wait for in-flight transactions to finish, then hold new queries

@@ -427,9 +427,10 @@ def test_no_target_refuses_new_connections_and_cuts_old_ones(env: Env) -> None:
     olds = [connect(d, pooled=False), connect(p, pooled=True)]
     st = m.ensure(env.spec("pg-demo", d, p, None))  # ensure with target None == repoint(None)
     assert st.target is None and "refused" in (st.message or "")
-    for c in olds:
+    for c, uri in zip(olds, ("direct", "pooled"), strict=True):
         with pytest.raises(psycopg.OperationalError):
             server_port(c)
+            pytest.fail(f"a session opened through the {uri} URI before the repoint to no target still answers")
         c.close()
     with pytest.raises(psycopg.OperationalError):
         connect(d, pooled=False).close()
@@ -439,6 +440,31 @@ def test_no_target_refuses_new_connections_and_cuts_old_ones(env: Env) -> None:
     for port, pooled in ((d, False), (p, True)):
         with connect(port, pooled=pooled) as c:
             assert server_port(c) == env.pg1.port
+
+
+def test_a_database_pgbouncer_hid_is_enabled_again_with_the_next_target(env: Env) -> None:
+    """PgBouncer moves a ``*`` database left without pools (here: KILLed by the repoint to no
+    target) to a hidden idle list after its next maintenance pass, still DISABLEd; SHOW
+    DATABASES no longer lists it. The next target must ENABLE it all the same, or every login
+    to it fails with "database is disabled" (what happened before the fix)."""
+    d, p = env.ports[0], env.ports[1]
+    m = env.manager
+    m.ensure(env.spec("pg-demo", d, p, env.pg2))
+    with connect(p, pooled=True) as c:
+        assert server_port(c) == env.pg2.port
+        m.ensure(env.spec("pg-demo", d, p, None))
+    lay = m.layout("pg-demo")
+    admin = m._admin(lay, m._load("pg-demo"))
+    deadline = time.monotonic() + 10  # PgBouncer's maintenance runs three times a second
+    while "appdb" in {r["name"] for r in admin.command("SHOW DATABASES")}:
+        assert time.monotonic() < deadline, "PgBouncer kept the killed database listed"
+        time.sleep(0.1)
+    # back to the same writer (a move given up, a fence lifted): PgBouncer's RELOAD leaves
+    # the hidden database as it was
+    m.ensure(env.spec("pg-demo", d, p, env.pg2))
+    with connect(p, pooled=True) as c:
+        assert server_port(c) == env.pg2.port
+    assert "disabled_dbs" not in m._load("pg-demo")
 
 
 def test_user_changes_take_effect_through_ensure(env: Env) -> None:
