@@ -111,6 +111,33 @@ def _known_db(admin: PgBouncerAdmin, command: str) -> bool:
     return True
 
 
+def _cut_db(admin: PgBouncerAdmin, name: str) -> None:
+    """DISABLE (new logins refused), KILL (its clients and server connections closed), RESUME
+    (a KILLed database waits for RESUME; DISABLE still refuses). Nothing to do for a database
+    PgBouncer no longer knows."""
+    db = _ident(name)
+    if _known_db(admin, f"DISABLE {db}"):
+        admin.command(f"KILL {db}")
+        admin.command(f"RESUME {db}")
+
+
+def _wait_clients_cut(admin: PgBouncerAdmin) -> None:
+    """With no target, return once PgBouncer holds no client of a served database: KILL closes
+    them at once, this proves it (and cuts again whatever a hidden database still held).
+    Bounded by SESSION_CUT_WAIT_S."""
+    deadline = time.monotonic() + SESSION_CUT_WAIT_S
+    while True:
+        left = sorted({r["database"] or "" for r in admin.command("SHOW CLIENTS")} - {"", "pgbouncer"})
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            raise EndpointError(f"PgBouncer still holds clients of {', '.join(left)} "
+                                f"{SESSION_CUT_WAIT_S:.0f} s after they were killed")
+        for name in left:
+            _cut_db(admin, name)
+        time.sleep(0.01)
+
+
 def stop_all_endpoints(settings: Settings) -> list[int]:
     """Stop every endpoint process under ``settings.home`` by PID, from files alone (usable
     after a crash, with no manager object). Files stay: a later ``ensure`` starts them again.
@@ -391,12 +418,8 @@ class EndpointManager:
             state["disabled_dbs"] = sorted(names)
             self._save(lay, state)  # first: a crash from here on still ENABLEs them later
             for name in sorted(names):
-                db = _ident(name)
-                if not _known_db(admin, f"DISABLE {db}"):
-                    continue  # gone (never used since PgBouncer started): nothing to cut
-                admin.command(f"KILL {db}")
-                admin.command(f"RESUME {db}")  # a KILLed database waits for RESUME; DISABLE still refuses
-            self._wait_clients_cut(admin)
+                _cut_db(admin, name)
+            _wait_clients_cut(admin)
         else:
             disabled = {r["name"] or "" for r in admin.command("SHOW DATABASES") if r.get("disabled") == "1"}
             for name in sorted((remembered | disabled) - {"", "pgbouncer"}):
@@ -404,25 +427,6 @@ class EndpointManager:
             if remembered:
                 state.pop("disabled_dbs", None)
                 self._save(lay, state)
-
-    def _wait_clients_cut(self, admin: PgBouncerAdmin) -> None:
-        """With no target, return once PgBouncer holds no client of a served database: KILL
-        closes them at once, this proves it (and KILLs again whatever a hidden database still
-        held). Bounded by SESSION_CUT_WAIT_S."""
-        deadline = time.monotonic() + SESSION_CUT_WAIT_S
-        while True:
-            left = sorted({r["database"] or "" for r in admin.command("SHOW CLIENTS")} - {"pgbouncer"})
-            if not left:
-                return
-            if time.monotonic() >= deadline:
-                raise EndpointError(f"PgBouncer still holds clients of {', '.join(left)} "
-                                    f"{SESSION_CUT_WAIT_S:.0f} s after they were killed")
-            for name in left:
-                db = _ident(name)
-                if _known_db(admin, f"DISABLE {db}"):
-                    admin.command(f"KILL {db}")
-                    admin.command(f"RESUME {db}")
-            time.sleep(0.01)
 
     def pause(self, name: str, timeout: float = 10.0) -> float:
         """PgBouncer PAUSE: wait for in-flight transactions to finish, then hold new queries
